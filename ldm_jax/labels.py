@@ -1,0 +1,55 @@
+"""The clinical attributes the models are conditioned on, shared by data, models and CLIs.
+
+Labels travel as an int32 array ``[B, len(ATTRIBUTES)]`` in the order of ``ATTRIBUTES``.
+Index ``len(values)`` of an attribute is its *null* value (classifier-free guidance:
+"attribute not given").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "density": ("A", "B", "C", "D"),  # BI-RADS breast composition
+    "finding": ("none", "mass", "calcification"),
+    "view": ("CC", "MLO"),
+    "laterality": ("L", "R"),
+}
+ATTRIBUTE_NAMES: tuple[str, ...] = tuple(ATTRIBUTES)
+NUM_CLASSES: tuple[int, ...] = tuple(len(v) for v in ATTRIBUTES.values())
+
+
+def null_labels(batch_size: int) -> np.ndarray:
+    """The all-null label array ``[B, A]`` (every attribute "not given")."""
+    return np.tile(np.asarray(NUM_CLASSES, np.int32), (batch_size, 1))
+
+
+def encode_value(attribute: str, value: str | int) -> int:
+    """Index of ``value`` (a name like ``"C"`` or an integer index) for ``attribute``."""
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"unknown attribute {attribute!r}; expected one of {ATTRIBUTE_NAMES}")
+    names = ATTRIBUTES[attribute]
+    if isinstance(value, (int, np.integer)):
+        if not 0 <= value < len(names):
+            raise ValueError(f"{attribute} index {value} out of range [0, {len(names)})")
+        return int(value)
+    lowered = {n.lower(): i for i, n in enumerate(names)}
+    key = str(value).strip().lower()
+    if key not in lowered:
+        raise ValueError(f"unknown {attribute} value {value!r}; expected one of {names}")
+    return lowered[key]
+
+
+def validate_labels(labels) -> np.ndarray:
+    """Check a concrete label array ``[B, A]``: each entry in ``[0, num_classes]`` (null included)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[1] != len(ATTRIBUTES):
+        raise ValueError(f"labels must have shape [B, {len(ATTRIBUTES)}], got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    for i, (name, n) in enumerate(zip(ATTRIBUTE_NAMES, NUM_CLASSES)):
+        bad = (labels[:, i] < 0) | (labels[:, i] > n)
+        if bad.any():
+            raise ValueError(
+                f"{name} label {labels[bad.argmax(), i]} out of range: expected 0..{n - 1}, or {n} for null")
+    return labels.astype(np.int32)

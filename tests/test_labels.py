@@ -1,0 +1,26 @@
+import numpy as np
+import pytest
+
+from ldm_jax import labels
+
+
+def test_encode_names_and_indices():
+    assert labels.encode_value("density", "c") == 2
+    assert labels.encode_value("finding", "Calcification") == 2
+    assert labels.encode_value("view", 1) == 1
+
+
+@pytest.mark.parametrize("attr,value", [("density", "E"), ("view", 2), ("colour", "A")])
+def test_encode_rejects_unknown(attr, value):
+    with pytest.raises(ValueError, match=str(value) if attr != "colour" else "attribute"):
+        labels.encode_value(attr, value)
+
+
+def test_validate_accepts_null_and_rejects_out_of_range():
+    null = labels.null_labels(3)
+    assert null.tolist() == [[4, 3, 2, 2]] * 3
+    np.testing.assert_array_equal(labels.validate_labels(null), null)
+    bad = null.copy()
+    bad[1, 0] = 5
+    with pytest.raises(ValueError, match="density label 5"):
+        labels.validate_labels(bad)
