@@ -1,0 +1,59 @@
+"""PNG encoding of 8- and 16-bit grayscale images (PIL, no TensorFlow) and atomic writes."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+
+def _as_2d(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ValueError(f"expected a grayscale image [H, W] or [H, W, 1], got shape {image.shape}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"PNG images must be uint8 or uint16, got {image.dtype}")
+    return image
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless PNG bytes of a uint8 or uint16 grayscale image ``[H, W]`` or ``[H, W, 1]``."""
+    from PIL import Image
+
+    image = _as_2d(image)
+    if image.dtype == np.uint16:
+        pil = Image.frombytes("I;16", image.shape[::-1], image.astype("<u2").tobytes())
+    else:
+        pil = Image.fromarray(image, mode="L")
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Grayscale ``[H, W]`` array (uint8 or uint16) from PNG bytes."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as pil:
+        if pil.mode in ("I;16", "I;16B", "I"):
+            return np.asarray(pil, dtype=np.uint16)
+        return np.asarray(pil.convert("L"), dtype=np.uint8)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename: never a partial file."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
