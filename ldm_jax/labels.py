@@ -53,3 +53,28 @@ def validate_labels(labels) -> np.ndarray:
             raise ValueError(
                 f"{name} label {labels[bad.argmax(), i]} out of range: expected 0..{n - 1}, or {n} for null")
     return labels.astype(np.int32)
+
+
+def parse_condition(text: str) -> np.ndarray:
+    """Labels ``[A]`` from ``"density=D,finding=mass"``; attributes not named are null.
+
+    An empty string (or ``"none"``) is the unconditional, all-null condition.
+    """
+    labels = np.asarray(NUM_CLASSES, np.int32).copy()
+    text = text.strip()
+    if text.lower() in ("", "none", "unconditional"):
+        return labels
+    for part in text.split(","):
+        if "=" not in part:
+            raise ValueError(f"condition part {part!r} must look like attribute=value (e.g. density=C)")
+        name, value = (s.strip() for s in part.split("=", 1))
+        index = encode_value(name, value)  # raises on an unknown attribute or value
+        labels[ATTRIBUTE_NAMES.index(name)] = index
+    return labels
+
+
+def format_condition(labels) -> str:
+    """Inverse of ``parse_condition``: ``"density=D,finding=mass"`` (null attributes left out)."""
+    parts = [f"{name}={ATTRIBUTES[name][int(v)]}" for name, v in zip(ATTRIBUTE_NAMES, labels)
+             if int(v) < len(ATTRIBUTES[name])]
+    return ",".join(parts) or "unconditional"

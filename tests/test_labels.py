@@ -24,3 +24,15 @@ def test_validate_accepts_null_and_rejects_out_of_range():
     bad[1, 0] = 5
     with pytest.raises(ValueError, match="density label 5"):
         labels.validate_labels(bad)
+
+
+def test_condition_strings_round_trip():
+    lab = labels.parse_condition("density=D, finding=mass")
+    assert lab.tolist() == [3, 1, 2, 2]
+    assert labels.format_condition(lab) == "density=D,finding=mass"
+    assert labels.parse_condition("").tolist() == [4, 3, 2, 2]
+    assert labels.format_condition(labels.parse_condition("")) == "unconditional"
+    with pytest.raises(ValueError, match="'colour'"):
+        labels.parse_condition("colour=red")
+    with pytest.raises(ValueError, match="attribute=value"):
+        labels.parse_condition("density")

@@ -1,0 +1,138 @@
+"""Autoencoder stage: KL autoencoder + PatchGAN, one jitted step updating both.
+
+Generator loss (LDM, Rombach et al. 2022, Sec. 3.1 and App. G):
+
+    L = Σ_pixels [ l1·|x − x̂| + s·(1 − SSIM) + f·|log|F x| − log|F x̂|| ] + β_KL·KL(q(z|x) ‖ N(0, I))
+        + λ·w_adapt·L_G,
+    w_adapt = ‖∇_{θ_last} L_rec‖ / (‖∇_{θ_last} L_G‖ + 1e-4)   (θ_last: decoder's output conv),
+
+where L_G is the generator's adversarial loss. Sums over pixels and latent elements are
+averaged over the batch, as in LDM, so ``kl_weight = 1e-6`` means what it means there.
+The discriminator is trained with the hinge (or least-squares) loss on x versus sg(x̂).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ldm_jax.evaluation.ssim import ms_ssim, ssim
+from ldm_jax.training.state import TrainState, make_optimizer, select_tree, tree_is_finite
+
+GAN_LOSSES = ("hinge", "least_squares")
+
+
+def make_optimizers(cfg):
+    """Separate AdamW optimizers for the autoencoder and the discriminator."""
+    if cfg.gan_loss not in GAN_LOSSES:
+        raise ValueError(f"unknown gan_loss {cfg.gan_loss!r}; expected one of {GAN_LOSSES}")
+    disc_cfg = cfg.copy_and_resolve_references()
+    with disc_cfg.unlocked():
+        disc_cfg.learning_rate = cfg.disc_learning_rate
+    return {"autoencoder": make_optimizer(cfg), "discriminator": make_optimizer(disc_cfg)}
+
+
+def init_state(key, autoencoder, discriminator, optimizers, image_shape) -> TrainState:
+    """Fresh state for images of shape ``[B, H, W, C]``."""
+    k_ae, k_d, k_s = jax.random.split(key, 3)
+    x = jnp.zeros(image_shape, jnp.float32)
+    params = {
+        "autoencoder": autoencoder.init({"params": k_ae, "sample": k_s}, x)["params"],
+        "discriminator": discriminator.init(k_d, x)["params"],
+    }
+    opt_state = {name: optimizers[name].init(p) for name, p in params.items()}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, ema_params=None,
+                      rng=key)
+
+
+def _reconstruction_map(x, recon, cfg):
+    """Per-pixel reconstruction loss summed over pixels, per example [B]; images in [-1, 1]."""
+    num_pixels = math.prod(x.shape[1:])
+    per_example = cfg.l1_weight * jnp.sum(jnp.abs(x - recon), axis=(1, 2, 3))
+    if cfg.ssim_weight:
+        similarity = ms_ssim if cfg.ssim_kind == "ms_ssim" else ssim
+        per_example += cfg.ssim_weight * num_pixels * (1.0 - similarity((x + 1) / 2, (recon + 1) / 2))
+    if cfg.freq_weight:
+        spectrum = lambda a: jnp.log1p(jnp.abs(jnp.fft.fft2(a[..., 0].astype(jnp.float32))))
+        per_example += cfg.freq_weight * jnp.sum(jnp.abs(spectrum(x) - spectrum(recon)), axis=(1, 2))
+    return per_example
+
+
+def _generator_adversarial(logits_fake, kind):
+    if kind == "hinge":
+        return -jnp.mean(logits_fake)
+    return jnp.mean((logits_fake - 1.0) ** 2)
+
+
+def _discriminator_loss(logits_real, logits_fake, kind):
+    if kind == "hinge":
+        return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
+    return 0.5 * (jnp.mean((logits_real - 1.0) ** 2) + jnp.mean(logits_fake**2))
+
+
+def last_layer(ae_grads):
+    """The decoder's output convolution kernel (for the adaptive GAN weight)."""
+    return ae_grads["decoder"]["conv_out"]["kernel"]
+
+
+def train_step(state: TrainState, batch, *, autoencoder, discriminator, optimizers, cfg, gan_active: bool):
+    """One update of the autoencoder (and, when ``gan_active``, of the discriminator).
+
+    A non-finite loss or gradient leaves the state unchanged (``metrics['skipped'] = 1``).
+    """
+    x = batch["image"]
+    key = jax.random.fold_in(state.rng, state.step)
+    ae_params, d_params = state.params["autoencoder"], state.params["discriminator"]
+
+    def losses(p):
+        recon, posterior = autoencoder.apply({"params": p}, x, rngs={"sample": key})
+        rec = jnp.mean(_reconstruction_map(x, recon, cfg))
+        kl = jnp.mean(posterior.kl())
+        g = (_generator_adversarial(discriminator.apply({"params": d_params}, recon), cfg.gan_loss)
+             if gan_active else jnp.zeros(()))
+        return (rec, kl, g), recon
+
+    (rec, kl, g), vjp, recon = jax.vjp(losses, ae_params, has_aux=True)
+    one, zero = jnp.ones(()), jnp.zeros(())
+    (grads,) = vjp((one, jnp.asarray(cfg.kl_weight, jnp.float32), zero))
+    metrics = {"rec_loss": rec / math.prod(x.shape[1:]), "kl": kl, "l1": jnp.mean(jnp.abs(x - recon))}
+    new_params, new_opt = dict(state.params), dict(state.opt_state)
+    d_grads = None
+    if gan_active:
+        (g_grads,) = vjp((zero, zero, one))
+        weight = optax.global_norm(last_layer(grads)) / (optax.global_norm(last_layer(g_grads)) + 1e-4)
+        weight = cfg.gan_weight * jax.lax.stop_gradient(jnp.clip(weight, 0.0, 1e4))
+        grads = jax.tree.map(lambda a, b: a + weight * b, grads, g_grads)
+        fake = jax.lax.stop_gradient(recon)
+
+        def d_loss_fn(p):
+            return _discriminator_loss(discriminator.apply({"params": p}, x),
+                                       discriminator.apply({"params": p}, fake), cfg.gan_loss)
+
+        d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d_params)
+        updates, new_opt["discriminator"] = optimizers["discriminator"].update(
+            d_grads, state.opt_state["discriminator"], d_params)
+        new_params["discriminator"] = optax.apply_updates(d_params, updates)
+        metrics.update(g_loss=g, d_loss=d_loss, gan_weight=weight)
+    updates, new_opt["autoencoder"] = optimizers["autoencoder"].update(grads, state.opt_state["autoencoder"], ae_params)
+    new_params["autoencoder"] = optax.apply_updates(ae_params, updates)
+
+    finite = tree_is_finite((rec, kl, g, grads, d_grads))
+    new_state = state.replace(
+        step=state.step + 1,
+        params=select_tree(finite, new_params, state.params),
+        opt_state=select_tree(finite, new_opt, state.opt_state))
+    metrics["loss"] = rec / math.prod(x.shape[1:])
+    metrics["skipped"] = 1 - finite.astype(jnp.int32)
+    return new_state, metrics
+
+
+def make_train_step(autoencoder, discriminator, optimizers, cfg):
+    """``step(state, batch, gan_active)`` with the networks and config bound (jit it with static gan_active)."""
+    def step(state, batch, gan_active):
+        return train_step(state, batch, autoencoder=autoencoder, discriminator=discriminator,
+                          optimizers=optimizers, cfg=cfg, gan_active=gan_active)
+    return step

@@ -1,0 +1,74 @@
+"""Orbax checkpoints of a training stage: train state, data-iterator state and metadata.
+
+Each step's checkpoint is one composite of three items: ``state`` (the ``TrainState``
+pytree, sharded arrays written in parallel), ``data`` (the input pipeline's JSON state)
+and ``meta`` (JSON: config, latent scale factor, the autoencoder checkpoint used...).
+Orbax writes into a temporary directory and renames it when complete, so a save that
+was interrupted is never listed by ``latest_step`` and never restored from.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+ITEMS = ("state", "data", "meta")
+
+
+class Checkpointer:
+    """Asynchronous, rotating checkpoints of one stage under ``directory``."""
+
+    def __init__(self, directory: str | pathlib.Path, keep: int = 3, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+        """Start an asynchronous save (returns once the arrays are copied off the devices)."""
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta)),
+            force=True)
+
+    def restore(self, step: int, abstract_state):
+        """Restore ``(state, data_state, meta)`` at ``step``.
+
+        ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with shardings (from
+        ``jax.eval_shape``): arrays come back with those shardings, whatever topology wrote them.
+        """
+        restored = self._manager.restore(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore()))
+        return restored.state, restored.data, restored.meta
+
+    def restore_meta(self, step: int) -> dict:
+        """Only the JSON metadata of ``step`` (no arrays are read)."""
+        return self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def abstract_with_shardings(tree, shardings):
+    """``ShapeDtypeStruct``s of ``tree`` (arrays or structs) carrying ``shardings``."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

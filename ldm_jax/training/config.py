@@ -1,0 +1,108 @@
+"""The training configuration: every key a run reads, with defaults; config files override them.
+
+``configs/*.py`` files call ``default_config()`` and change what their experiment needs;
+the result is locked, so a misspelled key (in a file or on the command line) is an error.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+STAGES = ("autoencoder", "diffusion")
+
+
+def _optimizer(**overrides) -> dict:
+    cfg = dict(steps=1000, batch_size=16, learning_rate=1e-4, lr_schedule="constant",
+               warmup_steps=100, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0)
+    cfg.update(overrides)
+    return cfg
+
+
+def default_config() -> ml_collections.ConfigDict:
+    cfg = ml_collections.ConfigDict()
+    cfg.model = "phantom_tiny"          # preset in ldm_jax.models.presets
+    cfg.stages = "autoencoder,diffusion"  # comma-separated subset of STAGES, in this order
+    cfg.seed = 0
+    cfg.compute_dtype = "float32"       # "bfloat16" on accelerators; params stay float32
+    cfg.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+    cfg.max_nonfinite_steps = 20        # stop after this many non-finite updates in a row
+
+    cfg.data = ml_collections.ConfigDict(dict(
+        dataset="mammo_phantoms",      # a TFDS name: mammo_phantoms, mammo_dicom, or any prepared one
+        config="64",                   # the builder config (resolution)
+        data_dir="",                   # "" → <workdir>/data
+        split="train",
+        build_if_missing=True,          # build mammo_phantoms on first use (DICOM data sets are built by hand)
+        num_records=0,                  # mammo_phantoms only: train-split size to build (0 = config default)
+        image_size=0,                   # 0 = as stored; else resize to this
+        worker_count=0,                 # grain worker processes (0 = in the main process)
+    ))
+
+    cfg.autoencoder = ml_collections.ConfigDict(_optimizer(
+        learning_rate=4.5e-6 * 16, b1=0.5, b2=0.9, warmup_steps=0,
+        l1_weight=1.0,                  # reconstruction: L1, summed over pixels (LDM convention)
+        ssim_weight=0.5,                # + weight · (1 − SSIM) per pixel
+        ssim_kind="ssim",               # "ssim" or "ms_ssim"
+        freq_weight=0.0,                # + weight · |FFT(x) − FFT(x̂)| (log-amplitude), per pixel
+        kl_weight=1e-6,
+        gan_start=50001,                # step at which the PatchGAN term switches on
+        gan_weight=0.5,                 # times LDM's adaptive weight
+        gan_loss="hinge",               # "hinge" or "least_squares"
+        disc_learning_rate=4.5e-6 * 16,
+        lpips_weights="",               # path to local LPIPS weights (.npz); "" = no perceptual term
+        lpips_weight=1.0,
+    ))
+
+    cfg.diffusion = ml_collections.ConfigDict(_optimizer(
+        learning_rate=1e-4, warmup_steps=500, lr_schedule="constant", weight_decay=0.0,
+        accum_steps=1,                   # gradient accumulation: micro-batches per update
+        schedule="scaled_linear", num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
+        zero_terminal_snr=False,
+        prediction="eps",                # model output: eps | x0 | v
+        weighting="min_snr",             # uniform | min_snr
+        min_snr_gamma=5.0,
+        loss_type="l2",
+        label_dropout=0.1,               # per attribute, for classifier-free guidance
+        ema_decay=0.9999,
+        ema_warmup=10.0,
+        scale_factor_batches=4,          # batches used to estimate 1/std of the latents
+        autoencoder_checkpoint="",       # "" → <workdir>/autoencoder/checkpoints (latest step)
+    ))
+
+    cfg.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
+    cfg.log = ml_collections.ConfigDict(dict(
+        every=50,                        # scalars to metrics.jsonl / TensorBoard
+        sample_every=1000,               # sample grids (0 = only at the end of the stage)
+        sample_conditions="density=A;density=B;density=C;density=D",  # one grid per condition
+        sample_count=8,                  # images per grid
+        sample_steps=50,                 # DDIM steps for the grids
+        guidance_scale=2.0,
+        progress=True,                   # tqdm progress bar
+    ))
+    return cfg
+
+
+# Keys that may differ when a run is resumed (they do not change what has been trained so far).
+RESUMABLE_KEYS = ("autoencoder.steps", "diffusion.steps", "checkpoint.", "log.", "data.worker_count",
+                  "data.data_dir", "stages", "max_nonfinite_steps")
+
+
+def stages_of(cfg) -> tuple[str, ...]:
+    stages = tuple(s.strip() for s in cfg.stages.split(",") if s.strip())
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages or list(stages) != sorted(stages, key=STAGES.index):
+        raise ValueError(f"stages={cfg.stages!r}: expected a comma-separated, ordered subset of {STAGES}")
+    return stages
+
+
+def incompatible_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Flattened keys whose values differ between two config dicts, except ``RESUMABLE_KEYS``."""
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += incompatible_keys(a, b, name + ".")
+        elif a != b and not any(name == k or (k.endswith(".") and name.startswith(k)) for k in RESUMABLE_KEYS):
+            diffs.append(f"{name}: saved {a!r}, now {b!r}")
+    return diffs

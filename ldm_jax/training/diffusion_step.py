@@ -1,0 +1,107 @@
+"""Diffusion stage: the UNet learns to denoise latents of the frozen autoencoder.
+
+    z = s · E(x) (s: latent scale factor, 1/std of the latents),  t ~ U{0..T−1},  ε ~ N(0, I),
+    z_t = √ᾱ_t z + √(1 − ᾱ_t) ε  (q_sample),  L = w(t) · ‖target − UNet(z_t, t, c)‖²
+
+with the labels c dropped to their null index with probability p per attribute (so the
+same network is the unconditional model for classifier-free guidance) and an EMA of the
+weights kept in the state.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ldm_jax import labels as labels_lib
+from ldm_jax.diffusion.forward import q_sample
+from ldm_jax.diffusion.losses import diffusion_loss
+from ldm_jax.training.state import TrainState, ema_decay, ema_update, select_tree, tree_is_finite
+
+
+def init_state(key, unet, optimizer, latent_shape, num_attributes: int) -> TrainState:
+    """Fresh UNet state for latents ``[B, h, w, c]``; EMA starts equal to the weights."""
+    b = latent_shape[0]
+    params = {"unet": unet.init(key, jnp.zeros(latent_shape, jnp.float32), jnp.zeros((b,), jnp.int32),
+                                jnp.zeros((b, num_attributes), jnp.int32))["params"]}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      ema_params=params, rng=key)
+
+
+def encode_latents(autoencoder, ae_params, images, key, scale):
+    """``s · z`` with z drawn from the encoder's posterior q(z | x)."""
+    posterior = autoencoder.apply({"params": ae_params}, images, method=autoencoder.encode)
+    return jax.lax.stop_gradient(posterior.sample(key) * scale)
+
+
+def drop_labels(key, labels, probability: float):
+    """Replace each attribute by its null index with ``probability`` (classifier-free guidance)."""
+    null = jnp.asarray(labels_lib.NUM_CLASSES, labels.dtype)
+    drop = jax.random.uniform(key, labels.shape) < probability
+    return jnp.where(drop, null, labels)
+
+
+def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder, optimizer, schedule, cfg):
+    """One optimizer update over ``cfg.accum_steps`` micro-batches; non-finite updates are skipped."""
+    key = jax.random.fold_in(state.rng, state.step)
+    k_enc, k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 5)
+    z = encode_latents(autoencoder, ae_params, batch["image"], k_enc, scale)
+    b = z.shape[0]
+    t = jax.random.randint(k_t, (b,), 0, schedule.num_steps)
+    noise = jax.random.normal(k_noise, z.shape, z.dtype)
+    z_t = q_sample(schedule, z, t, noise)
+    labels = drop_labels(k_drop, batch["labels"], cfg.label_dropout)
+
+    def loss_fn(params, micro, index):
+        z_t, t, labels, z, noise = micro
+        out = unet.apply({"params": params}, z_t, t, labels, train=True,
+                         rngs={"dropout": jax.random.fold_in(k_dropout, index)})
+        return diffusion_loss(schedule, out, z, noise, t, target=cfg.prediction, weighting=cfg.weighting,
+                              min_snr_gamma=cfg.min_snr_gamma, loss_type=cfg.loss_type)
+
+    accum = int(cfg.accum_steps)
+    if b % accum:
+        raise ValueError(f"batch size {b} is not divisible by accum_steps={accum}")
+    # Micro-batch j takes rows j, j+accum, ...: every micro-batch stays spread over all devices.
+    micro = jax.tree.map(lambda a: jnp.swapaxes(a.reshape((b // accum, accum) + a.shape[1:]), 0, 1),
+                         (z_t, t, labels, z, noise))
+    grad_fn = jax.value_and_grad(loss_fn)
+
+    def accumulate(carry, xs):
+        index, m = xs
+        loss, grads = grad_fn(state.params["unet"], m, index)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+    zero = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params["unet"]))
+    (loss, grads), _ = jax.lax.scan(accumulate, zero, (jnp.arange(accum), micro))
+    loss, grads = jax.tree.map(lambda a: a / accum, (loss, {"unet": grads}))
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = ema_update(state.ema_params, params, ema_decay(state.step, cfg.ema_decay, cfg.ema_warmup))
+    finite = tree_is_finite((loss, grads))
+    new_state = state.replace(
+        step=state.step + 1,
+        params=select_tree(finite, params, state.params),
+        opt_state=select_tree(finite, opt_state, state.opt_state),
+        ema_params=select_tree(finite, ema, state.ema_params))
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "skipped": 1 - finite.astype(jnp.int32)}
+    return new_state, metrics
+
+
+def make_train_step(unet, autoencoder, optimizer, schedule, cfg):
+    """``step(state, batch, ae_params, scale)`` with the networks, schedule and config bound."""
+    def step(state, batch, ae_params, scale):
+        return train_step(state, batch, ae_params, scale, unet=unet, autoencoder=autoencoder,
+                          optimizer=optimizer, schedule=schedule, cfg=cfg)
+    return step
+
+
+def latent_scale_factor(latents: np.ndarray) -> float:
+    """1 / std of a sample of latents (LDM's ``scale_factor``), so the diffusion sees unit variance."""
+    std = float(np.std(np.asarray(latents, np.float64)))
+    if not np.isfinite(std) or std <= 0:
+        raise ValueError(f"latent standard deviation is {std}: the autoencoder's latents are degenerate")
+    return 1.0 / std

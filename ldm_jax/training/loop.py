@@ -1,0 +1,211 @@
+"""The training loop shared by both stages: sharded jit step, checkpoints, logging, failures.
+
+One ``run_stage`` call trains one stage to ``cfg.steps``: it restores the newest complete
+checkpoint of the stage if there is one (state, data position, metadata), runs the jitted
+step over the mesh, logs scalars, writes sample images, checkpoints every
+``checkpoint.every`` steps, at the end and on SIGTERM (preemption), and stops with a clear
+message after ``max_nonfinite_steps`` non-finite updates in a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from ldm_jax import parallel
+from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
+from ldm_jax.training.metrics_writer import MetricsWriter
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint was written before stopping."""
+
+
+@dataclasses.dataclass
+class Stage:
+    """What ``run_stage`` needs to know about one stage.
+
+    ``step(state, batch, *extra_args, *static_args(step))`` is the pure update; ``init(key)``
+    the fresh state; ``meta`` goes into every checkpoint; ``on_sample(state, step)``
+    returns named uint8/uint16 images to write.
+    """
+
+    name: str
+    steps: int
+    init: Callable[[jax.Array], Any]
+    step: Callable
+    extra_args: tuple = ()
+    static_args: Callable[[int], tuple] = lambda step: ()
+    meta: dict = dataclasses.field(default_factory=dict)
+    on_sample: Callable[[Any, int], dict] | None = None
+
+
+class _SigtermFlag:
+    """Remembers a SIGTERM instead of dying, so the loop can checkpoint first."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def restore_or_init(stage: Stage, checkpointer: Checkpointer, mesh, key):
+    """``(state, data_state or None, meta or None, shardings)``: the newest checkpoint, else a fresh init."""
+    abstract = jax.eval_shape(stage.init, key)
+    shardings = parallel.param_sharding(mesh, abstract)
+    latest = checkpointer.latest_step()
+    if latest is None:
+        state = jax.jit(stage.init, out_shardings=shardings)(key)
+        return state, None, None, shardings
+    state, data_state, meta = checkpointer.restore(latest, abstract_with_shardings(abstract, shardings))
+    return state, data_state, meta, shardings
+
+
+def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, state=None, shardings=None):
+    """Train ``stage`` to ``stage.steps`` and return the final state (see the module docstring)."""
+    stage_dir = workdir / stage.name
+    checkpointer = Checkpointer(stage_dir / "checkpoints", keep=cfg.checkpoint.keep,
+                                async_save=cfg.checkpoint.async_save)
+    if state is None:
+        state, data_state, _, shardings = restore_or_init(stage, checkpointer, mesh, key)
+        if data_state is not None:
+            pipeline.set_state(data_state)
+    first = jax.process_index() == 0
+    writer = MetricsWriter(stage_dir, enabled=first)
+    batch_sharding = parallel.batch_sharding(mesh)
+    replicated = parallel.replicated(mesh)
+    num_static = len(stage.static_args(0))
+    num_dynamic = 2 + len(stage.extra_args)
+    step_fn = jax.jit(
+        stage.step,
+        in_shardings=(shardings, batch_sharding) + (replicated,) * len(stage.extra_args),
+        out_shardings=(shardings, replicated),
+        static_argnums=tuple(range(num_dynamic, num_dynamic + num_static)),
+        donate_argnums=(0,))
+
+    start = int(jax.device_get(state.step))
+    progress = _progress_bar(stage, start, enabled=first and cfg.log.progress)
+    streak = skipped_total = 0
+    pending = None  # metrics of the previous step, read after the next step is dispatched
+    timer = _Throughput()
+
+    def save(step):
+        checkpointer.save(step, state, pipeline.get_state(), stage.meta)
+
+    def consume(step, metrics):
+        nonlocal streak, skipped_total
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        skipped = int(metrics.pop("skipped", 0))
+        skipped_total += skipped
+        streak = streak + 1 if skipped else 0
+        if streak >= cfg.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{stage.name}: {streak} updates in a row had a non-finite loss or gradient (last at step "
+                f"{step}); the state was not updated by them. Lower the learning rate, check the data, or "
+                f"use float32 compute.")
+        rate = timer.images_per_second(step, global_batch)
+        progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{rate:.1f}", refresh=False)
+        progress.update(1)
+        if step % cfg.log.every == 0 or step == stage.steps:
+            writer.scalars(step, {**metrics, "images_per_second": rate, "skipped_total": skipped_total})
+
+    global_batch = None
+    try:
+        with _SigtermFlag() as sigterm:
+            for step in range(start + 1, stage.steps + 1):
+                batch = next(pipeline)
+                global_batch = jax.tree.leaves(batch)[0].shape[0]
+                try:
+                    state, metrics = step_fn(state, batch, *stage.extra_args, *stage.static_args(step - 1))
+                except jax.errors.JaxRuntimeError as error:
+                    raise _explain_runtime_error(error, global_batch, mesh) from error
+                if pending is not None:
+                    consume(*pending)
+                pending = (step, metrics)
+                if stage.on_sample and cfg.log.sample_every and step % cfg.log.sample_every == 0:
+                    _write_samples(stage, state, step, stage_dir, writer)
+                if step % cfg.checkpoint.every == 0 or step == stage.steps:
+                    save(step)
+                if sigterm.raised:
+                    consume(*pending)
+                    if step % cfg.checkpoint.every and step != stage.steps:
+                        save(step)
+                    checkpointer.wait()
+                    raise Preempted(f"{stage.name}: SIGTERM at step {step}; checkpoint written, resume with "
+                                    f"the same command")
+            if pending is not None:
+                consume(*pending)
+        if stage.on_sample and start < stage.steps and (not cfg.log.sample_every or stage.steps % cfg.log.sample_every):
+            _write_samples(stage, state, stage.steps, stage_dir, writer)
+    finally:
+        progress.close()
+        checkpointer.wait()
+        checkpointer.close()
+        writer.close()
+    return state
+
+
+def _write_samples(stage, state, step, stage_dir, writer):
+    from ldm_jax.data.imageio import encode_png, write_atomic
+
+    for name, image in stage.on_sample(state, step).items():
+        if jax.process_index() == 0:
+            write_atomic(stage_dir / "samples" / f"step_{step:07d}_{name}.png", encode_png(image))
+            as_uint8 = image if image.dtype == np.uint8 else (image.astype(np.float32) / image.max() * 255).astype(np.uint8)
+            writer.image(step, f"samples/{name}", as_uint8)
+    writer.flush()
+
+
+def _progress_bar(stage, start, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=stage.steps, initial=start, desc=stage.name, disable=not enabled, dynamic_ncols=True,
+                unit="step")
+
+
+class _Throughput:
+    """Images per second over a sliding window, excluding the first (compiling) step."""
+
+    def __init__(self):
+        self._times: list[tuple[int, float]] = []
+
+    def images_per_second(self, step, batch_size):
+        now = time.perf_counter()
+        self._times = (self._times + [(step, now)])[-50:]
+        if len(self._times) < 2 or not batch_size:
+            return 0.0
+        (s0, t0), (s1, t1) = self._times[0], self._times[-1]
+        return (s1 - s0) * batch_size / max(t1 - t0, 1e-9)
+
+
+def _explain_runtime_error(error, global_batch, mesh):
+    if "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower():
+        per_device = global_batch // max(mesh.size, 1)
+        return MemoryError(
+            f"out of device memory with {per_device} examples per device (global batch {global_batch} on "
+            f"{mesh.size} devices): lower the batch size, raise diffusion.accum_steps (gradient accumulation), "
+            f"use compute_dtype='bfloat16', or shard parameters with mesh.fsdp > 1")
+    return error
