@@ -1,0 +1,229 @@
+"""The grain input pipeline: sharding, global batches, checkpointable state, label mapping."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from ldm_jax import labels as labels_lib
+from ldm_jax.data import pipeline
+from ldm_jax.data.imageio import decode_png, encode_png
+from ldm_jax.parallel import batch_sharding, make_mesh
+
+MAX = 4095.0
+
+
+def _index_source(n, shape=(8, 8)):
+    """Records whose image is constant ``i`` (PNG) and whose labels derive from ``i``."""
+    return [{"image": encode_png(np.full(shape + (1,), i, np.uint16)), "density": i % 4, "finding": i % 3,
+             "view": i % 2, "laterality": -1} for i in range(n)]
+
+
+def _indices(images):
+    return np.round((np.asarray(images)[:, 0, 0, 0] + 1) * MAX / 2).astype(int).tolist()
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return make_mesh()
+
+
+def _pipeline(source, mesh, **kwargs):
+    kwargs.setdefault("global_batch_size", 8)
+    kwargs.setdefault("read_threads", 2)
+    kwargs.setdefault("prefetch_buffer_size", 16)
+    return pipeline.InputPipeline(source, mesh=mesh, **kwargs)
+
+
+def _drain(p):
+    out = []
+    while True:
+        try:
+            out.append(p.next_local())
+        except StopIteration:
+            return out
+
+
+def test_process_shards_are_disjoint_and_cover_the_split(mesh):
+    source = _index_source(33)  # 33 records, 2 processes: 16 each, one record dropped
+    shards = []
+    for process in range(2):
+        p = _pipeline(source, mesh, seed=7, num_epochs=1, process_index=process, process_count=2)
+        batches = _drain(p)
+        assert len(batches) == 4 and all(b["image"].shape == (4, 8, 8, 1) for b in batches)
+        shards.append([i for b in batches for i in _indices(b["image"])])
+        labels = np.concatenate([b["labels"] for b in batches])
+        idx = np.asarray(shards[-1])
+        np.testing.assert_array_equal(labels, np.stack([idx % 4, idx % 3, idx % 2, np.full_like(idx, 2)], 1))
+    assert len(set(shards[0])) == len(set(shards[1])) == 16 and not set(shards[0]) & set(shards[1])
+    assert len(set(shards[0]) | set(shards[1])) == 32
+    assert shards[0] != sorted(shards[0])  # shuffled
+
+
+def test_global_batch_is_sharded_over_the_mesh(mesh):
+    batch = next(_pipeline(_index_source(16), mesh, shuffle=False))
+    assert isinstance(batch["image"], jax.Array) and batch["image"].shape == (8, 8, 8, 1)
+    assert batch["image"].dtype == jax.numpy.float32 and batch["labels"].dtype == jax.numpy.int32
+    assert batch["image"].sharding.is_equivalent_to(batch_sharding(mesh), 4)
+    assert len(batch["image"].addressable_shards) == 8
+    assert _indices(batch["image"]) == list(range(8))  # no shuffle: records in order
+    np.testing.assert_allclose(np.asarray(batch["image"])[3], 3 * 2 / MAX - 1, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(batch["labels"])[5], [1, 2, 1, 2])
+
+
+@pytest.mark.parametrize("stop", [1, 3])  # mid-epoch and right at an epoch boundary (2 batches / epoch)
+def test_restored_iterator_continues_with_the_next_batch(mesh, stop):
+    source = _index_source(16)
+    reference = _pipeline(source, mesh, seed=3, random_flip=True)
+    expected = [reference.next_local() for _ in range(stop + 3)]
+    run = _pipeline(source, mesh, seed=3, random_flip=True)
+    for _ in range(stop):
+        run.next_local()
+    state = json.loads(json.dumps(run.get_state()))
+    assert state["worker_count"] == 0 and state["global_batch_size"] == 8
+    restored = _pipeline(source, mesh, seed=3, random_flip=True)
+    restored.set_state(state)
+    for want in expected[stop:]:
+        got = restored.next_local()
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["labels"], want["labels"])
+
+
+def test_restore_rejects_other_worker_count_or_batch_size(mesh):
+    source = _index_source(16)
+    p = _pipeline(source, mesh)
+    p.next_local()
+    state = p.get_state()
+    with pytest.raises(ValueError, match="worker_count=0 but this pipeline has worker_count=2"):
+        _pipeline(source, mesh, worker_count=2).set_state(state)
+    with pytest.raises(ValueError, match="global_batch_size=8 but this pipeline has global_batch_size=16"):
+        _pipeline(source, mesh, global_batch_size=16).set_state(state)
+
+
+def test_orbax_checkpoint_round_trip(tmp_path, mesh):
+    import orbax.checkpoint as ocp
+
+    source = _index_source(16)
+    run = _pipeline(source, mesh, seed=5)
+    run.next_local()
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(1, args=ocp.args.Composite(data=run.save_args()))
+        manager.wait_until_finished()
+    expected = run.next_local()
+    restored = _pipeline(source, mesh, seed=5)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.restore(1, args=ocp.args.Composite(data=restored.restore_args()))
+    np.testing.assert_array_equal(restored.next_local()["image"], expected["image"])
+
+
+def test_random_flip_is_seeded_per_example(mesh):
+    ramp = np.tile(np.arange(8, dtype=np.uint16) * 100, (8, 1))[..., None]
+    source = [{"image": encode_png(ramp)} for _ in range(16)]
+    flipped = _pipeline(source, mesh, shuffle=False, random_flip=True, seed=1).next_local()["image"]
+    again = _pipeline(source, mesh, shuffle=False, random_flip=True, seed=1).next_local()["image"]
+    plain = _pipeline(source, mesh, shuffle=False).next_local()["image"]
+    np.testing.assert_array_equal(flipped, again)
+    is_flipped = [bool(np.array_equal(f, p[:, ::-1])) for f, p in zip(flipped, plain)]
+    assert 0 < sum(is_flipped) < 8
+    assert all(f or np.array_equal(a, p) for f, a, p in zip(is_flipped, flipped, plain))
+
+
+def test_image_size_pads_to_square_and_resizes(mesh):
+    source = [{"image": encode_png(np.full((8, 4, 1), 4095, np.uint16))} for _ in range(8)]
+    image = _pipeline(source, mesh, shuffle=False, image_size=8).next_local()["image"][0, ..., 0]
+    assert image.shape == (8, 8)
+    np.testing.assert_allclose(image[:, 2:6], 1.0, atol=1e-6)  # the image, centred
+    np.testing.assert_allclose(image[:, [0, 1, 6, 7]], -1.0, atol=1e-6)  # padding at -1
+    ramp = np.repeat(np.arange(16, dtype=np.uint16)[:, None] * 200, 16, axis=1)[..., None]
+    small = _pipeline([{"image": encode_png(ramp)}] * 8, mesh, shuffle=False, image_size=4).next_local()["image"]
+    assert small.shape == (8, 4, 4, 1)
+    # an inner output row averages 4 input rows symmetrically: the ramp's value at their centre
+    np.testing.assert_allclose(small[0, 1:3, 1, 0], (np.arange(1, 3) * 4 + 1.5) * 200 * 2 / MAX - 1, atol=1e-5)
+
+
+class _FakeTfdsSource(list):
+    """A list with TFDS-style ``dataset_info`` (CBIS-DDSM patches-like features)."""
+
+    def __init__(self, records, features):
+        super().__init__(records)
+        self.dataset_info = type("Info", (), {"features": tfds.features.FeaturesDict(features), "metadata": None})
+
+
+def test_label_map_for_other_tfds_sources(mesh):
+    names = ["BENIGN_CALCIFICATION", "BENIGN_MASS", "MALIGNANT_CALCIFICATION", "MALIGNANT_MASS", "BACKGROUND"]
+    features = {"image": tfds.features.Image(shape=(8, 8, 1), dtype=np.uint8),
+                "label": tfds.features.ClassLabel(names=names),
+                "view": tfds.features.ClassLabel(names=["MLO", "ML", "CC"])}
+    records = [{"image": encode_png(np.full((8, 8, 1), 255 * (i % 2), np.uint8)), "label": i % 5, "view": i % 3}
+               for i in range(10)]
+    source = _FakeTfdsSource(records, features)
+    batch = _pipeline(source, mesh, shuffle=False).next_local()
+    np.testing.assert_array_equal(batch["labels"][:5], [[4, 2, 1, 2], [4, 1, 2, 2], [4, 2, 0, 2],
+                                                        [4, 1, 1, 2], [4, 0, 2, 2]])
+    np.testing.assert_array_equal(batch["image"][:2, 0, 0, 0], [-1.0, 1.0])  # uint8 scaled by 255
+    counts = pipeline.label_counts(source)
+    np.testing.assert_array_equal(counts["finding"], [2, 4, 4, 0])
+    np.testing.assert_array_equal(counts["view"], [3, 4, 3])  # CC, MLO, null (ML)
+    np.testing.assert_array_equal(counts["density"], [0, 0, 0, 0, 10])
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory):
+    from ldm_jax.data.builders.mammo_phantoms import MammoPhantoms
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    MammoPhantoms(data_dir=data_dir, config="64_tiny").download_and_prepare(file_format="array_record")
+    return data_dir
+
+
+def test_load_source_reads_prepared_phantoms(phantom_dir, mesh):
+    source = pipeline.load_source("mammo_phantoms", str(phantom_dir), "train", config="64_tiny")
+    assert len(source) == 8
+    records = [source[i] for i in range(8)]
+    batch = next(_pipeline(source, mesh, shuffle=False))
+    assert set(batch) == {"image", "labels", "counterfactual"}
+    for i, record in enumerate(records):
+        np.testing.assert_allclose(np.asarray(batch["image"][i, ..., 0]),
+                                   decode_png(record["image"]) / MAX * 2 - 1, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(batch["counterfactual"][i, ..., 0]),
+                                   decode_png(record["counterfactual"]) / MAX * 2 - 1, atol=1e-6)
+    labels = np.array([[r[a] for a in labels_lib.ATTRIBUTE_NAMES] for r in records])
+    np.testing.assert_array_equal(np.asarray(batch["labels"]), labels)
+    counts = pipeline.label_counts(source)
+    for j, name in enumerate(labels_lib.ATTRIBUTE_NAMES):
+        np.testing.assert_array_equal(counts[name], np.bincount(labels[:, j], minlength=labels_lib.NUM_CLASSES[j] + 1))
+
+
+def test_load_source_from_a_folder_without_registered_code(phantom_dir, tmp_path):
+    shutil.copytree(phantom_dir / "mammo_phantoms" / "64_tiny", tmp_path / "some_prepared" / "64_tiny")
+    source = pipeline.load_source("some_prepared", str(tmp_path), "test", config="64_tiny")
+    assert len(source) == 4 and decode_png(source[0]["image"]).shape == (64, 64)
+
+
+def test_load_source_names_the_build_command_when_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not prepared.*python -m ldm_jax.data.build --dataset mammo_dicom"):
+        pipeline.load_source("mammo_dicom", str(tmp_path), "train", config="64")
+
+
+def test_bad_arguments_are_rejected(mesh):
+    source = _index_source(8)
+    with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+        _pipeline(source, mesh, global_batch_size=4)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        _pipeline(source, mesh, global_batch_size=16)
+    with pytest.raises(RuntimeError, match="use next_local"):
+        next(_pipeline(_index_source(16), mesh, process_count=2))
+
+
+def test_worker_processes_give_the_same_batches(mesh):
+    source = _index_source(16)
+    serial = [b["image"] for b in _drain(_pipeline(source, mesh, seed=2, num_epochs=1, random_flip=True))]
+    workers = _pipeline(source, mesh, seed=2, num_epochs=1, random_flip=True, worker_count=1)
+    parallel = [b["image"] for b in _drain(workers)]
+    assert len(parallel) == len(serial) == 2
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+    assert workers.get_state()["worker_count"] == 1
