@@ -40,21 +40,6 @@ def encode_value(attribute: str, value: str | int) -> int:
     return lowered[key]
 
 
-def validate_labels(labels) -> np.ndarray:
-    """Check a concrete label array ``[B, A]``: each entry in ``[0, num_classes]`` (null included)."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or labels.shape[1] != len(ATTRIBUTES):
-        raise ValueError(f"labels must have shape [B, {len(ATTRIBUTES)}], got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    for i, (name, n) in enumerate(zip(ATTRIBUTE_NAMES, NUM_CLASSES)):
-        bad = (labels[:, i] < 0) | (labels[:, i] > n)
-        if bad.any():
-            raise ValueError(
-                f"{name} label {labels[bad.argmax(), i]} out of range: expected 0..{n - 1}, or {n} for null")
-    return labels.astype(np.int32)
-
-
 def parse_condition(text: str) -> np.ndarray:
     """Labels ``[A]`` from ``"density=D,finding=mass"``; attributes not named are null.
 

@@ -7,6 +7,8 @@ cross-attention) and the keyword arguments of ``autoencoder`` (``AutoencoderKL``
 chosen at build time. A UNet-only benchmark preset has ``autoencoder = None``.
 
 - ``phantom_tiny``: CPU demo, 64×64×1 phantoms → f = 4 → 16×16×4 latents, small UNet.
+- ``phantom_micro``: the same shapes with the fewest layers, for tests and smoke runs.
+- ``phantom128``: 128×128×1 phantoms → f = 4 → 32×32×4 latents, one-accelerator UNet.
 - ``mammo256``: 256×256×1 mammograms → f = 4 → 64×64×4 latents, one-accelerator UNet.
 - ``ldm64``: the CompVis CelebA-HQ LDM UNet shape with 4 latent channels and 16 classes
   (274.1 M params); no autoencoder (the reference's is a VQ model, not built here).
@@ -28,12 +30,35 @@ from ldm_jax.models.unet import UNet
 def _phantom_tiny() -> dict:
     return dict(
         image_size=64, image_channels=1, latent_size=16, latent_channels=4, context_len=0,
-        autoencoder=dict(in_channels=1, out_channels=1, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=4,
+        autoencoder=dict(in_channels=1, out_channels=1, ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=4,
                          attn_mid=False, norm_groups=8),
         discriminator=dict(ch=32, num_layers=2, norm_groups=8),
-        unet=dict(out_channels=4, model_channels=48, channel_mult=(1, 2, 2), num_res_blocks=1,
+        unet=dict(out_channels=4, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                   attention_resolutions=(2,), num_head_channels=32, num_classes=labels.NUM_CLASSES,
-                  use_scale_shift_norm=True, resblock_updown=False, norm_groups=16))
+                  use_scale_shift_norm=True, resblock_updown=False, norm_groups=8))
+
+
+def _phantom_micro() -> dict:
+    """The smallest working LDM (tests and smoke runs): few layers, so it compiles quickly."""
+    return dict(
+        image_size=64, image_channels=1, latent_size=16, latent_channels=4, context_len=0,
+        autoencoder=dict(in_channels=1, out_channels=1, ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=4,
+                         attn_mid=False, norm_groups=4),
+        discriminator=dict(ch=8, num_layers=1, norm_groups=4),
+        unet=dict(out_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                  attention_resolutions=(2,), num_head_channels=16, num_classes=labels.NUM_CLASSES,
+                  use_scale_shift_norm=True, resblock_updown=False, norm_groups=4))
+
+
+def _phantom128() -> dict:
+    return dict(
+        image_size=128, image_channels=1, latent_size=32, latent_channels=4, context_len=0,
+        autoencoder=dict(in_channels=1, out_channels=1, ch=64, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=4,
+                         attn_mid=True, norm_groups=32),
+        discriminator=dict(ch=64, num_layers=3, norm_groups=32),
+        unet=dict(out_channels=4, model_channels=128, channel_mult=(1, 2, 3), num_res_blocks=2,
+                  attention_resolutions=(2, 4), num_head_channels=32, num_classes=labels.NUM_CLASSES,
+                  use_scale_shift_norm=True, resblock_updown=False, dropout=0.1, norm_groups=32))
 
 
 def _mammo256() -> dict:
@@ -67,7 +92,7 @@ def _sd15() -> dict:
                   use_scale_shift_norm=False, resblock_updown=False, norm_groups=32))
 
 
-_BUILDERS = {"phantom_tiny": _phantom_tiny, "mammo256": _mammo256, "ldm64": _ldm64, "sd15": _sd15}
+_BUILDERS = {"phantom_tiny": _phantom_tiny, "phantom_micro": _phantom_micro, "phantom128": _phantom128, "mammo256": _mammo256, "ldm64": _ldm64, "sd15": _sd15}
 PRESETS: tuple[str, ...] = tuple(_BUILDERS)
 
 

@@ -20,19 +20,19 @@ import jax.numpy as jnp
 import optax
 
 from ldm_jax.evaluation.ssim import ms_ssim, ssim
-from ldm_jax.training.state import TrainState, make_optimizer, select_tree, tree_is_finite
+from ldm_jax.training.state import TrainState, all_finite, guarded_update, make_optimizer
 
 GAN_LOSSES = ("hinge", "least_squares")
 
 
-def make_optimizers(cfg):
-    """Separate AdamW optimizers for the autoencoder and the discriminator."""
+def make_optimizers(cfg, flatten: bool = False):
+    """Separate AdamW optimizers for the autoencoder and the discriminator (``flatten``: see make_optimizer)."""
     if cfg.gan_loss not in GAN_LOSSES:
         raise ValueError(f"unknown gan_loss {cfg.gan_loss!r}; expected one of {GAN_LOSSES}")
     disc_cfg = cfg.copy_and_resolve_references()
     with disc_cfg.unlocked():
         disc_cfg.learning_rate = cfg.disc_learning_rate
-    return {"autoencoder": make_optimizer(cfg), "discriminator": make_optimizer(disc_cfg)}
+    return {"autoencoder": make_optimizer(cfg, flatten), "discriminator": make_optimizer(disc_cfg, flatten)}
 
 
 def init_state(key, autoencoder, discriminator, optimizers, image_shape) -> TrainState:
@@ -100,7 +100,7 @@ def train_step(state: TrainState, batch, *, autoencoder, discriminator, optimize
     (grads,) = vjp((one, jnp.asarray(cfg.kl_weight, jnp.float32), zero))
     metrics = {"rec_loss": rec / math.prod(x.shape[1:]), "kl": kl, "l1": jnp.mean(jnp.abs(x - recon))}
     new_params, new_opt = dict(state.params), dict(state.opt_state)
-    d_grads = None
+    checks = [rec, kl, g]
     if gan_active:
         (g_grads,) = vjp((zero, zero, one))
         weight = optax.global_norm(last_layer(grads)) / (optax.global_norm(last_layer(g_grads)) + 1e-4)
@@ -113,20 +113,19 @@ def train_step(state: TrainState, batch, *, autoencoder, discriminator, optimize
                                        discriminator.apply({"params": p}, fake), cfg.gan_loss)
 
         d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d_params)
-        updates, new_opt["discriminator"] = optimizers["discriminator"].update(
-            d_grads, state.opt_state["discriminator"], d_params)
-        new_params["discriminator"] = optax.apply_updates(d_params, updates)
+        checks += [d_loss, optax.global_norm(d_grads)]
         metrics.update(g_loss=g, d_loss=d_loss, gan_weight=weight)
-    updates, new_opt["autoencoder"] = optimizers["autoencoder"].update(grads, state.opt_state["autoencoder"], ae_params)
-    new_params["autoencoder"] = optax.apply_updates(ae_params, updates)
-
-    finite = tree_is_finite((rec, kl, g, grads, d_grads))
-    new_state = state.replace(
-        step=state.step + 1,
-        params=select_tree(finite, new_params, state.params),
-        opt_state=select_tree(finite, new_opt, state.opt_state))
-    metrics["loss"] = rec / math.prod(x.shape[1:])
-    metrics["skipped"] = 1 - finite.astype(jnp.int32)
+    grad_norm = optax.global_norm(grads)
+    finite = all_finite(*checks, grad_norm)
+    updates, opt = optimizers["autoencoder"].update(grads, state.opt_state["autoencoder"], ae_params)
+    new_params["autoencoder"], new_opt["autoencoder"] = guarded_update(
+        finite, ae_params, updates, opt, state.opt_state["autoencoder"])
+    if gan_active:
+        updates, opt = optimizers["discriminator"].update(d_grads, state.opt_state["discriminator"], d_params)
+        new_params["discriminator"], new_opt["discriminator"] = guarded_update(
+            finite, d_params, updates, opt, state.opt_state["discriminator"])
+    new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt)
+    metrics.update(loss=rec / math.prod(x.shape[1:]), grad_norm=grad_norm, skipped=1 - finite.astype(jnp.int32))
     return new_state, metrics
 
 

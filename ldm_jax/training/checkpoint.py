@@ -1,8 +1,8 @@
 """Orbax checkpoints of a training stage: train state, data-iterator state and metadata.
 
 Each step's checkpoint is one composite of three items: ``state`` (the ``TrainState``
-pytree, sharded arrays written in parallel), ``data`` (the input pipeline's JSON state)
-and ``meta`` (JSON: config, latent scale factor, the autoencoder checkpoint used...).
+pytree, sharded arrays written in parallel), ``data`` (the input pipeline's iterator
+state, one file per process, with the worker count and batch size it needs) and ``meta`` (JSON: config, latent scale factor, the autoencoder checkpoint used...).
 Orbax writes into a temporary directory and renames it when complete, so a save that
 was interrupted is never listed by ``latest_step`` and never restored from.
 """
@@ -33,29 +33,25 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+    def save(self, step: int, state, pipeline, meta: dict) -> None:
         """Start an asynchronous save (returns once the arrays are copied off the devices)."""
         self._manager.save(
             int(step),
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state),
-                meta=ocp.args.JsonSave(meta)),
+                state=ocp.args.StandardSave(state), data=pipeline.save_args(), meta=ocp.args.JsonSave(meta)),
             force=True)
 
-    def restore(self, step: int, abstract_state):
-        """Restore ``(state, data_state, meta)`` at ``step``.
+    def restore(self, step: int, abstract_state, pipeline=None):
+        """Restore ``(state, meta)`` at ``step``, and ``pipeline``'s position when given.
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with shardings (from
         ``jax.eval_shape``): arrays come back with those shardings, whatever topology wrote them.
         """
-        restored = self._manager.restore(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=ocp.args.JsonRestore(),
-                meta=ocp.args.JsonRestore()))
-        return restored.state, restored.data, restored.meta
+        items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        if pipeline is not None:
+            items["data"] = pipeline.restore_args()
+        restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
+        return restored.state, restored.meta
 
     def restore_meta(self, step: int) -> dict:
         """Only the JSON metadata of ``step`` (no arrays are read)."""

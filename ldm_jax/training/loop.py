@@ -72,27 +72,28 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def restore_or_init(stage: Stage, checkpointer: Checkpointer, mesh, key):
-    """``(state, data_state or None, meta or None, shardings)``: the newest checkpoint, else a fresh init."""
+def restore_or_init(stage: Stage, checkpointer: Checkpointer, mesh, key, pipeline):
+    """``(state, meta or None, shardings)`` from the newest checkpoint (which also repositions
+    ``pipeline``), else a fresh init."""
     abstract = jax.eval_shape(stage.init, key)
     shardings = parallel.param_sharding(mesh, abstract)
     latest = checkpointer.latest_step()
     if latest is None:
-        state = jax.jit(stage.init, out_shardings=shardings)(key)
-        return state, None, None, shardings
-    state, data_state, meta = checkpointer.restore(latest, abstract_with_shardings(abstract, shardings))
-    return state, data_state, meta, shardings
+        return jax.jit(stage.init, out_shardings=shardings)(key), None, shardings
+    state, meta = checkpointer.restore(latest, abstract_with_shardings(abstract, shardings), pipeline)
+    return state, meta, shardings
 
 
 def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, state=None, shardings=None):
-    """Train ``stage`` to ``stage.steps`` and return the final state (see the module docstring)."""
+    """Train ``stage`` to ``stage.steps`` and return the final state (see the module docstring).
+
+    Without ``state`` the stage is restored from its newest checkpoint or initialised.
+    """
     stage_dir = workdir / stage.name
     checkpointer = Checkpointer(stage_dir / "checkpoints", keep=cfg.checkpoint.keep,
                                 async_save=cfg.checkpoint.async_save)
     if state is None:
-        state, data_state, _, shardings = restore_or_init(stage, checkpointer, mesh, key)
-        if data_state is not None:
-            pipeline.set_state(data_state)
+        state, _, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline)
     first = jax.process_index() == 0
     writer = MetricsWriter(stage_dir, enabled=first)
     batch_sharding = parallel.batch_sharding(mesh)
@@ -113,7 +114,7 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
     timer = _Throughput()
 
     def save(step):
-        checkpointer.save(step, state, pipeline.get_state(), stage.meta)
+        checkpointer.save(step, state, pipeline, stage.meta)
 
     def consume(step, metrics):
         nonlocal streak, skipped_total

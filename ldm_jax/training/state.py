@@ -43,13 +43,19 @@ def learning_rate_schedule(cfg) -> optax.Schedule:
         [warmup])
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
-    """AdamW (β1, β2, weight decay from ``cfg``) after global-norm gradient clipping."""
+def make_optimizer(cfg, flatten: bool = False) -> optax.GradientTransformation:
+    """AdamW (β1, β2, weight decay from ``cfg``) after global-norm gradient clipping.
+
+    ``flatten`` runs the optimizer on one concatenated vector instead of per parameter
+    array: the same numbers, far fewer kernels (XLA compiles the step several times
+    faster on CPU). Use it only with replicated parameters (``mesh.fsdp == 1``).
+    """
     parts = []
     if cfg.grad_clip and cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
     parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    return optax.flatten(tx) if flatten else tx
 
 
 def ema_decay(step, max_decay: float, warmup: float = 10.0):
@@ -66,12 +72,17 @@ def ema_update(ema_params, params, decay):
     return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema_params, params)
 
 
-def select_tree(keep_new, new, old):
-    """Elementwise ``new if keep_new else old`` over two matching pytrees (``keep_new`` a scalar bool)."""
-    return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)
+def all_finite(*values) -> jax.Array:
+    """True when every scalar in ``values`` is finite (pass a gradient's global norm for the gradient)."""
+    return jnp.all(jnp.isfinite(jnp.stack([jnp.asarray(v, jnp.float32) for v in values])))
 
 
-def tree_is_finite(tree) -> jax.Array:
-    """True when every leaf of ``tree`` is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+def guarded_update(finite, params, updates, new_opt_state, old_opt_state):
+    """``(params + updates, new_opt_state)`` when ``finite``, else the old params and optimizer state.
+
+    The guard is folded into the update (one kernel per parameter) rather than a second
+    select over every array, which keeps compile time down.
+    """
+    params = jax.tree.map(lambda p, u: p + jnp.where(finite, u, jnp.zeros_like(u)).astype(p.dtype), params, updates)
+    opt_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_opt_state, old_opt_state)
+    return params, opt_state

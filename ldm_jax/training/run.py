@@ -1,0 +1,188 @@
+"""``train(cfg, workdir)``: the two stages of a latent diffusion model on one device mesh.
+
+Stage ``autoencoder`` trains the KL autoencoder (+ PatchGAN) on images; stage
+``diffusion`` freezes it, measures the latent scale factor and trains the conditional
+UNet on scaled latents. Each stage lives in ``<workdir>/<stage>/`` (checkpoints,
+``metrics.jsonl``, TensorBoard events, sample PNGs).
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ldm_jax import labels as labels_lib
+from ldm_jax import parallel
+from ldm_jax.diffusion.schedule import make_schedule
+from ldm_jax.models import presets
+from ldm_jax.sampling.generate import initial_noise, make_generate
+from ldm_jax.sampling.grid import make_grid, to_pixels
+from ldm_jax.training import autoencoder_step, diffusion_step
+from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
+from ldm_jax.training.config import stages_of
+from ldm_jax.training.loop import Stage, restore_or_init, run_stage
+from ldm_jax.training.run_info import record_run
+from ldm_jax.training.state import make_optimizer
+
+
+def train(cfg, workdir) -> None:
+    """Run the configured stages in ``workdir`` (resuming each from its newest checkpoint)."""
+    parallel.initialize_distributed()
+    stages = stages_of(cfg)
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    record_run(cfg, workdir)
+    mesh = parallel.make_mesh(cfg.mesh.fsdp)
+    preset = presets.get_preset(cfg.model)
+    source = open_source(cfg, workdir)
+    key = jax.random.PRNGKey(cfg.seed)
+    if "autoencoder" in stages:
+        train_autoencoder(cfg, preset, mesh, workdir, source, jax.random.fold_in(key, 0))
+    if "diffusion" in stages:
+        train_diffusion(cfg, preset, mesh, workdir, source, jax.random.fold_in(key, 1))
+
+
+def open_source(cfg, workdir: pathlib.Path):
+    """The training split's random-access source; builds ``mammo_phantoms`` first when asked to."""
+    from ldm_jax.data import build, pipeline
+
+    data_dir = pathlib.Path(cfg.data.data_dir or workdir / "data")
+    config = cfg.data.config or None
+    if cfg.data.dataset == "mammo_phantoms" and cfg.data.build_if_missing:
+        n = cfg.data.num_records
+        sizes = {"train": n, "validation": max(n // 10, 1), "test": max(n // 10, 1)} if n else None
+        config = build.build_phantoms(config, data_dir, sizes).builder_config.name
+    return pipeline.load_source(cfg.data.dataset, str(data_dir), cfg.data.split, config)
+
+
+def _pipeline(cfg, source, mesh, batch_size, *, seed_offset=0, shuffle=True):
+    from ldm_jax.data.pipeline import InputPipeline
+
+    parallel.check_batch_size(batch_size, mesh)
+    return InputPipeline(source, global_batch_size=batch_size, mesh=mesh, seed=cfg.seed + seed_offset,
+                         shuffle=shuffle, image_size=cfg.data.image_size or None,
+                         worker_count=cfg.data.worker_count)
+
+
+def _dtype(cfg):
+    return jnp.dtype(cfg.compute_dtype)
+
+
+def _autoencoder_parts(cfg, preset):
+    autoencoder = presets.build_autoencoder(preset.autoencoder, dtype=_dtype(cfg))
+    discriminator = presets.build_discriminator(preset.discriminator, dtype=_dtype(cfg))
+    optimizers = autoencoder_step.make_optimizers(cfg.autoencoder, flatten=cfg.mesh.fsdp == 1)
+    return autoencoder, discriminator, optimizers
+
+
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+def train_autoencoder(cfg, preset, mesh, workdir, source, key):
+    acfg = cfg.autoencoder
+    autoencoder, discriminator, optimizers = _autoencoder_parts(cfg, preset)
+    pipeline = _pipeline(cfg, source, mesh, acfg.batch_size)
+    shape = (acfg.batch_size, preset.image_size, preset.image_size, preset.image_channels)
+    init = functools.partial(autoencoder_step.init_state, autoencoder=autoencoder, discriminator=discriminator,
+                             optimizers=optimizers, image_shape=shape)
+    examples = next(_pipeline(cfg, source, mesh, _round_up(cfg.log.sample_count, mesh.size), shuffle=False))["image"]
+    reconstruct = jax.jit(lambda p, x: autoencoder.apply({"params": p}, x, sample_posterior=False)[0])
+
+    def on_sample(state, step):
+        recon = reconstruct(state.params["autoencoder"], examples)
+        pairs = np.concatenate([np.asarray(examples), np.asarray(recon)])
+        return {"reconstructions": make_grid(to_pixels(pairs, 255, np.uint8), columns=len(examples))}
+
+    stage = Stage(
+        name="autoencoder", steps=acfg.steps, init=lambda k: init(k),
+        step=autoencoder_step.make_train_step(autoencoder, discriminator, optimizers, acfg),
+        static_args=lambda step: (step >= acfg.gan_start,),
+        meta={"model": cfg.model, "config": cfg.to_dict()}, on_sample=on_sample)
+    run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key)
+
+
+def load_autoencoder_params(cfg, preset, mesh, workdir, key):
+    """The frozen autoencoder's params and ``(checkpoint directory, step)`` they came from."""
+    autoencoder, discriminator, optimizers = _autoencoder_parts(cfg, preset)
+    directory = pathlib.Path(cfg.diffusion.autoencoder_checkpoint or workdir / "autoencoder" / "checkpoints")
+    checkpointer = Checkpointer(directory, async_save=False)
+    step = checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no complete autoencoder checkpoint in {directory}: run the autoencoder stage "
+                                f"first or set diffusion.autoencoder_checkpoint")
+    shape = (mesh.size, preset.image_size, preset.image_size, preset.image_channels)
+    abstract = jax.eval_shape(functools.partial(
+        autoencoder_step.init_state, autoencoder=autoencoder, discriminator=discriminator, optimizers=optimizers,
+        image_shape=shape), key)
+    state, _ = checkpointer.restore(step, abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract)))
+    checkpointer.close()
+    return autoencoder, state.params["autoencoder"], str(directory), step
+
+
+def estimate_scale_factor(autoencoder, ae_params, pipeline, num_batches, key) -> float:
+    """1/std of latents z ~ q(z|x) over ``num_batches`` batches of training images."""
+    encode = jax.jit(lambda p, x, k: diffusion_step.encode_latents(autoencoder, p, x, k, 1.0))
+    latents = [np.asarray(encode(ae_params, next(pipeline)["image"], jax.random.fold_in(key, i)))
+               for i in range(num_batches)]
+    return diffusion_step.latent_scale_factor(np.concatenate(latents))
+
+
+def make_schedule_from_config(dcfg):
+    return make_schedule(dcfg.schedule, dcfg.num_train_timesteps, beta_start=dcfg.beta_start or None,
+                         beta_end=dcfg.beta_end or None, zero_terminal_snr=dcfg.zero_terminal_snr)
+
+
+def train_diffusion(cfg, preset, mesh, workdir, source, key):
+    dcfg = cfg.diffusion
+    autoencoder, ae_params, ae_dir, ae_step = load_autoencoder_params(cfg, preset, mesh, workdir, key)
+    unet = presets.build_unet(preset.unet, dtype=_dtype(cfg))
+    optimizer = make_optimizer(dcfg, flatten=cfg.mesh.fsdp == 1)
+    schedule = make_schedule_from_config(dcfg)
+    latent_shape = (dcfg.batch_size, preset.latent_size, preset.latent_size, preset.latent_channels)
+    init = functools.partial(diffusion_step.init_state, unet=unet, optimizer=optimizer, latent_shape=latent_shape,
+                             num_attributes=len(labels_lib.ATTRIBUTES))
+    stage = Stage(name="diffusion", steps=dcfg.steps, init=lambda k: init(k),
+                  step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg))
+    pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size)
+    checkpointer = Checkpointer(workdir / "diffusion" / "checkpoints", async_save=False)
+    state, meta, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline)
+    checkpointer.close()
+    if meta is not None:
+        scale = meta["scale_factor"]
+    else:
+        estimate_from = _pipeline(cfg, source, mesh, dcfg.batch_size, seed_offset=1)
+        scale = estimate_scale_factor(autoencoder, ae_params, estimate_from, dcfg.scale_factor_batches,
+                                      jax.random.fold_in(key, 1))
+    stage.extra_args = (ae_params, jnp.float32(scale))
+    stage.meta = {"model": cfg.model, "config": cfg.to_dict(), "scale_factor": scale,
+                  "autoencoder_checkpoint": ae_dir, "autoencoder_step": ae_step}
+    stage.on_sample = _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, scale, key)
+    run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key, state=state,
+              shardings=shardings)
+
+
+def _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, scale, key):
+    """``on_sample``: one grid per configured condition, from the EMA weights, same noise every time."""
+    conditions = [c for c in cfg.log.sample_conditions.split(";") if c.strip()]
+    per_grid = cfg.log.sample_count
+    labels = np.concatenate([np.tile(labels_lib.parse_condition(c), (per_grid, 1)) for c in conditions])
+    n = _round_up(len(labels), mesh.size)
+    labels = np.concatenate([labels, labels_lib.null_labels(n - len(labels))])
+    sharding = parallel.batch_sharding(mesh)
+    labels = jax.device_put(labels, sharding)
+    latent = (preset.latent_size, preset.latent_size, preset.latent_channels)
+    x_T = jax.device_put(initial_noise(jax.random.fold_in(key, 2), jnp.arange(n), latent), sharding)
+    generate = jax.jit(make_generate(unet, autoencoder, schedule, num_steps=cfg.log.sample_steps,
+                                     prediction=cfg.diffusion.prediction, guidance_scale=cfg.log.guidance_scale))
+
+    def on_sample(state, step):
+        images = to_pixels(generate(state.ema_params["unet"], ae_params, scale, labels, x_T, key), 255, np.uint8)
+        return {c.strip().replace(",", "_"): make_grid(images[i * per_grid:(i + 1) * per_grid])
+                for i, c in enumerate(conditions)}
+
+    return on_sample

@@ -1,0 +1,54 @@
+"""What a run writes about itself: its config (refusing an incompatible one) and its environment."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import sys
+
+import jax
+
+from ldm_jax.data.imageio import write_atomic
+from ldm_jax.training.config import incompatible_keys
+
+
+class IncompatibleRunError(ValueError):
+    """The workdir holds a run whose config differs in keys that shape what was trained."""
+
+
+def record_run(cfg, workdir: pathlib.Path) -> None:
+    """Refuse a workdir whose saved config is incompatible; then write ``config.json`` and ``environment.json``."""
+    saved_path = workdir / "config.json"
+    current = cfg.to_dict()
+    if saved_path.exists():
+        diffs = incompatible_keys(json.loads(saved_path.read_text()), current)
+        if diffs:
+            raise IncompatibleRunError(
+                f"{workdir} holds a run with a different config; use a new --workdir or the same settings:\n  "
+                + "\n  ".join(diffs))
+    if jax.process_index() != 0:
+        return
+    write_atomic(saved_path, json.dumps(current, indent=2, sort_keys=True).encode())
+    write_atomic(workdir / "environment.json", json.dumps(environment(), indent=2).encode())
+
+
+def environment() -> dict:
+    """Versions, devices and processes: enough to tell which machine produced a result."""
+    from importlib import metadata
+
+    versions = {}
+    for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain", "tensorflow-datasets"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "backend": jax.default_backend(),
+        "process_count": jax.process_count(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+    }

@@ -1,0 +1,246 @@
+"""Training: checkpoints, failure handling, device-count invariance, CLI end to end, exact resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from ldm_jax import labels as labels_lib
+from ldm_jax import parallel
+from ldm_jax.diffusion.schedule import make_schedule
+from ldm_jax.models import presets
+from ldm_jax.training import diffusion_step, loop, run, run_info
+from ldm_jax.training.checkpoint import Checkpointer
+from ldm_jax.training.config import default_config
+from ldm_jax.training.state import make_optimizer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def micro_config(**stage_steps):
+    """A config that trains ``phantom_micro`` on 64 phantoms for a handful of steps."""
+    cfg = default_config()
+    cfg.model = "phantom_micro"
+    cfg.data.num_records = 64
+    cfg.autoencoder.update(dict(steps=stage_steps.get("autoencoder", 4), batch_size=8, gan_start=2))
+    cfg.diffusion.update(dict(steps=stage_steps.get("diffusion", 4), batch_size=8, warmup_steps=2,
+                              scale_factor_batches=1))
+    cfg.checkpoint.every = 2
+    cfg.log.update(dict(every=1, sample_count=2, sample_steps=3, sample_conditions="density=A;density=D",
+                        progress=False))
+    return cfg
+
+
+class _JsonPipeline:
+    """Stands in for the input pipeline where only its checkpointed position matters."""
+
+    def __init__(self, position=0):
+        self.position = position
+
+    def save_args(self):
+        return ocp.args.JsonSave({"position": self.position})
+
+    def restore_args(self):
+        return ocp.args.JsonRestore()
+
+
+def test_interrupted_checkpoint_is_never_restored(tmp_path):
+    ckpt = Checkpointer(tmp_path / "ckpt", async_save=False)
+    for step in (1, 2):
+        ckpt.save(step, {"w": jnp.full((3,), float(step))}, _JsonPipeline(step), {"step": step})
+    ckpt.wait()
+    # A save killed half-way leaves Orbax's temporary directory behind.
+    (tmp_path / "ckpt" / "3.orbax-checkpoint-tmp").mkdir()
+    (tmp_path / "ckpt" / "3.orbax-checkpoint-tmp" / "state").mkdir()
+    reopened = Checkpointer(tmp_path / "ckpt", async_save=False)
+    assert reopened.latest_step() == 2
+    abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32, sharding=parallel.replicated(parallel.make_mesh()))}
+    state, meta = reopened.restore(2, abstract)
+    np.testing.assert_array_equal(state["w"], [2.0, 2.0, 2.0])
+    assert meta == {"step": 2}
+
+
+def test_config_typo_is_rejected_by_the_cli(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/phantom_tiny.py", "--workdir", str(tmp_path),
+         "--config.diffusion.stepz=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "stepz" in result.stderr
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_incompatible_workdir_is_refused(tmp_path):
+    cfg = micro_config()
+    run_info.record_run(cfg, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model"] == "phantom_micro"
+    cfg.diffusion.steps = 10  # more steps: allowed on resume
+    run_info.record_run(cfg, tmp_path)
+    cfg.diffusion.prediction = "v"
+    with pytest.raises(run_info.IncompatibleRunError, match="diffusion.prediction: saved 'eps', now 'v'"):
+        run_info.record_run(cfg, tmp_path)
+
+
+def _diffusion_parts(cfg):
+    preset = presets.get_preset("phantom_micro")
+    unet = presets.build_unet(preset.unet)
+    autoencoder = presets.build_autoencoder(preset.autoencoder)
+    optimizer = make_optimizer(cfg.diffusion, flatten=True)
+    schedule = make_schedule("linear", 1000)
+    ae_params = autoencoder.init({"params": jax.random.PRNGKey(3), "sample": jax.random.PRNGKey(4)},
+                                 jnp.zeros((1, 64, 64, 1)))["params"]
+    step = diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, cfg.diffusion)
+    init = lambda key: diffusion_step.init_state(key, unet, optimizer, (8, 16, 16, 4), 4)  # noqa: E731
+    return init, step, ae_params
+
+
+def _batches(n, nan_at=()):
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        image = rng.uniform(-1, 1, (8, 64, 64, 1)).astype(np.float32)
+        if i in nan_at:
+            image[0, 0, 0, 0] = np.nan
+        yield {"image": image, "labels": rng.integers(0, 2, (8, 4)).astype(np.int32)}
+
+
+def test_one_and_eight_devices_give_the_same_losses():
+    cfg = micro_config()
+    init, step, ae_params = _diffusion_parts(cfg)
+    trajectories = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = parallel.make_mesh(devices=devices)
+        state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
+        fn = jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh),
+                                         parallel.replicated(mesh), parallel.replicated(mesh)))
+        losses = []
+        for batch in _batches(3):
+            state, metrics = fn(state, parallel.global_batch_from_local(batch, mesh), ae_params, 1.0)
+            losses.append(float(metrics["loss"]))
+        trajectories.append(losses)
+    # Same math, different reduction order across devices: agreement to float32 round-off.
+    np.testing.assert_allclose(trajectories[0], trajectories[1], rtol=2e-5)
+    assert trajectories[0][0] != trajectories[0][2]
+
+
+def test_nonfinite_update_is_skipped_counted_and_stops_the_run(tmp_path):
+    cfg = micro_config()
+    init, step, ae_params = _diffusion_parts(cfg)
+    state = init(jax.random.PRNGKey(0))
+    batch = next(_batches(1, nan_at=(0,)))
+    new_state, metrics = jax.jit(step)(state, batch, ae_params, 1.0)
+    assert int(metrics["skipped"]) == 1 and int(new_state.step) == 1
+    for before, after in zip(jax.tree.leaves((state.params, state.ema_params, state.opt_state)),
+                             jax.tree.leaves((new_state.params, new_state.ema_params, new_state.opt_state))):
+        np.testing.assert_array_equal(before, after)
+
+    class NanPipeline(_JsonPipeline):
+        def __init__(self):
+            super().__init__()
+            self._it = _batches(10, nan_at=range(10))
+
+        def __next__(self):
+            return next(self._it)
+
+    cfg.max_nonfinite_steps = 3
+    cfg.checkpoint.every = 100
+    stage = loop.Stage(name="diffusion", steps=10, init=init, step=step, extra_args=(ae_params, jnp.float32(1.0)))
+    with pytest.raises(loop.NonFiniteLossError, match="3 updates in a row"):
+        loop.run_stage(stage, pipeline=NanPipeline(), mesh=parallel.make_mesh(), workdir=tmp_path, cfg=cfg,
+                       key=jax.random.PRNGKey(0))
+    rows = [json.loads(line) for line in (tmp_path / "diffusion" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_total"] for r in rows] == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """Both stages through the CLI on a micro config: the uninterrupted reference run."""
+    workdir = tmp_path_factory.mktemp("cli")
+    cfg = micro_config()
+    args = [f"--config.{k}={v}" for k, v in {
+        "model": cfg.model, "data.num_records": 64, "autoencoder.steps": 4, "autoencoder.batch_size": 8,
+        "autoencoder.gan_start": 2, "diffusion.steps": 4, "diffusion.batch_size": 8, "diffusion.warmup_steps": 2,
+        "diffusion.scale_factor_batches": 1, "checkpoint.every": 2, "log.every": 1, "log.sample_count": 2,
+        "log.sample_steps": 3, "log.sample_conditions": "density=A;density=D", "log.progress": False}.items()]
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache")}
+    result = subprocess.run([sys.executable, "train.py", "--config", "configs/phantom_tiny.py", "--workdir",
+                             str(workdir), *args], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_cli_trains_both_stages_and_writes_everything(cli_run):
+    for stage in ("autoencoder", "diffusion"):
+        stage_dir = cli_run / stage
+        assert sorted(int(p.name) for p in (stage_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+        rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2, 3, 4]
+        assert all(np.isfinite(r["loss"]) for r in rows)
+        assert list((stage_dir / "tensorboard").glob("events.out.tfevents.*"))
+    ae_rows = [json.loads(line) for line in (cli_run / "autoencoder" / "metrics.jsonl").read_text().splitlines()]
+    assert "d_loss" not in ae_rows[0] and "d_loss" in ae_rows[-1]  # the GAN switches on at gan_start
+    grids = sorted(p.name for p in (cli_run / "diffusion" / "samples").iterdir())
+    assert grids == ["step_0000004_density=A.png", "step_0000004_density=D.png"]
+    meta = json.loads((cli_run / "diffusion" / "checkpoints" / "4" / "meta" / "metadata").read_text())
+    assert meta["autoencoder_step"] == 4 and meta["scale_factor"] > 0
+    env = json.loads((cli_run / "environment.json").read_text())
+    assert env["versions"]["jax"] == jax.__version__ and env["devices"]
+
+
+def _restore_raw(directory):
+    return ocp.StandardCheckpointer().restore(directory)
+
+
+def test_preempted_and_resumed_run_equals_uninterrupted(cli_run, tmp_path, monkeypatch):
+    cfg = micro_config()
+    cfg.stages = "diffusion"
+    cfg.data.data_dir = str(cli_run / "data")
+    cfg.diffusion.autoencoder_checkpoint = str(cli_run / "autoencoder" / "checkpoints")
+    cfg.checkpoint.every = 100  # only the SIGTERM save and the final one
+    make_pipeline = run._pipeline
+    calls = {"n": 0}
+
+    class SigtermAfter:
+        """The training pipeline, sending SIGTERM to this process when batch 2 is read."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __next__(self):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return next(self.inner)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    def pipeline_with_sigterm(cfg_, source, mesh, batch_size, **kwargs):
+        inner = make_pipeline(cfg_, source, mesh, batch_size, **kwargs)
+        return SigtermAfter(inner) if kwargs.get("seed_offset", 0) == 0 else inner
+
+    monkeypatch.setattr(run, "_pipeline", pipeline_with_sigterm)
+    with pytest.raises(loop.Preempted, match="step 2"):
+        run.train(cfg, tmp_path)
+    assert Checkpointer(tmp_path / "diffusion" / "checkpoints").latest_step() == 2
+    monkeypatch.setattr(run, "_pipeline", make_pipeline)
+    run.train(cfg, tmp_path)
+
+    resumed = _restore_raw(tmp_path / "diffusion" / "checkpoints" / "4" / "state")
+    reference = _restore_raw(cli_run / "diffusion" / "checkpoints" / "4" / "state")
+    flat_resumed = jax.tree_util.tree_leaves_with_path(resumed)
+    flat_reference = dict(jax.tree_util.tree_leaves_with_path(reference))
+    assert len(flat_resumed) == len(flat_reference) > 10
+    for path, value in flat_resumed:
+        np.testing.assert_array_equal(value, flat_reference[path], err_msg=jax.tree_util.keystr(path))
+    data_resumed = (tmp_path / "diffusion" / "checkpoints" / "4" / "data").rglob("*")
+    data_reference = (cli_run / "diffusion" / "checkpoints" / "4" / "data").rglob("*")
+    read = lambda files: {p.name: p.read_text() for p in files if p.is_file()}  # noqa: E731
+    assert read(data_resumed) == read(data_reference)
