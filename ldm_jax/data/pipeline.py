@@ -71,7 +71,7 @@ def load_source(dataset: str, data_dir: str, split: str, config: str | None = No
         raise ValueError(f"data set {builder.name!r} in {builder.data_dir} is stored as "
                          f"{builder.info.file_format}, not array_record: rebuild it with "
                          "--file_format=array_record to read it without TensorFlow")
-    decoders = {k: tfds.decode.SkipDecoding() for k, f in features.items() if isinstance(f, tfds.features.Image)}
+    decoders = {k: tfds.decode.SkipDecoding() for k, f in sorted(features.items()) if isinstance(f, tfds.features.Image)}
     return builder.as_data_source(split, decoders=decoders)
 
 
