@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from ldm_jax import labels

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from ldm_jax import labels as labels_lib
 from ldm_jax.data import phantoms

@@ -19,7 +19,6 @@ from ldm_jax.diffusion.schedule import make_schedule
 from ldm_jax.models import presets
 from ldm_jax.training import diffusion_step, loop, run, run_info
 from ldm_jax.training.checkpoint import Checkpointer
-from ldm_jax.training.config import default_config
 from ldm_jax.training.state import make_optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -111,6 +111,7 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
     progress = _progress_bar(stage, start, enabled=first and cfg.log.progress)
     streak = skipped_total = 0
     pending = None  # metrics of the previous step, read after the next step is dispatched
+    global_batch = sampled_at = None
     timer = _Throughput()
 
     def save(step):
@@ -133,7 +134,6 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
         if step % cfg.log.every == 0 or step == stage.steps:
             writer.scalars(step, {**metrics, "images_per_second": rate, "skipped_total": skipped_total})
 
-    global_batch = None
     try:
         with _SigtermFlag() as sigterm:
             for step in range(start + 1, stage.steps + 1):
@@ -148,6 +148,7 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
                 pending = (step, metrics)
                 if stage.on_sample and cfg.log.sample_every and step % cfg.log.sample_every == 0:
                     _write_samples(stage, state, step, stage_dir, writer)
+                    sampled_at = step
                 if step % cfg.checkpoint.every == 0 or step == stage.steps:
                     save(step)
                 if sigterm.raised:
@@ -159,7 +160,7 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
                                     f"the same command")
             if pending is not None:
                 consume(*pending)
-        if stage.on_sample and start < stage.steps and (not cfg.log.sample_every or stage.steps % cfg.log.sample_every):
+        if stage.on_sample and start < stage.steps and sampled_at != stage.steps:
             _write_samples(stage, state, stage.steps, stage_dir, writer)
     finally:
         progress.close()
