@@ -7,10 +7,10 @@ def get_config():
     cfg = default_config()
     cfg.model = "phantom_tiny"
     cfg.data.config = "64"
-    cfg.data.num_records = 2048
-    cfg.autoencoder.update(dict(steps=400, batch_size=16, learning_rate=1e-3, warmup_steps=20, gan_start=100000,
+    cfg.data.num_records = 4096
+    cfg.autoencoder.update(dict(steps=300, batch_size=16, learning_rate=1e-3, warmup_steps=20, gan_start=100000,
                                 b1=0.9, b2=0.99))
-    cfg.diffusion.update(dict(steps=300, batch_size=32, learning_rate=2e-3, warmup_steps=30, lr_schedule="cosine",
+    cfg.diffusion.update(dict(steps=800, batch_size=32, learning_rate=2e-3, warmup_steps=30, lr_schedule="cosine",
                               ema_decay=0.99, scale_factor_batches=2))
     cfg.checkpoint.every = 200
     cfg.log.update(dict(every=20, sample_every=0, sample_count=8, sample_steps=25))

@@ -99,7 +99,7 @@ def train_autoencoder(cfg, preset, mesh, workdir, source, key):
         return {"reconstructions": make_grid(to_pixels(pairs, 255, np.uint8), columns=len(examples))}
 
     stage = Stage(
-        name="autoencoder", steps=acfg.steps, init=lambda k: init(k),
+        name="autoencoder", steps=acfg.steps, init=init,
         step=autoencoder_step.make_train_step(autoencoder, discriminator, optimizers, acfg),
         static_args=lambda step: (step >= acfg.gan_start,),
         meta={"model": cfg.model, "config": cfg.to_dict()}, on_sample=on_sample)
@@ -146,7 +146,7 @@ def train_diffusion(cfg, preset, mesh, workdir, source, key):
     latent_shape = (dcfg.batch_size, preset.latent_size, preset.latent_size, preset.latent_channels)
     init = functools.partial(diffusion_step.init_state, unet=unet, optimizer=optimizer, latent_shape=latent_shape,
                              num_attributes=len(labels_lib.ATTRIBUTES))
-    stage = Stage(name="diffusion", steps=dcfg.steps, init=lambda k: init(k),
+    stage = Stage(name="diffusion", steps=dcfg.steps, init=init,
                   step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg))
     pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size)
     checkpointer = Checkpointer(workdir / "diffusion" / "checkpoints", async_save=False)
