@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from ldm_jax import labels as labels_lib
 from ldm_jax.diffusion.samplers import sample
+from ldm_jax.models.unet import null_labels
 
 
 def initial_noise(key, indices, latent_shape):
@@ -34,7 +35,7 @@ def make_generate(unet, autoencoder, schedule, *, sampler="ddim", num_steps=50, 
         def denoise(x, t, cond):
             return unet.apply({"params": unet_params}, x, t, cond)
 
-        null = jnp.broadcast_to(jnp.asarray(labels_lib.NUM_CLASSES, labels.dtype), labels.shape)
+        null = null_labels(labels.shape[0], labels_lib.NUM_CLASSES)
         z = sample(denoise, schedule, x_T, key, sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing,
                    prediction=prediction, cond=labels, null_cond=null, guidance_scale=guidance_scale)
         images = autoencoder.apply({"params": ae_params}, z / scale, method=autoencoder.decode)

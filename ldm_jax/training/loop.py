@@ -16,7 +16,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import numpy as np
 
 from ldm_jax import parallel
 from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
@@ -37,7 +36,7 @@ class Stage:
 
     ``step(state, batch, *extra_args, *static_args(step))`` is the pure update; ``init(key)``
     the fresh state; ``meta`` goes into every checkpoint; ``on_sample(state, step)``
-    returns named uint8/uint16 images to write.
+    returns named uint8 images to write.
     """
 
     name: str
@@ -176,8 +175,7 @@ def _write_samples(stage, state, step, stage_dir, writer):
     for name, image in stage.on_sample(state, step).items():
         if jax.process_index() == 0:
             write_atomic(stage_dir / "samples" / f"step_{step:07d}_{name}.png", encode_png(image))
-            as_uint8 = image if image.dtype == np.uint8 else (image.astype(np.float32) / image.max() * 255).astype(np.uint8)
-            writer.image(step, f"samples/{name}", as_uint8)
+            writer.image(step, f"samples/{name}", image)
     writer.flush()
 
 
