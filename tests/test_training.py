@@ -1,9 +1,7 @@
 """Training: checkpoints, failure handling, device-count invariance, CLI end to end, exact resume."""
 
-import importlib.util
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -13,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from micro import MICRO_OVERRIDES, ROOT, micro_config
 
 from ldm_jax import parallel
 from ldm_jax.diffusion.schedule import make_schedule
@@ -20,30 +19,6 @@ from ldm_jax.models import presets
 from ldm_jax.training import diffusion_step, loop, run, run_info
 from ldm_jax.training.checkpoint import Checkpointer
 from ldm_jax.training.state import make_optimizer
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-MICRO_OVERRIDES = {
-    "model": "phantom_micro", "data.num_records": 64, "autoencoder.steps": 4, "autoencoder.batch_size": 8,
-    "autoencoder.gan_start": 2, "diffusion.steps": 4, "diffusion.batch_size": 8, "diffusion.warmup_steps": 2,
-    "diffusion.scale_factor_batches": 1, "checkpoint.every": 2, "log.every": 1, "log.sample_count": 2,
-    "log.sample_steps": 3, "log.sample_conditions": "density=A;density=D", "log.progress": False}
-
-
-def micro_config():
-    """``configs/phantom_tiny.py`` with ``MICRO_OVERRIDES``: ``phantom_micro`` on 64 phantoms, a few steps."""
-    spec = importlib.util.spec_from_file_location("phantom_tiny", ROOT / "configs" / "phantom_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
-    for key, value in MICRO_OVERRIDES.items():
-        *parents, leaf = key.split(".")
-        node = cfg
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return cfg
 
 
 class _JsonPipeline:

@@ -96,7 +96,7 @@ class LabelMap:
     tables: tuple[np.ndarray | None, ...]
 
     @classmethod
-    def for_source(cls, source) -> "LabelMap":
+    def for_source(cls, source) -> LabelMap:
         info = getattr(source, "dataset_info", None)
         if info is None:  # a plain sequence of dicts keyed like ldm_jax.labels.ATTRIBUTES
             first = source[0]
@@ -140,18 +140,22 @@ def _encode_or_null(attribute: str, name: str) -> int:
         return len(labels_lib.ATTRIBUTES[attribute])
 
 
+def all_labels(source) -> np.ndarray:
+    """The labels ``[N, A]`` of every record of ``source`` (images are not decoded)."""
+    label_map = LabelMap.for_source(source)
+    rows, chunk = [], 256
+    for start in range(0, len(source), chunk):
+        keys = list(range(start, min(start + chunk, len(source))))
+        examples = source.__getitems__(keys) if hasattr(source, "__getitems__") else [source[k] for k in keys]
+        rows.extend(label_map(example) for example in examples)
+    return np.asarray(rows, np.int32).reshape(-1, len(labels_lib.ATTRIBUTES))
+
+
 def label_counts(source) -> dict[str, np.ndarray]:
     """Per attribute, counts ``[num_classes + 1]`` over the whole source (last entry: null)."""
-    label_map = LabelMap.for_source(source)
-    counts = {a: np.zeros(n + 1, np.int64) for a, n in zip(labels_lib.ATTRIBUTE_NAMES, labels_lib.NUM_CLASSES)}
-    chunk = 256
-    for start in range(0, len(source), chunk):
-        keys = range(start, min(start + chunk, len(source)))
-        examples = source.__getitems__(list(keys)) if hasattr(source, "__getitems__") else [source[k] for k in keys]
-        for example in examples:
-            for attribute, value in zip(labels_lib.ATTRIBUTE_NAMES, label_map(example)):
-                counts[attribute][value] += 1
-    return counts
+    rows = all_labels(source)
+    return {a: np.bincount(rows[:, i], minlength=n + 1)
+            for i, (a, n) in enumerate(zip(labels_lib.ATTRIBUTE_NAMES, labels_lib.NUM_CLASSES))}
 
 
 def _max_value(source) -> float:
@@ -211,12 +215,18 @@ class Preprocess(grain.transforms.RandomMap):
         flip = self.random_flip and rng.random() < 0.5
         out = {"labels": self.label_map(element)}
         for key in self.keys:
-            image = _as_image(element[key]).astype(np.float32) * (2.0 / self.max_value) - 1.0
-            image = np.clip(image, -1.0, 1.0)
-            if self.image_size is not None and image.shape != (self.image_size, self.image_size):
-                image = _square_resize(image, self.image_size)
+            image = to_model_range(_as_image(element[key]), self.max_value, self.image_size)
             out[key] = np.ascontiguousarray(image[:, ::-1] if flip else image)[..., None]
         return out
+
+
+def to_model_range(pixels: np.ndarray, max_value: float, image_size: int | None) -> np.ndarray:
+    """The training preprocessing of one stored image ``[H, W]``: ``0..max_value`` → [-1, 1],
+    then (when ``image_size`` is given and differs) centred square padding and a resize."""
+    image = np.clip(np.asarray(pixels, np.float32) * (2.0 / max_value) - 1.0, -1.0, 1.0)
+    if image_size is not None and image.shape != (image_size, image_size):
+        image = _square_resize(image, image_size)
+    return image
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -285,7 +295,7 @@ class InputPipeline:
             operations=[preprocess, grain.transforms.Batch(self.local_batch_size, drop_remainder=drop_remainder)])
         self._iterator = iter(self._loader)
 
-    def __iter__(self) -> "InputPipeline":
+    def __iter__(self) -> InputPipeline:
         return self
 
     def next_local(self) -> dict[str, np.ndarray]:

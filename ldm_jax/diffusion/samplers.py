@@ -14,8 +14,9 @@ parameters belong in the jitted function's arguments, e.g.
 ``jax.jit(lambda params, x, key: sample(partial(apply, params), schedule, x, key, ...))``.
 
 Randomness: the noise of grid step i (the index into the full ``timesteps`` grid) is
-``jax.random.normal(jax.random.fold_in(key, i), x.shape)``, shared by the whole batch;
-per-example keys are the caller's concern (e.g. one ``sample`` call per example under vmap).
+``jax.random.normal(jax.random.fold_in(key, i), x.shape)`` for one key. With a batch of
+keys (``[B]`` typed keys or ``[B, 2]`` raw uint32 keys) example b's noise comes from
+``fold_in(key[b], i)`` alone, so an example's result does not depend on its batch.
 
 Zero terminal SNR: with ε-prediction the first step from ᾱ = 0 gets x̂_0 = 0 (see
 ``forward.x0_from_eps``); use v- or x0-prediction there.
@@ -54,6 +55,20 @@ def timesteps(num_train_steps: int, num_steps: int, spacing: str) -> np.ndarray:
     if spacing == "trailing":
         return np.round(num_train_steps - k * num_train_steps / num_steps).astype(np.int64) - 1
     return np.round(np.linspace(0, num_train_steps - 1, num_steps)).astype(np.int64)[::-1]
+
+
+def _is_batched(key) -> bool:
+    typed = jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
+    return jnp.ndim(key) == (1 if typed else 2)
+
+
+def standard_normal(key, index, shape, dtype=jnp.float32):
+    """N(0, I) of ``shape`` from ``fold_in(key, index)``; per example for a batch of keys [B]."""
+    if _is_batched(key):
+        if jnp.shape(key)[0] != shape[0]:
+            raise ValueError(f"{jnp.shape(key)[0]} keys for a batch of {shape[0]}")
+        return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, index), shape[1:], dtype))(key)
+    return jax.random.normal(jax.random.fold_in(key, index), shape, dtype)
 
 
 def _check_cond(cond, null_cond, guidance_scale, batch: int) -> bool:
@@ -170,7 +185,7 @@ def sample(denoise_fn, schedule: Schedule, x_T, key, *, sampler: str = "ddim", n
         x0, eps = predict(x, t)
         h = h_prev
         if sampler in ("ddpm", "ddim"):
-            z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+            z = standard_normal(key, i, x.shape, x.dtype)
             # β_{t|s} = 1 - ᾱ_t/ᾱ_s = (ᾱ_s - ᾱ_t)/ᾱ_s, the difference taken from whichever of
             # ᾱ and 1 - ᾱ is small, so float32 cancellation does not eat it.
             ratio = jnp.where(sa_s > so_s, so_t**2 - so_s**2, sa_s**2 - sa_t**2) / sa_s**2
@@ -196,38 +211,46 @@ def sample(denoise_fn, schedule: Schedule, x_T, key, *, sampler: str = "ddim", n
     return x0
 
 
-def sdedit_start(schedule: Schedule, x0, key, strength: float, num_steps: int = 50, spacing: str = "leading"):
-    """(x_t, start_step) for SDEdit / img2img (Meng et al. 2022): noise ``x0`` to the grid step
-    where the last round(strength · num_steps) steps remain (strength in (0, 1]).
-
-    x_t = q_sample(x0, t, ε) with ε ~ N(0, I) from ``key``; pass both to ``sample`` with the
-    same ``num_steps`` and ``spacing``.
-    """
-    grid = timesteps(schedule.num_steps, num_steps, spacing)
+def start_step_for_strength(strength: float, num_steps: int) -> int:
+    """The grid step where the last round(strength · num_steps) of ``num_steps`` steps remain."""
     remaining = int(round(strength * num_steps)) if isinstance(strength, numbers.Real) and 0 < strength <= 1 else 0
     if remaining < 1:
         raise ValueError(f"strength={strength!r} must be in (0, 1] and leave at least one of the "
                          f"{num_steps} steps")
-    start = num_steps - remaining
+    return num_steps - remaining
+
+
+def sdedit_start(schedule: Schedule, x0, key, strength: float, num_steps: int = 50, spacing: str = "leading"):
+    """(x_t, start_step) for SDEdit / img2img (Meng et al. 2022): noise ``x0`` to the grid step
+    ``start_step_for_strength(strength, num_steps)`` (strength in (0, 1]).
+
+    x_t = q_sample(x0, t, ε) with ε = ``standard_normal(key, num_steps, ...)`` (one key, or
+    one per example); pass both to ``sample`` with the same ``num_steps`` and ``spacing``.
+    """
+    grid = timesteps(schedule.num_steps, num_steps, spacing)
+    start = start_step_for_strength(strength, num_steps)
     t = jnp.full((jnp.shape(x0)[0],), grid[start], jnp.int32)
-    noise = jax.random.normal(key, jnp.shape(x0), jnp.result_type(x0))
+    noise = standard_normal(key, num_steps, jnp.shape(x0), jnp.result_type(x0))
     return forward.q_sample(schedule, x0, t, noise), start
 
 
 def ddim_invert(denoise_fn, schedule: Schedule, x0, *, num_steps: int = 50, spacing: str = "leading",
                 prediction: str = "eps", cond=None, null_cond=None, guidance_scale=1.0,
-                return_trajectory: bool = False):
+                start_step: int = 0, return_trajectory: bool = False):
     """Deterministic DDIM inversion x_0 -> x_{t_0} (DDIM eq. 12 with η = 0, run upwards).
 
     Step from level c to the next timestep n of the ascending grid, with the model
     evaluated at n on the current latent (x_n ≈ x_c, as in Mokady et al. 2023):
     ε̂ = ε(x_c, n), x̂_0 = (x_c - √(1-ᾱ_c) ε̂)/√ᾱ_c, x_n = √ᾱ_n x̂_0 + √(1-ᾱ_n) ε̂.
-    Returns x at the top timestep of ``timesteps(T, num_steps, spacing)``, and with
-    ``return_trajectory`` the latents [num_steps + 1, B, ...] from x_0 upwards.
+    Returns x at grid step ``start_step`` of ``timesteps(T, num_steps, spacing)`` (default 0,
+    the top), ready for ``sample(..., start_step=start_step)``; with ``return_trajectory``
+    also the latents [num_steps - start_step + 1, B, ...] from x_0 upwards.
     """
     grid = timesteps(schedule.num_steps, num_steps, spacing)
+    if isinstance(start_step, bool) or not isinstance(start_step, numbers.Integral) or not 0 <= start_step < num_steps:
+        raise ValueError(f"start_step={start_step!r} must be an integer in [0, {num_steps}) (num_steps)")
     predict = _model(denoise_fn, schedule, x0, cond, null_cond, guidance_scale, prediction, None)
-    up = grid[::-1]
+    up = grid[start_step:][::-1]
     cur = np.append(-1, up[:-1])
     sa_n, so_n, sa_c, so_c = _levels(schedule, up, cur)
 

@@ -1,8 +1,10 @@
-"""Latent diffusion generation: noise → UNet sampler in latent space → decoder → images.
+"""Latent diffusion generation and editing: each one pure function that jits into a single
+program (the whole denoising loop plus the autoencoder), used by the training loop's sample
+grids, ``sample.py`` and evaluation.
 
-``make_generate`` returns one pure function that jits into a single program (the whole
-denoising loop plus the decode), used by the training loop's sample grids and by
-``sample.py``.
+Randomness is per image: image i of a job gets the key ``fold_in(root, i)`` (``image_keys``),
+its x_T is drawn from that key and the sampler's step noise from ``fold_in(key_i, step)``, so
+an image does not depend on the batch it lands in, the batch size or the device count.
 """
 
 from __future__ import annotations
@@ -11,34 +13,85 @@ import jax
 import jax.numpy as jnp
 
 from ldm_jax import labels as labels_lib
-from ldm_jax.diffusion.samplers import sample
+from ldm_jax.diffusion import samplers
 from ldm_jax.models.unet import null_labels
 
-
-def initial_noise(key, indices, latent_shape):
-    """x_T for images ``indices`` [B]: image i's noise is drawn from ``fold_in(key, i)`` alone.
-
-    So image i is the same whatever the batch it lands in, the batch size or the device count.
-    """
-    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), latent_shape))(indices)
+EDIT_METHODS = ("sdedit", "ddim-inversion")
 
 
-def make_generate(unet, autoencoder, schedule, *, sampler="ddim", num_steps=50, eta=0.0, spacing="leading",
-                  prediction="eps", guidance_scale=1.0):
-    """``generate(unet_params, ae_params, scale, labels [B, A], x_T [B, h, w, c], key) -> images [B, H, W, C]``.
+def image_keys(root_key, indices):
+    """Per-image keys ``[B]``: ``fold_in(root_key, i)`` for each image index i."""
+    return jax.vmap(lambda i: jax.random.fold_in(root_key, i))(jnp.asarray(indices, jnp.uint32))
+
+
+def initial_noise(keys, latent_shape):
+    """x_T ``[B, *latent_shape]``: image b's noise drawn from ``keys[b]`` alone."""
+    return jax.vmap(lambda k: jax.random.normal(k, latent_shape))(keys)
+
+
+def _denoiser(unet, unet_params):
+    def denoise(x, t, cond):
+        return unet.apply({"params": unet_params}, x, t, cond)
+    return denoise
+
+
+def _decode(autoencoder, ae_params, z, scale):
+    images = autoencoder.apply({"params": ae_params}, z / scale, method=autoencoder.decode)
+    return jnp.clip(images, -1.0, 1.0)
+
+
+def make_generate(unet, autoencoder, schedule, latent_shape, *, sampler="ddim", num_steps=50, eta=0.0,
+                  spacing="leading", prediction="eps", guidance_scale=1.0):
+    """``generate(unet_params, ae_params, scale, labels [B, A], keys [B]) -> images [B, H, W, C]``.
 
     Images are in the model range [-1, 1]; ``scale`` is the latent scale factor; guidance
     uses the all-null labels as the unconditional branch.
     """
 
-    def generate(unet_params, ae_params, scale, labels, x_T, key):
-        def denoise(x, t, cond):
-            return unet.apply({"params": unet_params}, x, t, cond)
-
+    def generate(unet_params, ae_params, scale, labels, keys):
+        x_T = initial_noise(keys, latent_shape)
         null = null_labels(labels.shape[0], labels_lib.NUM_CLASSES)
-        z = sample(denoise, schedule, x_T, key, sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing,
-                   prediction=prediction, cond=labels, null_cond=null, guidance_scale=guidance_scale)
-        images = autoencoder.apply({"params": ae_params}, z / scale, method=autoencoder.decode)
-        return jnp.clip(images, -1.0, 1.0)
+        z = samplers.sample(_denoiser(unet, unet_params), schedule, x_T, keys, sampler=sampler,
+                            num_steps=num_steps, eta=eta, spacing=spacing, prediction=prediction, cond=labels,
+                            null_cond=null, guidance_scale=guidance_scale)
+        return _decode(autoencoder, ae_params, z, scale)
 
     return generate
+
+
+def make_edit(unet, autoencoder, schedule, *, method="sdedit", strength=0.6, sampler="ddim", num_steps=50,
+              eta=0.0, spacing="leading", prediction="eps", guidance_scale=1.0):
+    """``edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys) -> images``.
+
+    The image is encoded (posterior mode) to z_0, taken to the grid step where the last
+    round(strength · num_steps) steps remain, and denoised from there under the target labels:
+
+    - ``sdedit`` (Meng et al. 2022): z_t = q_sample(z_0, t, ε), a fresh ε per image;
+    - ``ddim-inversion``: z_t by deterministic DDIM inversion under the source labels
+      (no guidance), then DDIM (η = 0) under the target labels, so with strength 1 and
+      equal labels the image comes back up to the inversion error.
+
+    Strength 0 returns decode(encode(x)). Images are NHWC in [-1, 1].
+    """
+    if method not in EDIT_METHODS:
+        raise ValueError(f"unknown edit method {method!r}; expected one of {EDIT_METHODS}")
+    if method == "ddim-inversion" and sampler != "ddim":
+        raise ValueError(f"ddim-inversion edits denoise with the ddim sampler, not {sampler!r}")
+    start = None if strength == 0 else samplers.start_step_for_strength(strength, num_steps)
+    grid = dict(num_steps=num_steps, spacing=spacing, prediction=prediction)
+
+    def edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys):
+        z0 = autoencoder.apply({"params": ae_params}, images, method=autoencoder.encode).mode() * scale
+        if start is None:
+            return _decode(autoencoder, ae_params, z0, scale)
+        denoise = _denoiser(unet, unet_params)
+        if method == "sdedit":
+            z_t, _ = samplers.sdedit_start(schedule, z0, keys, strength, num_steps, spacing)
+        else:
+            z_t = samplers.ddim_invert(denoise, schedule, z0, cond=source_labels, start_step=start, **grid)
+        null = null_labels(images.shape[0], labels_lib.NUM_CLASSES)
+        z = samplers.sample(denoise, schedule, z_t, keys, sampler=sampler, eta=eta, cond=target_labels,
+                            null_cond=null, guidance_scale=guidance_scale, start_step=start, **grid)
+        return _decode(autoencoder, ae_params, z, scale)
+
+    return edit

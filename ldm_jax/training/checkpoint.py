@@ -53,6 +53,14 @@ class Checkpointer:
         restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
         return restored.state, restored.meta
 
+    def restore_fields(self, step: int, abstract_state, fields: tuple[str, ...]) -> dict:
+        """Only ``fields`` of a ``TrainState`` checkpoint, e.g. ``("ema_params",)`` for inference:
+        ``{field: tree}``; the other fields (optimizer state...) are not read from disk."""
+        wanted = {name: getattr(abstract_state, name) for name in fields}
+        args = ocp.args.PyTreeRestore(item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+                                      partial_restore=True)
+        return dict(self._manager.restore(int(step), args=ocp.args.Composite(state=args)).state)
+
     def restore_meta(self, step: int) -> dict:
         """Only the JSON metadata of ``step`` (no arrays are read)."""
         return self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

@@ -17,12 +17,11 @@ import numpy as np
 
 from ldm_jax import labels as labels_lib
 from ldm_jax import parallel
-from ldm_jax.diffusion.schedule import make_schedule
 from ldm_jax.models import presets
-from ldm_jax.sampling.generate import initial_noise, make_generate
+from ldm_jax.sampling.generate import image_keys, make_generate
 from ldm_jax.sampling.grid import make_grid, to_pixels
-from ldm_jax.training import autoencoder_step, diffusion_step
-from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
+from ldm_jax.training import autoencoder_step, diffusion_step, restore
+from ldm_jax.training.checkpoint import Checkpointer
 from ldm_jax.training.config import stages_of
 from ldm_jax.training.loop import Stage, restore_or_init, run_stage
 from ldm_jax.training.run_info import record_run
@@ -106,24 +105,6 @@ def train_autoencoder(cfg, preset, mesh, workdir, source, key):
     run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key)
 
 
-def load_autoencoder_params(cfg, preset, mesh, workdir, key):
-    """The frozen autoencoder's params and ``(checkpoint directory, step)`` they came from."""
-    autoencoder, discriminator, optimizers = _autoencoder_parts(cfg, preset)
-    directory = pathlib.Path(cfg.diffusion.autoencoder_checkpoint or workdir / "autoencoder" / "checkpoints")
-    checkpointer = Checkpointer(directory, async_save=False)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no complete autoencoder checkpoint in {directory}: run the autoencoder stage "
-                                f"first or set diffusion.autoencoder_checkpoint")
-    shape = (mesh.size, preset.image_size, preset.image_size, preset.image_channels)
-    abstract = jax.eval_shape(functools.partial(
-        autoencoder_step.init_state, autoencoder=autoencoder, discriminator=discriminator, optimizers=optimizers,
-        image_shape=shape), key)
-    state, _ = checkpointer.restore(step, abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract)))
-    checkpointer.close()
-    return autoencoder, state.params["autoencoder"], str(directory), step
-
-
 def estimate_scale_factor(autoencoder, ae_params, pipeline, num_batches, key) -> float:
     """1/std of latents z ~ q(z|x) over ``num_batches`` batches of training images."""
     encode = jax.jit(lambda p, x, k: diffusion_step.encode_latents(autoencoder, p, x, k, 1.0))
@@ -132,17 +113,15 @@ def estimate_scale_factor(autoencoder, ae_params, pipeline, num_batches, key) ->
     return diffusion_step.latent_scale_factor(np.concatenate(latents))
 
 
-def make_schedule_from_config(dcfg):
-    return make_schedule(dcfg.schedule, dcfg.num_train_timesteps, beta_start=dcfg.beta_start or None,
-                         beta_end=dcfg.beta_end or None, zero_terminal_snr=dcfg.zero_terminal_snr)
-
-
 def train_diffusion(cfg, preset, mesh, workdir, source, key):
+    from ldm_jax.data.pipeline import all_labels
+
     dcfg = cfg.diffusion
-    autoencoder, ae_params, ae_dir, ae_step = load_autoencoder_params(cfg, preset, mesh, workdir, key)
+    ae_dir = str(pathlib.Path(dcfg.autoencoder_checkpoint or workdir / "autoencoder" / "checkpoints").absolute())
+    autoencoder, ae_params, ae_step = restore.load_autoencoder(cfg, ae_dir, None, mesh)
     unet = presets.build_unet(preset.unet, dtype=_dtype(cfg))
     optimizer = make_optimizer(dcfg, flatten=cfg.mesh.fsdp == 1)
-    schedule = make_schedule_from_config(dcfg)
+    schedule = restore.schedule_from_config(dcfg)
     latent_shape = (dcfg.batch_size, preset.latent_size, preset.latent_size, preset.latent_channels)
     init = functools.partial(diffusion_step.init_state, unet=unet, optimizer=optimizer, latent_shape=latent_shape,
                              num_attributes=len(labels_lib.ATTRIBUTES))
@@ -153,14 +132,15 @@ def train_diffusion(cfg, preset, mesh, workdir, source, key):
     state, meta, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline)
     checkpointer.close()
     if meta is not None:
-        scale = meta["scale_factor"]
+        scale, distribution = meta["scale_factor"], meta["label_distribution"]
     else:
         estimate_from = _pipeline(cfg, source, mesh, dcfg.batch_size, seed_offset=1)
         scale = estimate_scale_factor(autoencoder, ae_params, estimate_from, dcfg.scale_factor_batches,
                                       jax.random.fold_in(key, 1))
+        distribution = restore.label_distribution(all_labels(source)).tolist()
     stage.extra_args = (ae_params, jnp.float32(scale))
     stage.meta = {"model": cfg.model, "config": cfg.to_dict(), "scale_factor": scale,
-                  "autoencoder_checkpoint": ae_dir, "autoencoder_step": ae_step}
+                  "autoencoder_checkpoint": ae_dir, "autoencoder_step": ae_step, "label_distribution": distribution}
     stage.on_sample = _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, scale, key)
     run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key, state=state,
               shardings=shardings)
@@ -175,13 +155,13 @@ def _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, sca
     labels = np.concatenate([labels, labels_lib.null_labels(n - len(labels))])
     sharding = parallel.batch_sharding(mesh)
     labels = jax.device_put(labels, sharding)
+    keys = jax.device_put(image_keys(jax.random.fold_in(key, 2), jnp.arange(n)), sharding)
     latent = (preset.latent_size, preset.latent_size, preset.latent_channels)
-    x_T = jax.device_put(initial_noise(jax.random.fold_in(key, 2), jnp.arange(n), latent), sharding)
-    generate = jax.jit(make_generate(unet, autoencoder, schedule, num_steps=cfg.log.sample_steps,
+    generate = jax.jit(make_generate(unet, autoencoder, schedule, latent, num_steps=cfg.log.sample_steps,
                                      prediction=cfg.diffusion.prediction, guidance_scale=cfg.log.guidance_scale))
 
     def on_sample(state, step):
-        images = to_pixels(generate(state.ema_params["unet"], ae_params, scale, labels, x_T, key), 255, np.uint8)
+        images = to_pixels(generate(state.ema_params["unet"], ae_params, scale, labels, keys), 255, np.uint8)
         return {c.strip().replace(",", "_"): make_grid(images[i * per_grid:(i + 1) * per_grid])
                 for i, c in enumerate(conditions)}
 

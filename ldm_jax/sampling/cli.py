@@ -1,0 +1,99 @@
+"""``sample.py``'s work: build a generation or editing ``Job`` from the arguments and run it."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ldm_jax import labels as labels_lib
+from ldm_jax import parallel
+from ldm_jax.sampling import edit_inputs, job
+from ldm_jax.sampling.conditions import Conditions
+from ldm_jax.sampling.generate import image_keys, make_edit, make_generate
+from ldm_jax.sampling.model import load_model
+
+
+def _global(array: np.ndarray, sharding) -> jax.Array:
+    """A batch-sharded global array from a host array every process holds in full."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def run(args, sampler: str) -> job.Summary:
+    shard = job.parse_shard(args.shard)
+    mesh = parallel.make_mesh(1)
+    batch = args.batch or 4 * mesh.size
+    parallel.check_batch_size(batch, mesh)
+    model = load_model(args.workdir, ema=args.ema, mesh=mesh)
+    spacing = "trailing" if sampler == "dpmpp_2m" else "leading"
+    sampling = dict(sampler=sampler, num_steps=args.steps, eta=args.eta, spacing=spacing,
+                    prediction=model.prediction, guidance_scale=args.guidance)
+    settings = {"workdir": str(pathlib.Path(args.workdir).absolute()), "checkpoint_step": model.step,
+                "autoencoder_step": model.autoencoder_step, "ema": model.ema, "seed": args.seed,
+                "sampler": sampler, "steps": args.steps, "eta": args.eta, "guidance": args.guidance,
+                "format": args.format}
+    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    scale = jax.device_put(jnp.float32(model.scale), replicated)
+    root = jax.random.PRNGKey(args.seed)
+
+    def keys(indices):
+        return _global(np.asarray(image_keys(root, indices)), batch_sharding)
+
+    common = {"seed": args.seed, "sampler": sampler, "steps": args.steps, "guidance": args.guidance,
+              "checkpoint_step": model.step, "ema": model.ema}
+    out = pathlib.Path(args.out)
+    if args.edit_input is None:
+        conditions = Conditions(args.condition, model.label_distribution, args.seed)
+        generate = jax.jit(make_generate(model.unet, model.autoencoder, model.schedule, model.latent_shape,
+                                         **sampling),
+                           in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding),
+                           out_shardings=batch_sharding)
+
+        def compute(indices):
+            labels = _global(conditions.labels(indices), batch_sharding)
+            return generate(model.unet_params, model.ae_params, scale, labels, keys(indices))
+
+        def record(index):
+            return {**common, "condition": labels_lib.format_condition(conditions.labels([index])[0])}
+
+        task = job.Job(out=out, settings={**settings, "condition": conditions.spec, "num": args.num},
+                       num=args.num, fmt=args.format, compute=compute,
+                       labels=lambda i: conditions.labels([i])[0], record=record)
+    else:
+        task = _edit_job(args, model, sampling, settings, common, keys, out, replicated, batch_sharding, scale)
+    return job.run(task, batch_size=batch, shard=shard, progress=args.progress)
+
+
+def _edit_job(args, model, sampling, settings, common, keys, out, replicated, batch_sharding, scale) -> job.Job:
+    inputs = edit_inputs.list_inputs(args.edit_input)
+    source = Conditions(args.edit_from, model.label_distribution, args.seed)
+    target = Conditions(args.edit_to, model.label_distribution, args.seed)
+    edit = jax.jit(make_edit(model.unet, model.autoencoder, model.schedule, method=args.method,
+                             strength=args.strength, **sampling),
+                   in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4,
+                   out_shardings=batch_sharding)
+    size = model.image_size
+
+    def compute(indices):
+        images = np.stack([edit_inputs.read_input(inputs[i], size) for i in indices])[..., None]
+        return edit(model.unet_params, model.ae_params, scale, _global(images, batch_sharding),
+                    _global(source.labels(indices), batch_sharding), _global(target.labels(indices), batch_sharding),
+                    keys(indices))
+
+    def record(index):
+        return {**common, "source_sha256": edit_inputs.digest(inputs[index]),
+                "source_condition": labels_lib.format_condition(source.labels([index])[0]),
+                "condition": labels_lib.format_condition(target.labels([index])[0]),
+                "method": args.method, "strength": args.strength}
+
+    root = pathlib.Path(args.edit_input).absolute()
+    names = "\n".join(str(p.absolute().relative_to(root)) if root.is_dir() else p.name for p in inputs)
+    settings = {**settings, "edit_input": str(root), "inputs": len(inputs),
+                "inputs_digest": hashlib.sha256(names.encode()).hexdigest(), "edit_from": source.spec,
+                "edit_to": target.spec, "method": args.method, "strength": args.strength}
+    return job.Job(out=out, settings=settings, num=len(inputs), fmt=args.format, compute=compute,
+                   labels=lambda i: target.labels([i])[0], record=record,
+                   preview=lambda i, image: [edit_inputs.read_input(inputs[i], size), image])

@@ -1,0 +1,101 @@
+"""A trained latent diffusion model loaded from a training workdir, ready to sample.
+
+``load_model(workdir)`` reads the newest diffusion checkpoint's UNet weights (EMA by
+default) and the autoencoder checkpoint that stage recorded, plus what sampling needs
+from the run: config, latent scale factor, schedule and the training label distribution.
+Only the weights are read: optimizer states are left on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from ldm_jax import labels as labels_lib
+from ldm_jax import parallel
+from ldm_jax.diffusion.schedule import Schedule
+from ldm_jax.models import presets
+from ldm_jax.training import diffusion_step
+from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
+from ldm_jax.training.restore import load_autoencoder, schedule_from_config
+from ldm_jax.training.state import make_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingModel:
+    """UNet + autoencoder with their weights, and the run facts sampling depends on.
+
+    ``label_distribution`` is ``[K, A + 1]``: the distinct training label rows and their
+    counts (last column); None for checkpoints written before it was recorded.
+    """
+
+    unet: Any
+    autoencoder: Any
+    unet_params: Any
+    ae_params: Any
+    scale: float
+    schedule: Schedule
+    config: ml_collections.ConfigDict
+    step: int
+    ema: bool
+    autoencoder_step: int
+    label_distribution: np.ndarray | None
+
+    @property
+    def prediction(self) -> str:
+        return self.config.diffusion.prediction
+
+    @property
+    def image_size(self) -> int:
+        return int(presets.get_preset(self.config.model).image_size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        preset = presets.get_preset(self.config.model)
+        return (preset.latent_size, preset.latent_size, preset.latent_channels)
+
+
+def load_model(workdir, *, ema: bool = True, mesh=None) -> SamplingModel:
+    """The newest diffusion checkpoint of ``workdir`` (see the module docstring).
+
+    Raises ``FileNotFoundError`` when the workdir has no complete diffusion checkpoint.
+    """
+    workdir = pathlib.Path(workdir)
+    mesh = mesh if mesh is not None else parallel.make_mesh(1)
+    directory = workdir / "diffusion" / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{workdir} has no diffusion checkpoints ({directory} is missing): train the "
+                                f"diffusion stage first (train.py --workdir {workdir})")
+    checkpointer = Checkpointer(directory, async_save=False)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no complete diffusion checkpoint in {directory}: train the diffusion "
+                                    f"stage first (train.py --workdir {workdir})")
+        meta = checkpointer.restore_meta(step)
+        cfg = ml_collections.ConfigDict(meta["config"])
+        preset = presets.get_preset(cfg.model)
+        unet = presets.build_unet(preset.unet, dtype=jax.numpy.dtype(cfg.compute_dtype))
+        latent = (mesh.size, preset.latent_size, preset.latent_size, preset.latent_channels)
+        abstract = jax.eval_shape(functools.partial(
+            diffusion_step.init_state, unet=unet, optimizer=make_optimizer(cfg.diffusion, flatten=cfg.mesh.fsdp == 1),
+            latent_shape=latent, num_attributes=len(labels_lib.ATTRIBUTES)), jax.random.PRNGKey(0))
+        abstract = abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))
+        field = "ema_params" if ema else "params"
+        unet_params = checkpointer.restore_fields(step, abstract, (field,))[field]["unet"]
+    finally:
+        checkpointer.close()
+    autoencoder, ae_params, ae_step = load_autoencoder(cfg, meta["autoencoder_checkpoint"], meta["autoencoder_step"],
+                                                       mesh)
+    distribution = meta.get("label_distribution")
+    return SamplingModel(
+        unet=unet, autoencoder=autoencoder, unet_params=unet_params, ae_params=ae_params,
+        scale=float(meta["scale_factor"]), schedule=schedule_from_config(cfg.diffusion), config=cfg, step=int(step),
+        ema=ema, autoencoder_step=int(ae_step),
+        label_distribution=None if distribution is None else np.asarray(distribution, np.int64))

@@ -1,0 +1,54 @@
+"""Reading what a finished training stage left behind: schedule, weights, label statistics.
+
+Shared by the diffusion stage (which freezes the autoencoder) and by sampling/evaluation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from ldm_jax import parallel
+from ldm_jax.diffusion.schedule import Schedule, make_schedule
+from ldm_jax.models import presets
+from ldm_jax.training import autoencoder_step
+from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
+
+
+def schedule_from_config(dcfg) -> Schedule:
+    """The diffusion stage's noise schedule, from its config section."""
+    return make_schedule(dcfg.schedule, dcfg.num_train_timesteps, beta_start=dcfg.beta_start or None,
+                         beta_end=dcfg.beta_end or None, zero_terminal_snr=dcfg.zero_terminal_snr)
+
+
+def label_distribution(label_rows: np.ndarray) -> np.ndarray:
+    """``[K, A + 1]``: the distinct rows of ``label_rows [N, A]`` and how often each occurs."""
+    rows, counts = np.unique(np.asarray(label_rows, np.int64), axis=0, return_counts=True)
+    return np.concatenate([rows, counts[:, None]], axis=1)
+
+
+def load_autoencoder(cfg, directory, step: int | None, mesh):
+    """``(autoencoder, params, step)`` from an autoencoder checkpoint directory (newest step
+    when ``step`` is None); only the autoencoder weights are read."""
+    preset = presets.get_preset(cfg.model)
+    autoencoder = presets.build_autoencoder(preset.autoencoder, dtype=jax.numpy.dtype(cfg.compute_dtype))
+    discriminator = presets.build_discriminator(preset.discriminator)
+    optimizers = autoencoder_step.make_optimizers(cfg.autoencoder, flatten=cfg.mesh.fsdp == 1)
+    checkpointer = Checkpointer(directory, async_save=False)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None or step not in checkpointer.all_steps():
+            raise FileNotFoundError(f"no complete autoencoder checkpoint{'' if step is None else f' at step {step}'} "
+                                    f"in {directory}: run the autoencoder stage first or set "
+                                    f"diffusion.autoencoder_checkpoint")
+        shape = (mesh.size, preset.image_size, preset.image_size, preset.image_channels)
+        abstract = jax.eval_shape(functools.partial(
+            autoencoder_step.init_state, autoencoder=autoencoder, discriminator=discriminator,
+            optimizers=optimizers, image_shape=shape), jax.random.PRNGKey(0))
+        abstract = abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))
+        params = checkpointer.restore_fields(step, abstract, ("params",))["params"]
+    finally:
+        checkpointer.close()
+    return autoencoder, params["autoencoder"], step

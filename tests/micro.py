@@ -1,0 +1,27 @@
+"""The smallest training config, shared by the training and sampling tests."""
+
+import importlib.util
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+MICRO_OVERRIDES = {
+    "model": "phantom_micro", "data.num_records": 64, "autoencoder.steps": 4, "autoencoder.batch_size": 8,
+    "autoencoder.gan_start": 2, "diffusion.steps": 4, "diffusion.batch_size": 8, "diffusion.warmup_steps": 2,
+    "diffusion.scale_factor_batches": 1, "checkpoint.every": 2, "log.every": 1, "log.sample_count": 2,
+    "log.sample_steps": 3, "log.sample_conditions": "density=A;density=D", "log.progress": False}
+
+
+def micro_config():
+    """``configs/phantom_tiny.py`` with ``MICRO_OVERRIDES``: ``phantom_micro`` on 64 phantoms, a few steps."""
+    spec = importlib.util.spec_from_file_location("phantom_tiny", ROOT / "configs" / "phantom_tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    for key, value in MICRO_OVERRIDES.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return cfg

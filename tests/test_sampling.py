@@ -1,0 +1,342 @@
+"""Sampling jobs: per-image determinism, shards, resume, writers, editing, bad input."""
+
+import importlib.util
+import io
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from micro import ROOT, micro_config
+
+from ldm_jax import labels as labels_lib
+from ldm_jax.data.imageio import encode_png
+from ldm_jax.data.phantoms import generate_phantom
+from ldm_jax.diffusion import samplers
+from ldm_jax.diffusion.schedule import make_schedule
+from ldm_jax.models.autoencoder import DiagonalGaussian
+from ldm_jax.sampling import job, writers
+from ldm_jax.sampling.conditions import Conditions
+from ldm_jax.sampling.generate import image_keys, make_edit
+from ldm_jax.sampling.model import load_model
+from ldm_jax.training import run
+
+
+def _load_sample_cli():
+    spec = importlib.util.spec_from_file_location("sample_cli", ROOT / "sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SAMPLE = _load_sample_cli()
+
+
+# ----------------------------------------------------------------------------- conditions, shards
+
+
+def _distribution(rows_counts):
+    return np.asarray([[*row, count] for row, count in rows_counts], np.int64)
+
+
+def test_fixed_and_listed_conditions():
+    fixed = Conditions("density=D,finding=mass", None, seed=0)
+    assert fixed.labels([0, 7]).tolist() == [[3, 1, 2, 2]] * 2
+    listed = Conditions("density=A;density=D", None, seed=0)
+    assert listed.labels([0, 1, 2, 5]).tolist() == [[0, 3, 2, 2], [3, 3, 2, 2], [0, 3, 2, 2], [3, 3, 2, 2]]
+    assert Conditions("unconditional", None, 0).labels([3]).tolist() == [list(labels_lib.NUM_CLASSES)]
+
+
+def test_random_conditions_follow_the_training_distribution_per_image():
+    dist = _distribution([((0, 0, 0, 0), 600), ((3, 1, 1, 1), 300), ((2, 2, 0, 1), 100)])
+    conditions = Conditions("random", dist, seed=5)
+    labels = conditions.labels(np.arange(4000))
+    # image i's draw does not depend on the other indices asked for with it
+    assert conditions.labels([1234]).tolist() == [labels[1234].tolist()]
+    assert Conditions("random", dist, seed=5).labels([7, 9]).tolist() == labels[[7, 9]].tolist()
+    for row, p in (((0, 0, 0, 0), 0.6), ((3, 1, 1, 1), 0.3), ((2, 2, 0, 1), 0.1)):
+        frequency = np.mean(np.all(labels == row, axis=1))
+        assert abs(frequency - p) < 5 * np.sqrt(p * (1 - p) / len(labels))
+    assert not np.array_equal(Conditions("random", dist, seed=6).labels(np.arange(50)), labels[:50])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("density=E", "unknown density value"), ("colour=red", "unknown attribute"), ("density", "attribute=value"),
+    ("density=D", "never occurs"), ("random", None)])
+def test_bad_conditions_are_refused(spec, message):
+    dist = _distribution([((0, 0, 0, 0), 10), ((1, 2, 1, 1), 5)])
+    if message is None:
+        with pytest.raises(ValueError, match="does not record"):
+            Conditions(spec, None, 0)
+        return
+    with pytest.raises(ValueError, match=message):
+        Conditions(spec, dist, 0)
+
+
+def test_shards_partition_the_indices():
+    blocks = [list(job.shard_indices(103, (k, 7))) for k in range(7)]
+    assert sum(blocks, []) == list(range(103))
+    assert job.parse_shard("2/5") == (2, 5)
+    for bad in ("5/5", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(ValueError, match="--shard"):
+            job.parse_shard(bad)
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+@pytest.mark.parametrize("fmt, tolerance", [("png16", 1 / 4095), ("png8", 1 / 255), ("npz", 0.0),
+                                            ("dicom", 1 / 4095)])
+def test_writers_round_trip_and_are_deterministic(fmt, tolerance):
+    image = np.random.default_rng(0).uniform(-1, 1, (16, 12, 1)).astype(np.float32)
+    kwargs = dict(labels=np.array([1, 2, 0, 1]), description="density=B", job_uid="abc", index=3)
+    data = writers.encode_image(image, fmt, **kwargs)
+    assert data == writers.encode_image(image, fmt, **kwargs)
+    back = writers.decode_image(data, fmt)
+    assert back.shape == (16, 12)
+    assert np.max(np.abs(back - image[..., 0])) <= tolerance + 1e-6
+
+
+def test_dicom_output_is_marked_synthetic_and_has_no_patient_fields():
+    import pydicom
+
+    image = np.linspace(-1, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    data = writers.encode_image(image, "dicom", labels=np.zeros(4), description="density=A", job_uid="j", index=0)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert ds.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+    assert ds.ConversionType == "SYN" and ds.SeriesDescription == "SYNTHETIC"
+    assert "SYNTHETIC" in ds.ImageComments and "density=A" in ds.ImageComments
+    patient = [e.keyword for e in ds.iterall() if e.tag.group == 0x0010]
+    assert patient == []
+    for keyword in ("InstitutionName", "StudyDate", "ContentDate", "AccessionNumber", "ReferringPhysicianName"):
+        assert keyword not in ds
+    assert ds.pixel_array.max() == 4095 and ds.BitsStored == 12
+    other = writers.encode_image(image, "dicom", labels=np.zeros(4), description="", job_uid="j", index=1)
+    assert pydicom.dcmread(io.BytesIO(other)).SOPInstanceUID != ds.SOPInstanceUID
+
+
+# ----------------------------------------------------------------------------- per-example noise
+
+
+def test_batched_keys_give_each_example_its_own_noise():
+    keys = image_keys(jax.random.PRNGKey(0), jnp.arange(6))
+    together = samplers.standard_normal(keys, 3, (6, 4, 4, 1))
+    alone = samplers.standard_normal(keys[2:3], 3, (1, 4, 4, 1))
+    np.testing.assert_array_equal(together[2:3], alone)
+    assert not np.allclose(together[0], together[1])
+
+
+# ----------------------------------------------------------------------------- editing, exact model
+
+
+class _IdentityAutoencoder(nn.Module):
+    """Latent = image: isolates the diffusion part of editing."""
+
+    def encode(self, x):
+        return DiagonalGaussian(x, jnp.zeros_like(x))
+
+    def decode(self, z):
+        return z
+
+    def __call__(self, x):
+        return x
+
+
+MEANS = np.array([-0.5, -0.2, 0.2, 0.5], np.float32)  # density A..D: mean intensity
+STD = 0.1
+
+
+class _ExactGaussianUNet(nn.Module):
+    """E[ε | x_t, density] when x_0 ~ N(MEANS[density], STD²) per pixel: σ(x_t − a μ)/(a² s² + σ²)."""
+
+    alphas_cumprod: tuple
+
+    def __call__(self, x, t, labels):
+        abar = jnp.asarray(self.alphas_cumprod)[t][:, None, None, None]
+        mu = jnp.asarray(MEANS)[labels[:, 0]][:, None, None, None]
+        a, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
+        return sigma * (x - a * mu) / (abar * STD**2 + sigma**2)
+
+
+def _toy_edit(method, strength, images, source, target, num_steps=50):
+    schedule = make_schedule("linear", 1000)
+    unet = _ExactGaussianUNet(tuple(np.asarray(schedule.alphas_cumprod).tolist()))
+    edit = jax.jit(make_edit(unet, _IdentityAutoencoder(), schedule, method=method, strength=strength,
+                             num_steps=num_steps))
+    b = images.shape[0]
+    labels = (np.tile(labels_lib.parse_condition(source), (b, 1)), np.tile(labels_lib.parse_condition(target), (b, 1)))
+    return np.asarray(edit({}, {}, 1.0, images, *labels, image_keys(jax.random.PRNGKey(0), jnp.arange(b))))
+
+
+def _density_d_images(n=4):
+    return (MEANS[3] + STD * np.random.default_rng(1).standard_normal((n, 8, 8, 1))).astype(np.float32)
+
+
+def test_edit_strength_zero_is_the_autoencoder_round_trip():
+    x = _density_d_images()
+    np.testing.assert_array_equal(_toy_edit("sdedit", 0.0, x, "density=D", "density=A"), np.clip(x, -1, 1))
+
+
+def test_ddim_inversion_edit_moves_density_as_the_exact_transport():
+    """Under the probability-flow ODE, N(μ_D, s²) → x_T → N(μ_A, s²) is x ↦ x − μ_D + μ_A."""
+    x = _density_d_images()
+    target = x - MEANS[3] + MEANS[0]
+    edited = _toy_edit("ddim-inversion", 1.0, x, "density=D", "density=A", num_steps=1000)
+    np.testing.assert_allclose(edited, target, atol=0.01)
+    same = _toy_edit("ddim-inversion", 1.0, x, "density=D", "density=D", num_steps=1000)
+    np.testing.assert_allclose(same, x, atol=0.01)
+    # DDIM inversion is first order: with 100 steps the spread around the mean shrinks (to ~0.8
+    # for this narrow class, s = 0.1), but the density (mean intensity) lands where it should.
+    coarse = _toy_edit("ddim-inversion", 1.0, x, "density=D", "density=A", num_steps=100)
+    assert abs(coarse.mean() - target.mean()) < 0.01
+    assert np.abs(coarse - target).max() > np.abs(edited - target).max()
+
+
+def test_sdedit_at_full_strength_samples_the_target_class():
+    x = _density_d_images(64)
+    edited = _toy_edit("sdedit", 1.0, x, "density=D", "density=A", num_steps=1000)
+    assert abs(edited.mean() - MEANS[0]) < 0.01
+    assert abs(edited.std() - STD) < 0.01
+    partial = _toy_edit("sdedit", 0.3, x, "density=D", "density=A")
+    assert MEANS[0] < partial.mean() < MEANS[3] - 0.05  # part of the way
+
+
+def test_ddim_inversion_needs_the_ddim_sampler():
+    schedule = make_schedule("linear", 100)
+    with pytest.raises(ValueError, match="ddim sampler"):
+        make_edit(None, None, schedule, method="ddim-inversion", sampler="ddpm")
+    with pytest.raises(ValueError, match="unknown edit method"):
+        make_edit(None, None, schedule, method="blur")
+
+
+# ----------------------------------------------------------------------------- the CLI on a trained micro model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    run.train(micro_config(), workdir)
+    return workdir
+
+
+def _sample(workdir, out, *extra):
+    args = ["--workdir", str(workdir), "--out", str(out), "--steps", "3", "--no-progress", *extra]
+    return SAMPLE.main(args)
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+GEN = ("--num", "10", "--batch", "8", "--condition", "density=A;density=D", "--guidance", "2")
+
+
+@pytest.mark.slow
+def test_shards_and_resume_reproduce_the_unsharded_job(trained, tmp_path, monkeypatch):
+    assert _sample(trained, tmp_path / "whole", *GEN) == 0
+    whole = _files(tmp_path / "whole")
+    assert sorted(whole) == [f"{i:06d}.png" for i in range(10)] + ["contact_sheet.png", "manifest.jsonl",
+                                                                    "settings.json"]
+    for k in (1, 0):
+        assert _sample(trained, tmp_path / "sharded", *GEN, "--shard", f"{k}/2") == 0
+    assert _files(tmp_path / "sharded") == whole
+
+    writes = []
+    real_write = job._write
+
+    def dying_write(task, index, image):
+        if len(writes) == 3:
+            raise KeyboardInterrupt  # the job is killed mid-way
+        writes.append(index)
+        real_write(task, index, image)
+
+    monkeypatch.setattr(job, "_write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        _sample(trained, tmp_path / "resumed", *GEN)
+    monkeypatch.setattr(job, "_write", real_write)
+    partial = _files(tmp_path / "resumed")
+    assert 0 < len([n for n in partial if n.endswith(".png") and n[0].isdigit()]) < 10
+    assert _sample(trained, tmp_path / "resumed", *GEN) == 0
+    assert _files(tmp_path / "resumed") == whole
+
+    manifest = [json.loads(line) for line in whole["manifest.jsonl"].decode().splitlines()]
+    assert [m["index"] for m in manifest] == list(range(10))
+    assert manifest[1] == {"file": "000001.png", "index": 1, "seed": 0, "sampler": "ddim", "steps": 3,
+                           "guidance": 2.0, "checkpoint_step": 4, "ema": True, "condition": "density=D"}
+
+
+@pytest.mark.slow
+def test_batch_size_does_not_change_the_images(trained, tmp_path):
+    assert _sample(trained, tmp_path / "b8", *GEN) == 0
+    assert _sample(trained, tmp_path / "b16", *GEN[:2], "--batch", "16", *GEN[4:]) == 0
+    for i in range(10):
+        a, b = (writers.decode_image((tmp_path / d / f"{i:06d}.png").read_bytes(), "png16") for d in ("b8", "b16"))
+        assert np.max(np.abs(a - b)) <= 2 / 4095  # equal up to float rounding in a differently tiled program
+
+
+@pytest.mark.slow
+def test_dicom_job_and_settings_guard(trained, tmp_path):
+    import pydicom
+
+    assert _sample(trained, tmp_path / "dcm", "--num", "3", "--batch", "8", "--format", "dicom",
+                   "--condition", "density=C") == 0
+    ds = pydicom.dcmread(tmp_path / "dcm" / "000002.dcm")
+    assert ds.ConversionType == "SYN" and "density=C" in ds.ImageComments
+    assert ds.pixel_array.shape == (64, 64)
+    # the same folder with other settings is refused, nothing is written
+    before = _files(tmp_path / "dcm")
+    assert _sample(trained, tmp_path / "dcm", "--num", "3", "--batch", "8", "--format", "dicom",
+                   "--condition", "density=A") == 2
+    assert _files(tmp_path / "dcm") == before
+
+
+@pytest.mark.slow
+def test_edit_at_strength_zero_writes_the_reconstruction(trained, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    phantoms = [generate_phantom(s, 64, density="D") for s in range(3)]
+    for s, p in enumerate(phantoms):
+        (inputs / f"scan{s}.png").write_bytes(encode_png(p.image))
+    assert _sample(trained, tmp_path / "edit", "--edit-input", str(inputs), "--edit-to", "density=A",
+                   "--strength", "0", "--batch", "8", "--format", "npz") == 0
+    model = load_model(trained)
+    x = np.stack([p.image for p in phantoms]).astype(np.float32)[..., None] / 4095 * 2 - 1
+    ae = model.autoencoder
+    z = ae.apply({"params": model.ae_params}, x, method=ae.encode).mode()
+    expected = np.clip(ae.apply({"params": model.ae_params}, z, method=ae.decode), -1, 1)[..., 0]
+    for i in range(3):
+        got = writers.decode_image((tmp_path / "edit" / f"{i:06d}.npz").read_bytes(), "npz")
+        np.testing.assert_allclose(got, expected[i], atol=2e-5)
+    record = json.loads((tmp_path / "edit" / "manifest.jsonl").read_text().splitlines()[0])
+    assert record["condition"] == "density=A" and record["method"] == "sdedit" and len(record["source_sha256"]) == 64
+    assert "scan0" not in (tmp_path / "edit" / "manifest.jsonl").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["unknown value", "no checkpoint", "shard", "edit input", "no num"])
+def test_bad_input_exits_with_a_clear_error(trained, tmp_path, capsys, case):
+    out = tmp_path / "out"
+    if case == "unknown value":
+        code = _sample(trained, out, "--num", "2", "--condition", "density=E")
+        expected = "unknown density value"
+    elif case == "no checkpoint":
+        code = _sample(tmp_path, out, "--num", "2")
+        expected = "no diffusion checkpoints"
+    elif case == "shard":
+        code = _sample(trained, out, "--num", "2", "--shard", "2/2")
+        expected = "out of range"
+    elif case == "edit input":
+        bad = tmp_path / "bad.png"
+        bad.write_text("not an image")
+        code = _sample(trained, out, "--edit-input", str(bad), "--edit-to", "density=A", "--batch", "8")
+        expected = "neither a PNG nor a DICOM"
+    else:
+        with pytest.raises(SystemExit) as exit_info:
+            _sample(trained, out)
+        code, expected = exit_info.value.code, "give --num"
+    assert code == 2
+    assert expected in capsys.readouterr().err
+    assert not any(p.suffix == ".png" for p in out.glob("*")) if out.exists() else True
