@@ -222,3 +222,42 @@ def test_preempted_and_resumed_run_equals_uninterrupted(cli_run, tmp_path, monke
     read = lambda files: {p.name: json.loads(p.read_text()) for p in files if p.name.startswith("process_")}  # noqa: E731
     resumed_position, reference_position = read(data_resumed), read(data_reference)
     assert resumed_position == reference_position and len(resumed_position) == 1
+
+
+@pytest.mark.slow
+def test_lpips_term_from_a_local_weights_file(cli_run, tmp_path):
+    """With ``lpips_weights`` set the autoencoder loss gains the perceptual term (synthetic weights)."""
+    from flax import traverse_util
+
+    from ldm_jax.evaluation import lpips, weights
+
+    module = lpips.LPIPS()
+    x = jax.ShapeDtypeStruct((1, lpips.MIN_SIZE, lpips.MIN_SIZE, 3), jnp.float32)
+    template = jax.eval_shape(module.init, jax.random.key(0), x, x)
+    leaves = traverse_util.flatten_dict(template)
+    rng = np.random.default_rng(0)
+    state = {}
+    for name, path in weights.torch_names(template, lpips._torch_module).items():
+        shape = leaves[path].shape
+        shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape
+        state[name] = np.abs(rng.standard_normal(shape)).astype(np.float32) * 0.05
+    np.savez(tmp_path / "lpips_merged.npz", **state)
+
+    def first_loss(extra):
+        cfg = micro_config()
+        cfg.stages = "autoencoder"
+        cfg.autoencoder.steps = 1
+        cfg.data.data_dir = str(cli_run / "data")
+        cfg.autoencoder.update(extra)
+        workdir = tmp_path / f"run{len(extra)}"
+        run.train(cfg, workdir)
+        return json.loads((workdir / "autoencoder" / "metrics.jsonl").read_text().splitlines()[0])["rec_loss"]
+
+    plain = first_loss({})
+    with_lpips = first_loss({"lpips_weights": str(tmp_path / "lpips_merged.npz"), "lpips_weight": 1.0})
+    assert with_lpips > plain + 1e-3  # same init and batch: the difference is the LPIPS distance
+    cfg = micro_config()
+    cfg.data.data_dir = str(cli_run / "data")
+    cfg.autoencoder.lpips_weights = str(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="vgg16"):
+        run.train(cfg, tmp_path / "missing")

@@ -2,11 +2,12 @@
 
 Generator loss (LDM, Rombach et al. 2022, Sec. 3.1 and App. G):
 
-    L = Σ_pixels [ l1·|x − x̂| + s·(1 − SSIM) + f·|log|F x| − log|F x̂|| ] + β_KL·KL(q(z|x) ‖ N(0, I))
-        + λ·w_adapt·L_G,
+    L = Σ_pixels [ l1·|x − x̂| + s·(1 − SSIM) + f·|log|F x| − log|F x̂|| + p·LPIPS(x, x̂) ]
+        + β_KL·KL(q(z|x) ‖ N(0, I)) + λ·w_adapt·L_G,
     w_adapt = ‖∇_{θ_last} L_rec‖ / (‖∇_{θ_last} L_G‖ + 1e-4)   (θ_last: decoder's output conv),
 
-where L_G is the generator's adversarial loss. Sums over pixels and latent elements are
+where L_G is the generator's adversarial loss and LPIPS (Zhang et al. 2018) is used only
+when the user supplies its weights (``lpips_weights``; nothing is downloaded). Sums over pixels and latent elements are
 averaged over the batch, as in LDM, so ``kl_weight = 1e-6`` means what it means there.
 The discriminator is trained with the hinge (or least-squares) loss on x versus sg(x̂).
 """
@@ -48,8 +49,21 @@ def init_state(key, autoencoder, discriminator, optimizers, image_shape) -> Trai
                       rng=key)
 
 
-def _reconstruction_map(x, recon, cfg):
-    """Per-pixel reconstruction loss summed over pixels, per example [B]; images in [-1, 1]."""
+def load_perceptual(cfg):
+    """``(LPIPS module, variables)`` from ``cfg.lpips_weights`` ("vgg16.pth,vgg.pth" or one merged
+    file), or ``(None, None)`` when it is empty."""
+    if not cfg.lpips_weights:
+        return None, None
+    from ldm_jax.evaluation.lpips import load_lpips
+
+    return load_lpips(*[part.strip() for part in cfg.lpips_weights.split(",")])
+
+
+def _reconstruction_map(x, recon, cfg, perceptual=None):
+    """Per-pixel reconstruction loss summed over pixels, per example [B]; images in [-1, 1].
+
+    ``perceptual`` is ``(LPIPS module, variables)`` or None.
+    """
     num_pixels = math.prod(x.shape[1:])
     per_example = cfg.l1_weight * jnp.sum(jnp.abs(x - recon), axis=(1, 2, 3))
     if cfg.ssim_weight:
@@ -58,6 +72,10 @@ def _reconstruction_map(x, recon, cfg):
     if cfg.freq_weight:
         spectrum = lambda a: jnp.log1p(jnp.abs(jnp.fft.fft2(a[..., 0].astype(jnp.float32))))
         per_example += cfg.freq_weight * jnp.sum(jnp.abs(spectrum(x) - spectrum(recon)), axis=(1, 2))
+    if perceptual is not None:
+        from ldm_jax.evaluation.lpips import lpips_distance
+
+        per_example += cfg.lpips_weight * num_pixels * lpips_distance(*perceptual, x, recon)
     return per_example
 
 
@@ -78,18 +96,21 @@ def last_layer(ae_grads):
     return ae_grads["decoder"]["conv_out"]["kernel"]
 
 
-def train_step(state: TrainState, batch, *, autoencoder, discriminator, optimizers, cfg, gan_active: bool):
+def train_step(state: TrainState, batch, lpips_variables=None, *, autoencoder, discriminator, optimizers, cfg,
+               gan_active: bool, lpips_module=None):
     """One update of the autoencoder (and, when ``gan_active``, of the discriminator).
 
     A non-finite loss or gradient leaves the state unchanged (``metrics['skipped'] = 1``).
+    ``lpips_variables`` (frozen) are an argument, not a constant baked into the program.
     """
+    perceptual = None if lpips_module is None else (lpips_module, lpips_variables)
     x = batch["image"]
     key = jax.random.fold_in(state.rng, state.step)
     ae_params, d_params = state.params["autoencoder"], state.params["discriminator"]
 
     def losses(p):
         recon, posterior = autoencoder.apply({"params": p}, x, rngs={"sample": key})
-        rec = jnp.mean(_reconstruction_map(x, recon, cfg))
+        rec = jnp.mean(_reconstruction_map(x, recon, cfg, perceptual))
         kl = jnp.mean(posterior.kl())
         g = (_generator_adversarial(discriminator.apply({"params": d_params}, recon), cfg.gan_loss)
              if gan_active else jnp.zeros(()))
@@ -129,9 +150,10 @@ def train_step(state: TrainState, batch, *, autoencoder, discriminator, optimize
     return new_state, metrics
 
 
-def make_train_step(autoencoder, discriminator, optimizers, cfg):
-    """``step(state, batch, gan_active)`` with the networks and config bound (jit it with static gan_active)."""
-    def step(state, batch, gan_active):
-        return train_step(state, batch, autoencoder=autoencoder, discriminator=discriminator,
-                          optimizers=optimizers, cfg=cfg, gan_active=gan_active)
+def make_train_step(autoencoder, discriminator, optimizers, cfg, lpips_module=None):
+    """``step(state, batch, lpips_variables, gan_active)`` with the networks and config bound
+    (jit it with static gan_active; ``lpips_variables`` is None without LPIPS)."""
+    def step(state, batch, lpips_variables, gan_active):
+        return train_step(state, batch, lpips_variables, autoencoder=autoencoder, discriminator=discriminator,
+                          optimizers=optimizers, cfg=cfg, gan_active=gan_active, lpips_module=lpips_module)
     return step

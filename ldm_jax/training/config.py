@@ -49,7 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
         gan_weight=0.5,                 # times LDM's adaptive weight
         gan_loss="hinge",               # "hinge" or "least_squares"
         disc_learning_rate=4.5e-6 * 16,
-        lpips_weights="",               # path to local LPIPS weights (.npz); "" = no perceptual term
+        lpips_weights="",               # "vgg16-397923af.pth,vgg.pth" (local files) or one merged file; "" = none
         lpips_weight=1.0,
     ))
 

@@ -84,6 +84,7 @@ def _round_up(n, multiple):
 
 def train_autoencoder(cfg, preset, mesh, workdir, source, key):
     acfg = cfg.autoencoder
+    lpips_module, lpips_variables = autoencoder_step.load_perceptual(acfg)  # fails early when files are missing
     autoencoder, discriminator, optimizers = _autoencoder_parts(cfg, preset)
     pipeline = _pipeline(cfg, source, mesh, acfg.batch_size)
     shape = (acfg.batch_size, preset.image_size, preset.image_size, preset.image_channels)
@@ -99,7 +100,8 @@ def train_autoencoder(cfg, preset, mesh, workdir, source, key):
 
     stage = Stage(
         name="autoencoder", steps=acfg.steps, init=init,
-        step=autoencoder_step.make_train_step(autoencoder, discriminator, optimizers, acfg),
+        step=autoencoder_step.make_train_step(autoencoder, discriminator, optimizers, acfg, lpips_module),
+        extra_args=(lpips_variables,),
         static_args=lambda step: (step >= acfg.gan_start,),
         meta={"model": cfg.model, "config": cfg.to_dict()}, on_sample=on_sample)
     run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key)
