@@ -1,0 +1,151 @@
+"""Throughput benchmark of the ldm_jax UNet: training step, UNet forward, or a full sampling job.
+
+    python bench.py --preset ldm64|sd15|mammo256|phantom_tiny --mode train|unet|sample --batch B \
+        [--steps 50] [--dtype bf16|f32] [--attention none|xla|cudnn] [--bf16-weights] \
+        [--peak-tflops X] [--measure-ceiling] [--json FILE]
+
+Protocol (BENCHMARKS.md): compile time (trace + lower + compile, ahead of time) and the
+warm-up calls are timed apart and kept out of the throughput; then ``--repeats`` runs of
+``--iters`` calls, each run ended by ``jax.block_until_ready``; the step time is the median
+per-call time. Reports images/s, the peak device memory, model FLOPs per image (counted from
+the jaxpr: matmuls and convolutions; training = 3× forward), achieved TFLOP/s and MFU
+against the device's dense bf16 peak and, with ``--measure-ceiling``, against a measured
+bf16 matmul. Progress goes to stderr, the JSON record to stdout (and ``--json FILE``).
+
+Imports only jax, flax, optax, numpy and ml_collections (runs on a bare accelerator host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import jax
+
+from ldm_jax.benchmarking import timing, workloads
+from ldm_jax.models import presets
+from ldm_jax.parallel import check_batch_size, make_mesh
+
+ATTENTION = {"none": None, "xla": "xla", "cudnn": "cudnn"}
+VERSION_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_collections")
+
+
+def _log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", required=True, choices=presets.PRESETS)
+    parser.add_argument("--mode", required=True, choices=workloads.MODES)
+    parser.add_argument("--batch", required=True, type=int, help="global batch, split over all devices")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps of --mode sample (default 50)")
+    parser.add_argument("--guidance-scale", type=float, default=7.5,
+                        help="classifier-free guidance scale of --mode sample (1 runs no unconditional branch)")
+    parser.add_argument("--dtype", choices=tuple(workloads.DTYPES), default="bf16", help="compute dtype")
+    parser.add_argument("--attention", type=str.lower, choices=tuple(ATTENTION), default="none",
+                        help="attention_impl of the UNet (none: jax picks)")
+    parser.add_argument("--bf16-weights", action="store_true", help="cast the weights to bfloat16 (unet, sample)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compilation")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    parser.add_argument("--iters", type=int, default=None, help="calls per timed run (default 5; sample: 1)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="dense bf16 peak TFLOP/s per device (overrides the table)")
+    parser.add_argument("--measure-ceiling", action="store_true", help="time a large bf16 matmul as a second MFU base")
+    parser.add_argument("--ceiling-size", type=int, default=8192, help="M = N = K of the ceiling matmul")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the record here")
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
+    if args.mode != "sample" and args.steps is not None:
+        parser.error("--steps applies to --mode sample only")
+    if args.mode == "sample" and args.steps is None:
+        args.steps = 50
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.warmup < 0 or args.repeats < 1 or (args.iters is not None and args.iters < 1) or args.ceiling_size < 1:
+        parser.error("need --warmup >= 0, --repeats >= 1, --iters >= 1 and --ceiling-size >= 1")
+    if args.mode == "train" and args.bf16_weights:
+        parser.error("--bf16-weights is for inference (--mode unet or sample); training keeps float32 params")
+    if args.iters is None:
+        args.iters = 1 if args.mode == "sample" else 5
+    return args
+
+
+def _time(job: workloads.Job, args, iters: int) -> dict:
+    return timing.time_runs(job.call, jax.block_until_ready, warmup=args.warmup, repeats=args.repeats, iters=iters)
+
+
+def benchmark(args) -> dict:
+    """Run the benchmark ``args`` describe (see ``parse_args``) and return its result record."""
+    cfg = presets.get_preset(args.preset)
+    mesh = make_mesh(1)
+    check_batch_size(args.batch, mesh)
+    if args.mode == "sample":
+        workloads.check_sample_preset(args.preset, cfg)
+    dtype = workloads.DTYPES[args.dtype]
+    unet = presets.build_unet(cfg.unet, dtype=dtype, attention_impl=ATTENTION[args.attention])
+    device = jax.devices()[0]
+    peak, peak_source = timing.peak_tflops(device.device_kind, device.platform, args.peak_tflops)
+    _log(f"{args.preset} {args.mode} batch {args.batch} on {mesh.size} x {device.device_kind} ({device.platform})")
+
+    unet_forward_s = unet_fraction = None
+    if args.mode == "train":
+        job = workloads.train_job(cfg, unet, args.batch, mesh, args.seed)
+        flops, flops_note = 3 * workloads.forward_flops_per_image(cfg, args.batch), "3 x UNet forward"
+    elif args.mode == "unet":
+        job = workloads.unet_job(cfg, unet, args.batch, mesh, args.seed, args.bf16_weights)
+        flops, flops_note = workloads.forward_flops_per_image(cfg, args.batch), "UNet forward"
+    else:
+        autoencoder = presets.build_autoencoder(cfg.autoencoder, dtype=dtype)
+        job = workloads.sample_job(cfg, unet, autoencoder, args.batch, mesh, args.seed, steps=args.steps,
+                                   guidance_scale=args.guidance_scale, bf16_weights=args.bf16_weights)
+        flops = workloads.sample_flops_per_image(cfg, args.batch, steps=args.steps, guidance_scale=args.guidance_scale)
+        guided = 2 * args.batch if args.guidance_scale != 1 else args.batch
+        flops_note = f"{args.steps} DDIM steps x UNet forward at batch {guided} + autoencoder decode, per image"
+    _log(f"compiled in {job.compile_s:.2f} s; {args.warmup} warm-up calls, {args.repeats} x {args.iters} timed")
+    result = _time(job, args, args.iters)
+    _log(f"step time {result['step_time_s'] * 1e3:.2f} ms (median of {args.repeats})")
+
+    if args.mode == "sample":
+        _log(f"timing the per-step UNet forward at batch {guided}, {args.steps} calls per run")
+        forward = workloads.unet_job(cfg, unet, guided, mesh, args.seed, args.bf16_weights)
+        unet_forward_s = _time(forward, args, args.steps)["step_time_s"]
+        unet_fraction = args.steps * unet_forward_s / result["step_time_s"]
+
+    ceiling = None
+    if args.measure_ceiling:
+        _log(f"measuring the matmul ceiling ({args.ceiling_size}^3 bf16)")
+        ceiling = workloads.matmul_ceiling_tflops(args.ceiling_size, device)
+    memory, memory_note = timing.peak_memory(jax.local_devices())
+    record = {
+        "framework": "jax", "preset": args.preset, "mode": args.mode, "batch": args.batch, "steps": args.steps,
+        "dtype": args.dtype, "attention": args.attention, "bf16_weights": args.bf16_weights,
+        "device_count": mesh.size, "device_kind": device.device_kind, "platform": device.platform,
+        "versions": timing.versions(VERSION_PACKAGES), "date": timing.utc_now(), "compile_s": job.compile_s,
+        **result, "peak_memory_bytes": memory, "peak_memory_note": memory_note,
+        "flops_per_image": flops, "flops_note": flops_note, "peak_tflops": peak, "peak_tflops_source": peak_source,
+        "ceiling_tflops": ceiling, "unet_forward_s": unet_forward_s, "unet_fraction": unet_fraction,
+        **timing.throughput(args.batch, result["step_time_s"], flops, mesh.size, peak, ceiling),
+    }
+    return timing.check_record(record)
+
+
+def main(argv=None) -> dict:
+    """CLI entry point: run, print the JSON record to stdout, write ``--json``; returns the record."""
+    args = parse_args(argv)
+    record = benchmark(args)
+    text = json.dumps(record, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+        _log(f"wrote {args.json}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

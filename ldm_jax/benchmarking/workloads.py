@@ -1,0 +1,221 @@
+"""The benchmarked jobs on a model preset, compiled ahead of time and sharded over a mesh.
+
+- ``train``: one AdamW step (optax, float32 params, ``dtype`` compute) on the ε-MSE
+  denoising loss at the preset's latent shape: t ~ U{0..T-1}, ε ~ N(0, I), x_t from
+  ``q_sample`` (linear schedule, T = 1000); the state is donated.
+- ``unet``: one UNet forward (inference), optionally with bfloat16 weights.
+- ``sample``: ``make_generate``'s whole job: N DDIM steps with classifier-free guidance
+  (a 2B UNet batch per step when the scale is not 1) and the autoencoder decode.
+
+The global batch is split over every device of the mesh on its batch axes; parameters and
+optimizer state are replicated. Model FLOPs are counted (``flops.count_flops``) on abstract
+inputs with ``attention_impl='xla'``, whose attention is two ``dot_general``s per head —
+the same arithmetic cuDNN's fused kernel does, which the counter could not see.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ldm_jax import labels as labels_lib
+from ldm_jax.benchmarking.flops import count_flops
+from ldm_jax.benchmarking.timing import time_runs
+from ldm_jax.diffusion.forward import q_sample
+from ldm_jax.diffusion.losses import diffusion_loss
+from ldm_jax.diffusion.schedule import make_schedule
+from ldm_jax.models import presets
+from ldm_jax.parallel import batch_sharding, replicated
+from ldm_jax.sampling.generate import image_keys, make_generate
+
+MODES = ("train", "unet", "sample")
+DTYPES = {"bf16": jnp.bfloat16, "f32": jnp.float32}
+TRAIN_TIMESTEPS = 1000
+
+
+@dataclasses.dataclass
+class Job:
+    """A compiled job: ``call()`` launches one step and returns its outputs (pass them to
+    ``jax.block_until_ready``); ``compile_s`` is the trace + lower + compile time."""
+
+    call: Callable[[], Any]
+    compile_s: float
+
+
+def input_specs(cfg, batch: int, dtype) -> tuple:
+    """``ShapeDtypeStruct``s (x, t, labels, context) of a UNet call on preset ``cfg``; None where absent.
+
+    x: float32 latents ``[B, s, s, c]``; t: int32 ``[B]``; labels: int32 ``[B, A]`` when the
+    UNet is class-conditioned; context: ``[B, L, context_dim]`` in ``dtype`` when it cross-attends.
+    """
+    num_classes = tuple(cfg.unet.get("num_classes", ()))
+    return (jax.ShapeDtypeStruct((batch, cfg.latent_size, cfg.latent_size, cfg.latent_channels), jnp.float32),
+            jax.ShapeDtypeStruct((batch,), jnp.int32),
+            jax.ShapeDtypeStruct((batch, len(num_classes)), jnp.int32) if num_classes else None,
+            jax.ShapeDtypeStruct((batch, cfg.context_len, cfg.unet.context_dim), dtype) if cfg.context_len else None)
+
+
+def random_inputs(cfg, specs, rng: np.random.Generator) -> tuple:
+    """Host arrays for ``input_specs``: N(0, 1) latents and context, uniform t and labels (null included)."""
+    x, t, labels, context = specs
+    num_classes = np.asarray(tuple(cfg.unet.get("num_classes", ())), np.int32)
+    return (rng.standard_normal(x.shape, np.float32),
+            rng.integers(0, TRAIN_TIMESTEPS, t.shape, np.int32),
+            None if labels is None else rng.integers(0, num_classes + 1, labels.shape, np.int32),
+            None if context is None else rng.standard_normal(context.shape, np.float32).astype(context.dtype))
+
+
+def _forward(unet):
+    def forward(params, x, t, labels, context):
+        return unet.apply({"params": params}, x, t, labels, context)
+    return forward
+
+
+def _param_shapes(module, example, **init_kwargs):
+    return jax.eval_shape(lambda k, *a: module.init(k, *a, **init_kwargs)["params"], jax.random.key(0), *example)
+
+
+def random_params(module, example, rng: np.random.Generator, mesh, dtype=jnp.float32, **init_kwargs):
+    """Parameters shaped as ``module.init(key, *example, **init_kwargs)`` makes them, drawn
+    N(0, 0.02²) on the host and replicated over ``mesh``.
+
+    Values do not change the timing; drawing them here avoids compiling Flax's
+    initialisers (tens of seconds on a CPU, and a large program for sd15).
+    """
+    shapes = _param_shapes(module, example, **init_kwargs)
+    params = jax.tree.map(lambda s: (0.02 * rng.standard_normal(s.shape, np.float32)).astype(dtype), shapes)
+    return jax.device_put(params, replicated(mesh))
+
+
+def _compile(fn, *args, **jit_kwargs):
+    start = time.perf_counter()
+    compiled = jax.jit(fn, **jit_kwargs).lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def forward_flops_per_image(cfg, batch: int = 1) -> float:
+    """Model FLOPs of one UNet forward per image, counted at ``batch`` on abstract inputs (no allocation)."""
+    unet = presets.build_unet(cfg.unet, dtype=jnp.bfloat16, attention_impl="xla")
+    specs = input_specs(cfg, batch, jnp.bfloat16)
+    return count_flops(_forward(unet), _param_shapes(unet, specs), *specs) / batch
+
+
+def train_job(cfg, unet, batch: int, mesh, seed: int, learning_rate: float = 1e-4) -> Job:
+    """One jitted AdamW step on the ε-MSE loss with donated state (see the module docstring)."""
+    schedule = make_schedule("linear", TRAIN_TIMESTEPS)
+    optimizer = optax.adamw(learning_rate)
+    rng = np.random.default_rng(seed)
+    params = random_params(unet, input_specs(cfg, 1, unet.dtype), rng, mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=replicated(mesh))(params)
+    state = {"params": params, "opt_state": opt_state, "rng": jax.device_put(jax.random.key(seed), replicated(mesh))}
+    x0, _, labels, context = jax.device_put(random_inputs(cfg, input_specs(cfg, batch, unet.dtype), rng),
+                                            batch_sharding(mesh))
+
+    def step(state, x0, labels, context):
+        rng, k_t, k_noise, k_dropout = jax.random.split(state["rng"], 4)
+        t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_steps)
+        noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+
+        def loss_fn(params):
+            out = unet.apply({"params": params}, q_sample(schedule, x0, t, noise), t, labels, context, train=True,
+                             rngs={"dropout": k_dropout})
+            return diffusion_loss(schedule, out, x0, noise, t)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state, "rng": rng}, loss
+
+    state_sharding = jax.tree.map(lambda _: replicated(mesh), state)
+    compiled, compile_s = _compile(step, state, x0, labels, context, donate_argnums=0,
+                                   out_shardings=(state_sharding, replicated(mesh)))
+
+    def call():
+        nonlocal state
+        state, loss = compiled(state, x0, labels, context)
+        return state, loss
+
+    return Job(call, compile_s)
+
+
+def unet_job(cfg, unet, batch: int, mesh, seed: int, bf16_weights: bool = False) -> Job:
+    """One jitted UNet forward at ``batch`` on random inputs."""
+    rng = np.random.default_rng(seed)
+    params = random_params(unet, input_specs(cfg, 1, unet.dtype), rng, mesh,
+                           jnp.bfloat16 if bf16_weights else jnp.float32)
+    inputs = jax.device_put(random_inputs(cfg, input_specs(cfg, batch, unet.dtype), rng), batch_sharding(mesh))
+    compiled, compile_s = _compile(_forward(unet), params, *inputs, out_shardings=batch_sharding(mesh))
+    return Job(lambda: compiled(params, *inputs), compile_s)
+
+
+def check_sample_preset(name: str, cfg) -> None:
+    """Raise unless ``make_generate`` can run preset ``cfg``: it decodes with the autoencoder
+    and conditions on the mammography labels only (no context)."""
+    if cfg.autoencoder is None or cfg.context_len or tuple(cfg.unet.get("num_classes", ())) != labels_lib.NUM_CLASSES:
+        raise ValueError(f"--mode sample runs ldm_jax.sampling.generate.make_generate, which needs an autoencoder "
+                         f"and the mammography labels {labels_lib.NUM_CLASSES} without context; preset {name!r} "
+                         f"has autoencoder={'yes' if cfg.autoencoder else 'none'}, "
+                         f"num_classes={tuple(cfg.unet.get('num_classes', ()))}, context_len={cfg.context_len}")
+
+
+def _latent_shape(cfg) -> tuple:
+    return (cfg.latent_size, cfg.latent_size, cfg.latent_channels)
+
+
+def _latent_spec(cfg) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((1, *_latent_shape(cfg)), jnp.float32)
+
+
+def _generate_args(batch: int, key):
+    """``generate``'s data arguments: (scale 1, labels [B, A] all class 0, per-image keys [B])."""
+    return (jnp.float32(1.0), jnp.zeros((batch, len(labels_lib.NUM_CLASSES)), jnp.int32),
+            image_keys(key, jnp.arange(batch)))
+
+
+def _make_generate(cfg, unet, autoencoder, steps: int, guidance_scale: float):
+    return make_generate(unet, autoencoder, make_schedule("linear", TRAIN_TIMESTEPS), _latent_shape(cfg),
+                         sampler="ddim", num_steps=steps, guidance_scale=guidance_scale)
+
+
+def sample_job(cfg, unet, autoencoder, batch: int, mesh, seed: int, *, steps: int, guidance_scale: float,
+               bf16_weights: bool = False) -> Job:
+    """``make_generate``'s DDIM job (``steps`` steps, guidance, decode) on ``batch`` images."""
+    rng = np.random.default_rng(seed)
+    weight_dtype = jnp.bfloat16 if bf16_weights else jnp.float32
+    unet_params = random_params(unet, input_specs(cfg, 1, unet.dtype), rng, mesh, weight_dtype)
+    ae_params = random_params(autoencoder, (_latent_spec(cfg),), rng, mesh, weight_dtype, method=autoencoder.decode)
+    scale, labels, keys = _generate_args(batch, jax.random.key(seed))
+    labels, keys = jax.device_put((labels, keys), batch_sharding(mesh))
+    args = (unet_params, ae_params, scale, labels, keys)
+    compiled, compile_s = _compile(_make_generate(cfg, unet, autoencoder, steps, guidance_scale), *args,
+                                   out_shardings=batch_sharding(mesh))
+    return Job(lambda: compiled(*args), compile_s)
+
+
+def sample_flops_per_image(cfg, batch: int, *, steps: int, guidance_scale: float) -> float:
+    """Model FLOPs per image of the whole sampling job (every UNet call and the decode), on abstract inputs."""
+    unet = presets.build_unet(cfg.unet, dtype=jnp.bfloat16, attention_impl="xla")
+    autoencoder = presets.build_autoencoder(cfg.autoencoder, dtype=jnp.bfloat16)
+    unet_params = _param_shapes(unet, input_specs(cfg, 1, jnp.bfloat16))
+    ae_params = _param_shapes(autoencoder, (_latent_spec(cfg),), method=autoencoder.decode)
+    args = jax.eval_shape(lambda: _generate_args(batch, jax.random.key(0)))
+    generate = _make_generate(cfg, unet, autoencoder, steps, guidance_scale)
+    return count_flops(generate, unet_params, ae_params, *args) / batch
+
+
+def matmul_ceiling_tflops(size: int, device, *, warmup: int = 2, repeats: int = 5, iters: int = 10) -> float:
+    """TFLOP/s of a ``size``³ bfloat16 matmul (2·size³ FLOPs) on one ``device``, timed like the jobs."""
+    if size < 1:
+        raise ValueError(f"--ceiling-size must be >= 1, got {size}")
+    rng = np.random.default_rng(0)
+    a, b = (jax.device_put(rng.standard_normal((size, size), np.float32).astype(jnp.bfloat16), device)
+            for _ in range(2))
+    compiled, _ = _compile(jnp.matmul, a, b)
+    timing = time_runs(lambda: compiled(a, b), jax.block_until_ready, warmup=warmup, repeats=repeats, iters=iters)
+    return 2 * size**3 / timing["step_time_s"] / 1e12
