@@ -14,3 +14,18 @@ import jax  # noqa: E402
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def trained_micro(tmp_path_factory):
+    """A workdir with both stages of the micro config trained (shared by sampling and evaluation tests)."""
+    from micro import micro_config
+
+    from ldm_jax.training import run
+
+    workdir = tmp_path_factory.mktemp("micro_run")
+    run.train(micro_config(), workdir)
+    return workdir

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from micro import ROOT, micro_config
+from micro import ROOT
 
 from ldm_jax import labels as labels_lib
 from ldm_jax.data.imageio import encode_png
@@ -21,7 +21,6 @@ from ldm_jax.sampling import job, writers
 from ldm_jax.sampling.conditions import Conditions
 from ldm_jax.sampling.generate import image_keys, make_edit
 from ldm_jax.sampling.model import load_model
-from ldm_jax.training import run
 
 
 def _load_sample_cli():
@@ -216,10 +215,8 @@ def test_ddim_inversion_needs_the_ddim_sampler():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    run.train(micro_config(), workdir)
-    return workdir
+def trained(trained_micro):
+    return trained_micro
 
 
 def _sample(workdir, out, *extra):

@@ -51,6 +51,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide outputs from the rest of a team
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

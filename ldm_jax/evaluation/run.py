@@ -1,0 +1,325 @@
+"""``evaluate(workdir, options)``: every metric of a trained run, and its HTML report.
+
+Sections (each recorded in ``eval/metrics.json``):
+
+- ``reconstruction``: PSNR/SSIM/MS-SSIM of the autoencoder on held-out images; on
+  phantoms, the fraction of microcalcification specks still detected after it.
+- ``generation``: Fréchet distance, KID and precision/recall of samples against held-out
+  images in the phantom classifier's feature space (and InceptionV3's when its weights
+  file is given); MS-SSIM diversity of samples and of real images.
+- ``conditioning``: the classifier's per-attribute accuracy and confusion matrices on
+  samples generated per density class.
+- ``dense_tissue_removal`` (phantoms): dense held-out phantoms edited to density A against
+  their fat-only counterfactuals (SSIM, PSNR, lesion preservation, density after editing),
+  beside two baselines: the unedited image and an intensity-threshold filter.
+- ``memorization``: each sample's nearest training image by feature distance and by
+  MS-SSIM; the fraction above the MS-SSIM threshold and the closest pairs.
+
+Held-out phantoms are the ``mammo_phantoms`` test split's seeds, generated again with
+their masks and counterfactuals; training images come from the run's own data source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+from ldm_jax import labels as labels_lib
+from ldm_jax.data.imageio import write_atomic
+from ldm_jax.diffusion import samplers
+from ldm_jax.diffusion.forward import q_sample
+from ldm_jax.evaluation import classifier as clf
+from ldm_jax.evaluation import lesions, metrics, report
+from ldm_jax.sampling.generate import image_keys, make_edit, make_generate
+from ldm_jax.sampling.grid import make_grid, to_pixels
+from ldm_jax.sampling.model import load_model
+
+DENSITY_CONDITIONS = tuple(f"density={d}" for d in labels_lib.ATTRIBUTES["density"])
+TEST_SEED_OFFSET = 2_000_000_000  # mammo_phantoms' test split (never trained on)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    num: int = 128                 # generated samples (spread over the density classes)
+    held_out: int = 256            # held-out real images
+    train_images: int = 2048       # training images searched by the memorization audit
+    edits: int = 32                # dense phantoms edited to density A
+    steps: int = 50
+    guidance: float = 3.0
+    edit_strength: float = 0.6
+    edit_method: str = "sdedit"
+    batch: int = 32
+    copy_threshold: float = 0.95   # MS-SSIM above which a sample counts as a likely copy
+    classifier: str = ""           # phantom classifier file; "" → <out>/phantom_classifier.msgpack
+    classifier_steps: int = 1500
+    inception_weights: str = ""
+    seed: int = 0
+
+
+def _log(message: str) -> None:
+    print(f"[evaluate] {message}", file=sys.stderr, flush=True)
+
+
+def _batched(fn, arrays: tuple, batch: int) -> np.ndarray:
+    """``fn(*chunk)`` over fixed-size chunks of ``arrays`` (the last padded), concatenated."""
+    n = len(arrays[0])
+    out = []
+    for start in range(0, n, batch):
+        chunk = [a[start:start + batch] for a in arrays]
+        pad = batch - len(chunk[0])
+        chunk = [np.concatenate([c, np.repeat(c[-1:], pad, axis=0)]) if pad else c for c in chunk]
+        out.append(np.asarray(fn(*chunk))[:batch - pad])
+    return np.concatenate(out)
+
+
+def held_out_phantoms(num: int, size: int):
+    """The first ``num`` phantoms of the ``mammo_phantoms`` test split, as arrays (see lesions)."""
+    from ldm_jax.data.phantoms import generate_phantom
+
+    return lesions.phantom_arrays(generate_phantom(TEST_SEED_OFFSET + i, size) for i in range(num))
+
+
+def training_images(model, workdir: pathlib.Path, num: int) -> np.ndarray:
+    """Up to ``num`` training images ``[N, S, S, 1]`` in [-1, 1] from the run's data source."""
+    from ldm_jax.data.pipeline import InputPipeline
+    from ldm_jax.parallel import make_mesh
+    from ldm_jax.training.run import open_source
+
+    source = open_source(model.config, workdir)
+    mesh = make_mesh(1, jax.devices()[:1])
+    batch = min(num, len(source))
+    pipeline = InputPipeline(source, global_batch_size=batch, mesh=mesh, shuffle=False,
+                             image_size=model.image_size, random_flip=False)
+    return np.asarray(next(pipeline)["image"])
+
+
+def threshold_filter(images: np.ndarray, breast_masks: np.ndarray, quantile: float = 0.3) -> np.ndarray:
+    """Baseline dense-tissue filter: inside the breast, intensities above the breast's
+    ``quantile`` are pulled down to it, and the fine detail (image − Gaussian blur, σ = 1 px)
+    is added back so small bright lesions survive."""
+    out = images.copy()
+    for i, (x, breast) in enumerate(zip(images[..., 0], breast_masks)):
+        level = np.quantile(x[breast], quantile)
+        detail = x - ndimage.gaussian_filter(x, 1.0)
+        out[i, ..., 0] = np.where(breast, np.minimum(x, level) + detail, x)
+    return np.clip(out, -1.0, 1.0)
+
+
+class Evaluator:
+    """Holds the model, jitted functions and the classifier for one evaluation."""
+
+    def __init__(self, workdir, options: Options, out: pathlib.Path):
+        self.workdir, self.options, self.out = pathlib.Path(workdir), options, out
+        self.model = load_model(self.workdir)
+        self.phantoms = self.model.config.data.dataset == "mammo_phantoms"
+        m = self.model
+        self.generate = jax.jit(make_generate(m.unet, m.autoencoder, m.schedule, m.latent_shape,
+                                              num_steps=options.steps, prediction=m.prediction,
+                                              guidance_scale=options.guidance))
+        ae = m.autoencoder
+        self.encode = jax.jit(lambda x: ae.apply({"params": m.ae_params}, x, method=ae.encode).mode())
+        self.decode = jax.jit(lambda z: jnp.clip(ae.apply({"params": m.ae_params}, z, method=ae.decode), -1, 1))
+
+    def samples(self, conditions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``num`` images cycling over ``conditions``, and their labels."""
+        n = self.options.num
+        labels = np.stack([labels_lib.parse_condition(conditions[i % len(conditions)]) for i in range(n)])
+        keys = np.asarray(image_keys(jax.random.PRNGKey(self.options.seed), jnp.arange(n)))
+        m = self.model
+        images = _batched(lambda lab, k: self.generate(m.unet_params, m.ae_params, m.scale, lab, k),
+                          (labels, keys), self.options.batch)
+        return images, labels
+
+    def classifier(self):
+        """``(params, config)``: loaded, or trained on phantoms at the model's size and saved."""
+        path = pathlib.Path(self.options.classifier or self.out / "phantom_classifier.msgpack")
+        if path.exists():
+            params, config = clf.load_classifier(path)
+            if config.image_size != self.model.image_size:
+                raise ValueError(f"classifier {path} is for {config.image_size}px images, the model makes "
+                                 f"{self.model.image_size}px")
+            return params, config
+        if not self.phantoms:
+            raise ValueError("no phantom classifier given (--classifier) and the run is not on phantoms")
+        _log(f"training the phantom classifier at {self.model.image_size}px (saved to {path})")
+        config = clf.ClassifierConfig(image_size=self.model.image_size)
+        params = clf.train_on_phantoms(config, steps=self.options.classifier_steps)
+        clf.save_classifier(path, params, config)
+        return params, config
+
+
+def _summary(values) -> dict:
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    return {"mean": float(finite.mean()) if finite.size else float("inf"), "n": int(values.size)}
+
+
+def evaluate(workdir, options: Options = Options(), out=None) -> dict:
+    """Run every section, write ``<out>/metrics.json`` and ``<out>/report.html``; return the metrics."""
+    start = time.perf_counter()
+    out = pathlib.Path(out or pathlib.Path(workdir) / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    ev = Evaluator(workdir, options, out)
+    model, o = ev.model, options
+    results: dict = {"checkpoint_step": model.step, "autoencoder_step": model.autoencoder_step,
+                     "options": dataclasses.asdict(o)}
+    html: dict = {"title": f"ldm_jax evaluation: {pathlib.Path(workdir).name} (step {model.step})"}
+
+    if not ev.phantoms:
+        raise ValueError("evaluate.py grounds its checks on phantoms; this run trained on "
+                         f"{model.config.data.dataset!r}")
+    real = held_out_phantoms(o.held_out, model.image_size)
+    _log(f"{o.held_out} held-out phantoms; reconstruction")
+    recon = _batched(lambda x: ev.decode(ev.encode(x)), (real["image"],), o.batch)
+    scores = metrics.reconstruction_metrics(real["image"], recon)
+    results["reconstruction"] = {name: _summary(v) for name, v in scores.items()}
+    results["reconstruction"]["calcification_specks"] = lesions.calcification_detectability(
+        real["image"], recon, real["mask"], real["breast_mask"], real["labels"][:, 1])
+
+    params, config = ev.classifier()
+    results["classifier_held_out"] = clf.accuracy_report(params, config, real["image"], real["labels"])["accuracy"]
+
+    _log(f"generating {o.num} samples ({o.steps} steps, guidance {o.guidance})")
+    samples, targets = ev.samples(list(DENSITY_CONDITIONS))
+    real_features, fake_features = clf.features(params, config, real["image"]), clf.features(params, config, samples)
+    kid_mean, kid_std = metrics.kernel_inception_distance(real_features, fake_features, num_subsets=50,
+                                                          subset_size=min(len(samples), len(real_features)))
+    results["generation"] = {"phantom_classifier_features": {
+        "frechet_distance": metrics.frechet_distance(real_features, fake_features), "kid_mean": kid_mean,
+        "kid_std": kid_std, **metrics.precision_recall(real_features, fake_features)},
+        "ms_ssim_diversity": {"samples": metrics.ms_ssim_diversity(samples, num_pairs=256),
+                              "held_out_real": metrics.ms_ssim_diversity(real["image"], num_pairs=256)}}
+    if o.inception_weights:
+        from ldm_jax.evaluation.inception import inception_features, load_fid_inception
+
+        module, variables = load_fid_inception(o.inception_weights)
+        ri, fi = (_batched(lambda x: inception_features(module, variables, x), (a,), 8)
+                  for a in (real["image"], samples))
+        results["generation"]["inception_features"] = {"frechet_distance": metrics.frechet_distance(ri, fi)}
+
+    pred_labels = clf.predict(params, config, samples)["labels"]
+    results["conditioning"] = {"accuracy": clf.conditioning_accuracy(pred_labels, targets),
+                               "confusion": {k: v.tolist() for k, v in
+                                             clf.confusion_matrices(pred_labels, targets).items()}}
+
+    _log("dense-tissue removal")
+    results["dense_tissue_removal"], html["editing"] = _dense_tissue_removal(ev, params, config)
+
+    _log("memorization audit")
+    train = training_images(model, ev.workdir, o.train_images)
+    index, distance = metrics.nearest_neighbours(fake_features, clf.features(params, config, train))
+    ms_index, ms_score = metrics.nearest_by_ms_ssim(samples, train)
+    closest = np.argsort(-ms_score)[:4]
+    results["memorization"] = {
+        "training_images_searched": len(train), "ms_ssim_threshold": o.copy_threshold,
+        "fraction_above_threshold": metrics.fraction_above(ms_score, o.copy_threshold),
+        "nearest_ms_ssim": {"max": float(ms_score.max()), "mean": float(ms_score.mean())},
+        "nearest_feature_distance": {"min": float(distance.min()), "mean": float(distance.mean())},
+        "feature_and_ms_ssim_agree": float(np.mean(index == ms_index))}
+    html["editing"] += [{"caption": f"memorization: sample {i} and its nearest training image "
+                                    f"(MS-SSIM {ms_score[i]:.3f})",
+                         "images": [("sample", samples[i]), ("nearest training image", train[ms_index[i]])]}
+                        for i in closest]
+
+    results["seconds"] = time.perf_counter() - start
+    html["metrics"] = results
+    html["curves"] = _curves(ev.workdir)
+    html["sample_grids"] = {c: make_grid(to_pixels(samples[i::len(DENSITY_CONDITIONS)][:16], 255, np.uint8))
+                            for i, c in enumerate(DENSITY_CONDITIONS)}
+    html["forward_diffusion"] = _forward_frames(model, real["image"][0])
+    html["trajectory"] = _trajectory(ev)
+    write_atomic(out / "metrics.json", (json.dumps(_jsonable(results), indent=2) + "\n").encode())
+    report.write_report(out / "report.html", html)
+    _log(f"wrote {out / 'metrics.json'} and {out / 'report.html'} in {results['seconds']:.0f} s")
+    return results
+
+
+def _dense_tissue_removal(ev: Evaluator, params, config):
+    """Dense (C/D) held-out phantoms with a finding, edited to density A, against their counterfactuals."""
+    from ldm_jax.data.phantoms import generate_phantom
+
+    o, m = ev.options, ev.model
+    phantoms = [generate_phantom(TEST_SEED_OFFSET + 10**6 + i, m.image_size, density=("C", "D")[i % 2],
+                                 finding=(1, 2)[i // 2 % 2]) for i in range(o.edits)]
+    data = lesions.phantom_arrays(phantoms)
+    edit = jax.jit(make_edit(m.unet, m.autoencoder, m.schedule, method=o.edit_method, strength=o.edit_strength,
+                             num_steps=o.steps, prediction=m.prediction, guidance_scale=o.guidance))
+    source, target = data["labels"], data["labels"].copy()
+    target[:, 0] = 0
+    keys = np.asarray(image_keys(jax.random.PRNGKey(o.seed + 1), jnp.arange(o.edits)))
+    edited = _batched(lambda x, s, t, k: edit(m.unet_params, m.ae_params, m.scale, x, s, t, k),
+                      (data["image"], source, target, keys), o.batch)
+    candidates = {"edit": edited, "unedited": data["image"],
+                  "threshold_filter": threshold_filter(data["image"], data["breast_mask"])}
+    out = {"method": o.edit_method, "strength": o.edit_strength, "images": o.edits}
+    for name, images in candidates.items():
+        scores = metrics.reconstruction_metrics(data["counterfactual"], images)
+        density = clf.predict(params, config, images)["labels"][:, 0]
+        out[name] = {"ssim_to_counterfactual": _summary(scores["ssim"]),
+                     "psnr_to_counterfactual": _summary(scores["psnr"]),
+                     "predicted_density_fraction": (np.bincount(density, minlength=4) / len(images)).tolist(),
+                     "lesions_kept": lesions.lesion_preservation(data["counterfactual"], images, data["mask"],
+                                                                 data["breast_mask"], data["labels"][:, 1])}
+    rows = [{"caption": f"held-out phantom {i}: {labels_lib.format_condition(source[i])} → density=A",
+             "images": [("input", data["image"][i]), ("edit", edited[i]),
+                        ("ground truth (fat only)", data["counterfactual"][i]),
+                        ("threshold filter", candidates["threshold_filter"][i])]} for i in range(min(6, o.edits))]
+    return out, rows
+
+
+def _curves(workdir: pathlib.Path) -> dict:
+    curves = {}
+    for stage in ("autoencoder", "diffusion"):
+        path = workdir / stage / "metrics.jsonl"
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            curves[f"{stage} loss"] = {"loss": [(r["step"], r["loss"]) for r in rows if "loss" in r]}
+    return curves
+
+
+def _forward_frames(model, image: np.ndarray, count: int = 11) -> dict:
+    """q_sample of one image at ``count`` timesteps from 0 to T − 1 (pixel space, one noise draw)."""
+    ts = np.linspace(0, model.schedule.num_steps - 1, count).round().astype(int)
+    noise = jax.random.normal(jax.random.PRNGKey(0), image.shape)
+    frames = [np.clip(np.asarray(q_sample(model.schedule, image[None], jnp.asarray([t]), noise[None]))[0], -1, 1)
+              for t in ts]
+    return {"t": ts.tolist(), "frames": frames}
+
+
+def _trajectory(ev: Evaluator, frames: int = 8) -> dict:
+    """One sample's latents from x_T to x_0 (density D), decoded, at ``frames`` points."""
+    m, o = ev.model, ev.options
+    labels = jnp.asarray(labels_lib.parse_condition("density=D"))[None]
+    keys = image_keys(jax.random.PRNGKey(o.seed), jnp.arange(1))
+    x_T = jax.random.normal(keys[0], (1, *m.latent_shape))
+
+    def denoise(x, t, cond):
+        return m.unet.apply({"params": m.unet_params}, x, t, cond)
+
+    _, path = samplers.sample(denoise, m.schedule, x_T, keys, num_steps=o.steps, prediction=m.prediction,
+                              cond=labels, return_trajectory=True)
+    picks = np.linspace(0, len(path) - 1, frames).round().astype(int)
+    images = [np.asarray(ev.decode(path[i] / m.scale))[0] for i in picks]
+    return {"captions": [f"step {i} of {len(path) - 1}" for i in picks], "frames": images}
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return float(value) if np.isfinite(value) else str(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
