@@ -8,10 +8,13 @@ def get_config():
     cfg.model = "phantom_tiny"
     cfg.data.config = "64"
     cfg.data.num_records = 4096
-    cfg.autoencoder.update(dict(steps=300, batch_size=16, learning_rate=1e-3, warmup_steps=20, gan_start=100000,
+    cfg.autoencoder.update(dict(steps=450, batch_size=16, learning_rate=1e-3, warmup_steps=20, gan_start=100000,
                                 b1=0.9, b2=0.99))
-    cfg.diffusion.update(dict(steps=800, batch_size=32, learning_rate=2e-3, warmup_steps=30, lr_schedule="cosine",
+    cfg.diffusion.update(dict(steps=700, batch_size=32, learning_rate=2e-3, warmup_steps=30, lr_schedule="cosine",
                               ema_decay=0.99, scale_factor_batches=2))
     cfg.checkpoint.every = 200
-    cfg.log.update(dict(every=20, sample_every=0, sample_count=8, sample_steps=25))
+    # Grids per density with the other attributes given: the model mostly sees full label rows
+    # (each attribute is dropped with probability label_dropout).
+    cfg.log.update(dict(every=20, sample_every=0, sample_count=8, sample_steps=25, sample_conditions=";".join(
+        f"density={d},finding=none,view=CC,laterality=L" for d in "ABCD")))
     return cfg

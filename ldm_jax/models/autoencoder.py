@@ -63,6 +63,7 @@ class Encoder(nn.Module):
     attn_mid: bool
     norm_groups: int
     dtype: Any
+    out_norm: bool = True
 
     @nn.compact
     def __call__(self, x):
@@ -74,7 +75,7 @@ class Encoder(nn.Module):
             if level != len(self.ch_mult) - 1:
                 h = Downsample(h.shape[-1], self.dtype, name=f"down_{level}_downsample")(h)
         h = _mid(h, self.attn_mid, self.norm_groups, self.dtype)
-        h = nn.silu(group_norm(h, self.norm_groups, _EPS, "norm_out"))
+        h = nn.silu(group_norm(h, self.norm_groups, _EPS, "norm_out") if self.out_norm else h)
         return conv(2 * self.z_channels, 3, self.dtype, name="conv_out")(h)
 
 
@@ -88,6 +89,7 @@ class Decoder(nn.Module):
     attn_mid: bool
     norm_groups: int
     dtype: Any
+    out_norm: bool = True
 
     @nn.compact
     def __call__(self, z):
@@ -99,7 +101,7 @@ class Decoder(nn.Module):
                              zero_init_out=False, dtype=self.dtype, name=f"up_{level}_res_{i}")(h)
             if level != 0:
                 h = Upsample(h.shape[-1], self.dtype, name=f"up_{level}_upsample")(h)
-        h = nn.silu(group_norm(h, self.norm_groups, _EPS, "norm_out"))
+        h = nn.silu(group_norm(h, self.norm_groups, _EPS, "norm_out") if self.out_norm else h)
         return conv(self.out_channels, 3, self.dtype, name="conv_out")(h).astype(jnp.float32)
 
 
@@ -109,7 +111,11 @@ class AutoencoderKL(nn.Module):
     ``ch`` base channels, ``ch_mult`` per-level multipliers (3 levels: f = 4, 4: f = 8,
     5: f = 16), ``num_res_blocks`` per level, ``z_channels`` latent channels, ``attn_mid``
     single-head attention in the middle blocks, ``dtype`` compute dtype (params float32).
-    Sampling the posterior draws from the 'sample' rng.
+    ``out_norm``: GroupNorm before the encoder's and decoder's output convolutions (the LDM
+    layout). GroupNorm normalises each example, so at the output it hides a global rescaling
+    of the image's intensities — for a mammogram, its density; the mammography presets
+    leave it out, keeping intensity on the residual path. Sampling the posterior draws
+    from the 'sample' rng.
     """
 
     in_channels: int = 1
@@ -120,6 +126,7 @@ class AutoencoderKL(nn.Module):
     z_channels: int = 4
     attn_mid: bool = True
     norm_groups: int = 32
+    out_norm: bool = True
     dtype: Any = jnp.float32
 
     @property
@@ -132,7 +139,7 @@ class AutoencoderKL(nn.Module):
             raise ValueError(f"need a non-empty ch_mult, num_res_blocks >= 1 and z_channels >= 1; got "
                              f"{self.ch_mult}, {self.num_res_blocks}, {self.z_channels}")
         common = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
-                      attn_mid=self.attn_mid, norm_groups=self.norm_groups, dtype=self.dtype)
+                      attn_mid=self.attn_mid, norm_groups=self.norm_groups, out_norm=self.out_norm, dtype=self.dtype)
         self.encoder = Encoder(z_channels=self.z_channels, **common)
         self.decoder = Decoder(out_channels=self.out_channels, **common)
         self.quant_conv = conv(2 * self.z_channels, 1, self.dtype)

@@ -31,7 +31,7 @@ def _phantom_tiny() -> dict:
     return dict(
         image_size=64, image_channels=1, latent_size=16, latent_channels=4, context_len=0,
         autoencoder=dict(in_channels=1, out_channels=1, ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=4,
-                         attn_mid=False, norm_groups=8),
+                         attn_mid=False, norm_groups=8, out_norm=False),
         discriminator=dict(ch=32, num_layers=2, norm_groups=8),
         unet=dict(out_channels=4, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                   attention_resolutions=(2,), num_head_channels=32, num_classes=labels.NUM_CLASSES,
@@ -43,7 +43,7 @@ def _phantom_micro() -> dict:
     return dict(
         image_size=64, image_channels=1, latent_size=16, latent_channels=4, context_len=0,
         autoencoder=dict(in_channels=1, out_channels=1, ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=4,
-                         attn_mid=False, norm_groups=4),
+                         attn_mid=False, norm_groups=4, out_norm=False),
         discriminator=dict(ch=8, num_layers=1, norm_groups=4),
         unet=dict(out_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
                   attention_resolutions=(2,), num_head_channels=16, num_classes=labels.NUM_CLASSES,
@@ -54,7 +54,7 @@ def _phantom128() -> dict:
     return dict(
         image_size=128, image_channels=1, latent_size=32, latent_channels=4, context_len=0,
         autoencoder=dict(in_channels=1, out_channels=1, ch=64, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=4,
-                         attn_mid=True, norm_groups=32),
+                         attn_mid=True, norm_groups=32, out_norm=False),
         discriminator=dict(ch=64, num_layers=3, norm_groups=32),
         unet=dict(out_channels=4, model_channels=128, channel_mult=(1, 2, 3), num_res_blocks=2,
                   attention_resolutions=(2, 4), num_head_channels=32, num_classes=labels.NUM_CLASSES,
@@ -65,7 +65,7 @@ def _mammo256() -> dict:
     return dict(
         image_size=256, image_channels=1, latent_size=64, latent_channels=4, context_len=0,
         autoencoder=dict(in_channels=1, out_channels=1, ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=4,
-                         attn_mid=True, norm_groups=32),
+                         attn_mid=True, norm_groups=32, out_norm=False),
         discriminator=dict(ch=64, num_layers=3, norm_groups=32),
         unet=dict(out_channels=4, model_channels=160, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
                   attention_resolutions=(2, 4, 8), num_head_channels=32, num_classes=labels.NUM_CLASSES,
