@@ -65,7 +65,7 @@ def load_salt(args) -> bytes:
             raise SystemExit(f"salt file {path} is empty")
         return salt
     salt = secrets.token_hex(32)
-    write_atomic(path, salt.encode())  # a mkstemp file: mode 0600
+    write_atomic(path, salt.encode(), mode=0o600)
     print(f"created a new secret salt in {path}: keep it (same salt = same splits and ids) and do not share it",
           file=sys.stderr)
     return salt.encode()
