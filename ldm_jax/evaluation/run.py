@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import time
@@ -38,6 +39,7 @@ from ldm_jax.diffusion import samplers
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.evaluation import classifier as clf
 from ldm_jax.evaluation import lesions, metrics, report
+from ldm_jax.evaluation.inception import FID_WEIGHTS_ENV, inception_features, load_fid_inception
 from ldm_jax.sampling.generate import image_keys, make_edit, make_generate
 from ldm_jax.sampling.grid import make_grid, to_pixels
 from ldm_jax.sampling.model import load_model
@@ -59,7 +61,7 @@ class Options:
     batch: int = 32
     copy_threshold: float = 0.95   # MS-SSIM above which a sample counts as a likely copy
     classifier: str = ""           # phantom classifier file; "" → <out>/phantom_classifier.msgpack
-    classifier_steps: int = 1500
+    classifier_steps: int = 800    # the tested recipe (density 96.8% held-out at 64×64)
     inception_weights: str = ""
     seed: int = 0
 
@@ -197,13 +199,16 @@ def evaluate(workdir, options: Options = Options(), out=None) -> dict:
         "kid_std": kid_std, **metrics.precision_recall(real_features, fake_features)},
         "ms_ssim_diversity": {"samples": metrics.ms_ssim_diversity(samples, num_pairs=256),
                               "held_out_real": metrics.ms_ssim_diversity(real["image"], num_pairs=256)}}
-    if o.inception_weights:
-        from ldm_jax.evaluation.inception import inception_features, load_fid_inception
-
-        module, variables = load_fid_inception(o.inception_weights)
+    if o.inception_weights or os.environ.get(FID_WEIGHTS_ENV):
+        module, variables = load_fid_inception(o.inception_weights or None)
         ri, fi = (_batched(lambda x: inception_features(module, variables, x), (a,), 8)
                   for a in (real["image"], samples))
         results["generation"]["inception_features"] = {"frechet_distance": metrics.frechet_distance(ri, fi)}
+    else:
+        note = ("skipped: give --inception-weights (or $LDM_JAX_FID_WEIGHTS) pointing to the standard FID file "
+                "pt_inception-2015-12-05-6726825d.pth for literature-comparable numbers; nothing is downloaded")
+        _log(f"InceptionV3 features {note}")
+        results["generation"]["inception_features"] = note
 
     pred_labels = clf.predict(params, config, samples)["labels"]
     results["conditioning"] = {"accuracy": clf.conditioning_accuracy(pred_labels, targets),
