@@ -167,6 +167,8 @@ def test_cli_trains_both_stages_and_writes_everything(cli_run):
     assert grids == ["step_0000004_density=A.png", "step_0000004_density=D.png"]
     meta = json.loads((cli_run / "diffusion" / "checkpoints" / "4" / "meta" / "metadata").read_text())
     assert meta["autoencoder_step"] == 4 and meta["scale_factor"] > 0
+    distribution = np.asarray(meta["label_distribution"])  # rows: labels..., count
+    assert distribution.shape[1] == 5 and distribution[:, -1].sum() == 64  # every training record counted
     env = json.loads((cli_run / "environment.json").read_text())
     assert env["versions"]["jax"] == jax.__version__ and env["devices"]
 

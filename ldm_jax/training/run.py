@@ -134,12 +134,12 @@ def train_diffusion(cfg, preset, mesh, workdir, source, key):
     state, meta, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline)
     checkpointer.close()
     if meta is not None:
-        scale, distribution = meta["scale_factor"], meta["label_distribution"]
+        scale = meta["scale_factor"]
     else:
         estimate_from = _pipeline(cfg, source, mesh, dcfg.batch_size, seed_offset=1)
         scale = estimate_scale_factor(autoencoder, ae_params, estimate_from, dcfg.scale_factor_batches,
                                       jax.random.fold_in(key, 1))
-        distribution = restore.label_distribution(all_labels(source)).tolist()
+    distribution = (meta or {}).get("label_distribution") or restore.label_distribution(all_labels(source)).tolist()
     stage.extra_args = (ae_params, jnp.float32(scale))
     stage.meta = {"model": cfg.model, "config": cfg.to_dict(), "scale_factor": scale,
                   "autoencoder_checkpoint": ae_dir, "autoencoder_step": ae_step, "label_distribution": distribution}
