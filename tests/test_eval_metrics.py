@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from ldm_jax.data.imageio import to_model_range
 from ldm_jax.data.phantoms import generate_phantom
 from ldm_jax.evaluation import lesions, metrics
 from ldm_jax.evaluation.ssim import ms_ssim
@@ -29,7 +30,7 @@ def test_psnr_ssim_identical_and_hand_computed():
 
 
 def test_to_model_range():
-    np.testing.assert_allclose(metrics.to_model_range(np.array([0, 4095], np.uint16)), [-1.0, 1.0])
+    np.testing.assert_allclose(to_model_range(np.array([0, 4095], np.uint16)), [-1.0, 1.0])
 
 
 def _scipy_frechet(a, b):

@@ -1,4 +1,5 @@
-"""PNG encoding of 8- and 16-bit grayscale images (PIL, no TensorFlow) and atomic writes."""
+"""PNG encoding of 8- and 16-bit grayscale images (PIL, no TensorFlow), the stored-pixel → model
+range conversion, and atomic writes."""
 
 from __future__ import annotations
 
@@ -43,6 +44,31 @@ def decode_png(data: bytes) -> np.ndarray:
         if pil.mode in ("I;16", "I;16B", "I"):
             return np.asarray(pil, dtype=np.uint16)
         return np.asarray(pil.convert("L"), dtype=np.uint8)
+
+
+FFDM_MAX = 4095  # 12-bit full-field digital mammography: what a uint16 image holds here
+
+
+def to_model_range(pixels, max_value: float = FFDM_MAX, image_size: int | None = None) -> np.ndarray:
+    """Stored pixels ``0..max_value`` → float32 ``[-1, 1]`` (``v / max_value · 2 − 1``, clipped),
+    the training preprocessing; with ``image_size`` (when it differs) the image ``[H, W]`` is
+    also padded to a centred square with -1 and resized. Inverse: ``ldm_jax.sampling.grid.to_pixels``."""
+    image = np.clip(np.asarray(pixels, np.float32) * np.float32(2.0 / max_value) - np.float32(1.0), -1.0, 1.0)
+    if image_size is not None and image.shape != (image_size, image_size):
+        image = _square_resize(image, image_size)
+    return image
+
+
+def _square_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Pad ``[H, W]`` in [-1, 1] to a square with -1 (centred), then resize to ``[size, size]``."""
+    from PIL import Image
+
+    h, w = image.shape
+    side = max(h, w)
+    square = np.full((side, side), -1.0, np.float32)
+    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = image
+    resized = Image.fromarray(square, mode="F").resize((size, size), resample=Image.Resampling.BILINEAR)
+    return np.asarray(resized, np.float32)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:

@@ -19,7 +19,7 @@ import grain
 import numpy as np
 
 from ldm_jax import labels as labels_lib
-from ldm_jax.data.imageio import decode_png
+from ldm_jax.data.imageio import decode_png, to_model_range
 
 BUILDER_MODULES = ("ldm_jax.data.builders.mammo_phantoms", "ldm_jax.data.builders.mammo_dicom")
 _DEFAULT_MAX_VALUE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 4095}  # uint16: 12-bit convention
@@ -185,18 +185,6 @@ def _as_image(value) -> np.ndarray:
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def _square_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """Pad ``[H, W]`` in [-1, 1] to a square with -1 (centred), then resize to ``[size, size]``."""
-    from PIL import Image
-
-    h, w = image.shape
-    side = max(h, w)
-    square = np.full((side, side), -1.0, np.float32)
-    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = image
-    resized = Image.fromarray(square, mode="F").resize((size, size), resample=Image.Resampling.BILINEAR)
-    return np.asarray(resized, np.float32)
-
-
 @dataclasses.dataclass
 class Preprocess(grain.transforms.RandomMap):
     """Decode, scale to [-1, 1], optionally pad/resize and flip; labels to ``[4]`` int32.
@@ -218,15 +206,6 @@ class Preprocess(grain.transforms.RandomMap):
             image = to_model_range(_as_image(element[key]), self.max_value, self.image_size)
             out[key] = np.ascontiguousarray(image[:, ::-1] if flip else image)[..., None]
         return out
-
-
-def to_model_range(pixels: np.ndarray, max_value: float, image_size: int | None) -> np.ndarray:
-    """The training preprocessing of one stored image ``[H, W]``: ``0..max_value`` → [-1, 1],
-    then (when ``image_size`` is given and differs) centred square padding and a resize."""
-    image = np.clip(np.asarray(pixels, np.float32) * (2.0 / max_value) - 1.0, -1.0, 1.0)
-    if image_size is not None and image.shape != (image_size, image_size):
-        image = _square_resize(image, image_size)
-    return image
 
 
 # ----------------------------------------------------------------------------- pipeline

@@ -33,9 +33,8 @@ import numpy as np
 import optax
 
 from ldm_jax import labels as labels_lib
-from ldm_jax.data.imageio import write_atomic
+from ldm_jax.data.imageio import to_model_range, write_atomic
 from ldm_jax.data.phantoms import generate_phantom
-from ldm_jax.evaluation.metrics import to_model_range
 
 HEADS: tuple[str, ...] = labels_lib.ATTRIBUTE_NAMES[:3]  # density, finding, view
 HEAD_CLASSES: tuple[int, ...] = labels_lib.NUM_CLASSES[:3]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ldm_jax.evaluation.metrics import to_model_range
+from ldm_jax.data.imageio import to_model_range
 
 MASS, CALCIFICATION = 1, 2  # finding indices (ldm_jax.labels.ATTRIBUTES["finding"])
 

@@ -11,7 +11,7 @@ Memorization: nearest training item of each sample by feature distance and by MS
 the MS-SSIM diversity of a sample set (mean over random pairs; Odena et al. 2017).
 
 Images are NHWC batches in the model range ``[-1, 1]`` unless a ``value_range`` says otherwise;
-12-bit pixels map to it with ``to_model_range``.
+12-bit pixels map to it with ``ldm_jax.data.imageio.to_model_range``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,6 @@ import numpy as np
 from ldm_jax.evaluation.ssim import ms_ssim, ssim
 
 MODEL_RANGE = (-1.0, 1.0)
-
-
-def to_model_range(pixels, max_value: float = 4095.0) -> np.ndarray:
-    """Stored pixels ``0..max_value`` → float32 ``[-1, 1]`` (``v / max_value · 2 − 1``); inverse of
-    ``ldm_jax.sampling.grid.to_pixels``."""
-    return np.asarray(pixels, np.float32) * np.float32(2.0 / max_value) - np.float32(1.0)
 
 
 # ----------------------------------------------------------------------------- reconstruction

@@ -40,7 +40,7 @@ from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.evaluation import classifier as clf
 from ldm_jax.evaluation import lesions, metrics, report
 from ldm_jax.evaluation.inception import FID_WEIGHTS_ENV, inception_features, load_fid_inception
-from ldm_jax.sampling.generate import image_keys, make_edit, make_generate
+from ldm_jax.sampling.generate import decode, denoiser, image_keys, make_edit, make_generate
 from ldm_jax.sampling.grid import make_grid, to_pixels
 from ldm_jax.sampling.model import load_model
 
@@ -128,7 +128,7 @@ class Evaluator:
                                               guidance_scale=options.guidance))
         ae = m.autoencoder
         self.encode = jax.jit(lambda x: ae.apply({"params": m.ae_params}, x, method=ae.encode).mode())
-        self.decode = jax.jit(lambda z: jnp.clip(ae.apply({"params": m.ae_params}, z, method=ae.decode), -1, 1))
+        self.decode = jax.jit(lambda z: decode(ae, m.ae_params, z, 1.0))
 
     def samples(self, conditions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``num`` images cycling over ``conditions``, and their labels."""
@@ -306,10 +306,7 @@ def _trajectory(ev: Evaluator, frames: int = 8) -> dict:
     keys = image_keys(jax.random.PRNGKey(o.seed), jnp.arange(1))
     x_T = jax.random.normal(keys[0], (1, *m.latent_shape))
 
-    def denoise(x, t, cond):
-        return m.unet.apply({"params": m.unet_params}, x, t, cond)
-
-    _, path = samplers.sample(denoise, m.schedule, x_T, keys, num_steps=o.steps, prediction=m.prediction,
+    _, path = samplers.sample(denoiser(m.unet, m.unet_params), m.schedule, x_T, keys, num_steps=o.steps, prediction=m.prediction,
                               cond=labels, return_trajectory=True)
     picks = np.linspace(0, len(path) - 1, frames).round().astype(int)
     images = [np.asarray(ev.decode(path[i] / m.scale))[0] for i in picks]

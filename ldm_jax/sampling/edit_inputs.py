@@ -15,8 +15,7 @@ import pathlib
 import numpy as np
 
 from ldm_jax.data import dicom
-from ldm_jax.data.imageio import decode_png
-from ldm_jax.data.pipeline import to_model_range
+from ldm_jax.data.imageio import decode_png, to_model_range
 
 PNG_SUFFIXES = (".png",)
 DICOM_SUFFIXES = (".dcm", ".dicom")

@@ -29,13 +29,15 @@ def initial_noise(keys, latent_shape):
     return jax.vmap(lambda k: jax.random.normal(k, latent_shape))(keys)
 
 
-def _denoiser(unet, unet_params):
+def denoiser(unet, unet_params):
+    """``denoise(x, t, labels)``: the UNet's output with its parameters bound (for the samplers)."""
     def denoise(x, t, cond):
         return unet.apply({"params": unet_params}, x, t, cond)
     return denoise
 
 
-def _decode(autoencoder, ae_params, z, scale):
+def decode(autoencoder, ae_params, z, scale):
+    """Images in [-1, 1] from scaled latents ``z`` (``scale`` is the latent scale factor)."""
     images = autoencoder.apply({"params": ae_params}, z / scale, method=autoencoder.decode)
     return jnp.clip(images, -1.0, 1.0)
 
@@ -51,10 +53,10 @@ def make_generate(unet, autoencoder, schedule, latent_shape, *, sampler="ddim", 
     def generate(unet_params, ae_params, scale, labels, keys):
         x_T = initial_noise(keys, latent_shape)
         null = null_labels(labels.shape[0], labels_lib.NUM_CLASSES)
-        z = samplers.sample(_denoiser(unet, unet_params), schedule, x_T, keys, sampler=sampler,
+        z = samplers.sample(denoiser(unet, unet_params), schedule, x_T, keys, sampler=sampler,
                             num_steps=num_steps, eta=eta, spacing=spacing, prediction=prediction, cond=labels,
                             null_cond=null, guidance_scale=guidance_scale)
-        return _decode(autoencoder, ae_params, z, scale)
+        return decode(autoencoder, ae_params, z, scale)
 
     return generate
 
@@ -83,8 +85,8 @@ def make_edit(unet, autoencoder, schedule, *, method="sdedit", strength=0.6, sam
     def edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys):
         z0 = autoencoder.apply({"params": ae_params}, images, method=autoencoder.encode).mode() * scale
         if start is None:
-            return _decode(autoencoder, ae_params, z0, scale)
-        denoise = _denoiser(unet, unet_params)
+            return decode(autoencoder, ae_params, z0, scale)
+        denoise = denoiser(unet, unet_params)
         if method == "sdedit":
             z_t, _ = samplers.sdedit_start(schedule, z0, keys, strength, num_steps, spacing)
         else:
@@ -92,6 +94,6 @@ def make_edit(unet, autoencoder, schedule, *, method="sdedit", strength=0.6, sam
         null = null_labels(images.shape[0], labels_lib.NUM_CLASSES)
         z = samplers.sample(denoise, schedule, z_t, keys, sampler=sampler, eta=eta, cond=target_labels,
                             null_cond=null, guidance_scale=guidance_scale, start_step=start, **grid)
-        return _decode(autoencoder, ae_params, z, scale)
+        return decode(autoencoder, ae_params, z, scale)
 
     return edit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FFDM_MAX = 4095  # 12-bit full-field digital mammography
+from ldm_jax.data.imageio import FFDM_MAX
 
 
 def to_pixels(x, max_value: int = FFDM_MAX, dtype=np.uint16) -> np.ndarray:

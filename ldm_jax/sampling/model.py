@@ -3,13 +3,12 @@
 ``load_model(workdir)`` reads the newest diffusion checkpoint's UNet weights (EMA by
 default) and the autoencoder checkpoint that stage recorded, plus what sampling needs
 from the run: config, latent scale factor, schedule and the training label distribution.
-Only the weights are read: optimizer states are left on disk.
+Only the weights are read: optimizer states and the discriminator are left on disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 from typing import Any
 
@@ -24,7 +23,6 @@ from ldm_jax.models import presets
 from ldm_jax.training import diffusion_step
 from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
 from ldm_jax.training.restore import load_autoencoder, schedule_from_config
-from ldm_jax.training.state import make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +80,12 @@ def load_model(workdir, *, ema: bool = True, mesh=None) -> SamplingModel:
         cfg = ml_collections.ConfigDict(meta["config"])
         preset = presets.get_preset(cfg.model)
         unet = presets.build_unet(preset.unet, dtype=jax.numpy.dtype(cfg.compute_dtype))
-        latent = (mesh.size, preset.latent_size, preset.latent_size, preset.latent_channels)
-        abstract = jax.eval_shape(functools.partial(
-            diffusion_step.init_state, unet=unet, optimizer=make_optimizer(cfg.diffusion, flatten=cfg.mesh.fsdp == 1),
-            latent_shape=latent, num_attributes=len(labels_lib.ATTRIBUTES)), jax.random.PRNGKey(0))
-        abstract = abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))
+        latent = (1, preset.latent_size, preset.latent_size, preset.latent_channels)
+        key, attributes = jax.random.PRNGKey(0), len(labels_lib.ATTRIBUTES)
+        abstract = jax.eval_shape(lambda: diffusion_step.init_unet_params(key, unet, latent, attributes))
         field = "ema_params" if ema else "params"
-        unet_params = checkpointer.restore_fields(step, abstract, (field,))[field]["unet"]
+        tree = {field: {"unet": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))}}
+        unet_params = checkpointer.restore_subtree(step, tree)[field]["unet"]
     finally:
         checkpointer.close()
     autoencoder, ae_params, ae_step = load_autoencoder(cfg, meta["autoencoder_checkpoint"], meta["autoencoder_step"],

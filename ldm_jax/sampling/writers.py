@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from ldm_jax.data.imageio import decode_png, encode_png
+from ldm_jax.data.imageio import decode_png, encode_png, to_model_range
 from ldm_jax.sampling.grid import FFDM_MAX, to_pixels
 
 FORMATS = {"png16": ".png", "png8": ".png", "npz": ".npz", "dicom": ".dcm"}
@@ -51,14 +51,13 @@ def decode_image(data: bytes, fmt: str) -> np.ndarray:
     _check_format(fmt)
     if fmt in ("png16", "png8"):
         pixels = decode_png(data)
-        return pixels.astype(np.float32) * (2.0 / (FFDM_MAX if pixels.dtype == np.uint16 else 255)) - 1.0
+        return to_model_range(pixels, FFDM_MAX if pixels.dtype == np.uint16 else 255)
     if fmt == "npz":
         with np.load(io.BytesIO(data)) as npz:
             return np.asarray(npz["image"], np.float32)
     import pydicom
 
-    pixels = pydicom.dcmread(io.BytesIO(data)).pixel_array
-    return pixels.astype(np.float32) * (2.0 / FFDM_MAX) - 1.0
+    return to_model_range(pydicom.dcmread(io.BytesIO(data)).pixel_array)
 
 
 def _npz(arrays: dict[str, np.ndarray]) -> bytes:

@@ -36,12 +36,17 @@ def make_optimizers(cfg, flatten: bool = False):
     return {"autoencoder": make_optimizer(cfg, flatten), "discriminator": make_optimizer(disc_cfg, flatten)}
 
 
+def init_autoencoder_params(key, sample_key, autoencoder, image_shape):
+    """Fresh autoencoder parameters for images ``[B, H, W, C]``."""
+    return autoencoder.init({"params": key, "sample": sample_key}, jnp.zeros(image_shape, jnp.float32))["params"]
+
+
 def init_state(key, autoencoder, discriminator, optimizers, image_shape) -> TrainState:
     """Fresh state for images of shape ``[B, H, W, C]``."""
     k_ae, k_d, k_s = jax.random.split(key, 3)
     x = jnp.zeros(image_shape, jnp.float32)
     params = {
-        "autoencoder": autoencoder.init({"params": k_ae, "sample": k_s}, x)["params"],
+        "autoencoder": init_autoencoder_params(k_ae, k_s, autoencoder, image_shape),
         "discriminator": discriminator.init(k_d, x)["params"],
     }
     opt_state = {name: optimizers[name].init(p) for name, p in params.items()}

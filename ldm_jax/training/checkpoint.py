@@ -53,11 +53,11 @@ class Checkpointer:
         restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
         return restored.state, restored.meta
 
-    def restore_fields(self, step: int, abstract_state, fields: tuple[str, ...]) -> dict:
-        """Only ``fields`` of a ``TrainState`` checkpoint, e.g. ``("ema_params",)`` for inference:
-        ``{field: tree}``; the other fields (optimizer state...) are not read from disk."""
-        wanted = {name: getattr(abstract_state, name) for name in fields}
-        args = ocp.args.PyTreeRestore(item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+    def restore_subtree(self, step: int, tree) -> dict:
+        """Only the arrays of ``tree``: a nested dict of ``ShapeDtypeStruct``s (with shardings)
+        mirroring part of the saved ``TrainState``, e.g. ``{"ema_params": {"unet": ...}}`` for
+        inference. Nothing else (optimizer state, other networks) is read from disk."""
+        args = ocp.args.PyTreeRestore(item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree),
                                       partial_restore=True)
         return dict(self._manager.restore(int(step), args=ocp.args.Composite(state=args)).state)
 

@@ -21,11 +21,16 @@ from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update, guarded_update
 
 
+def init_unet_params(key, unet, latent_shape, num_attributes: int):
+    """Fresh UNet parameters for latents ``[B, h, w, c]``."""
+    b = latent_shape[0]
+    return unet.init(key, jnp.zeros(latent_shape, jnp.float32), jnp.zeros((b,), jnp.int32),
+                     jnp.zeros((b, num_attributes), jnp.int32))["params"]
+
+
 def init_state(key, unet, optimizer, latent_shape, num_attributes: int) -> TrainState:
     """Fresh UNet state for latents ``[B, h, w, c]``; EMA starts equal to the weights."""
-    b = latent_shape[0]
-    params = {"unet": unet.init(key, jnp.zeros(latent_shape, jnp.float32), jnp.zeros((b,), jnp.int32),
-                                jnp.zeros((b, num_attributes), jnp.int32))["params"]}
+    params = {"unet": init_unet_params(key, unet, latent_shape, num_attributes)}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       ema_params=jax.tree.map(jnp.copy, params), rng=key)
 

@@ -5,8 +5,6 @@ Shared by the diffusion stage (which freezes the autoencoder) and by sampling/ev
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 
@@ -34,8 +32,6 @@ def load_autoencoder(cfg, directory, step: int | None, mesh):
     when ``step`` is None); only the autoencoder weights are read."""
     preset = presets.get_preset(cfg.model)
     autoencoder = presets.build_autoencoder(preset.autoencoder, dtype=jax.numpy.dtype(cfg.compute_dtype))
-    discriminator = presets.build_discriminator(preset.discriminator)
-    optimizers = autoencoder_step.make_optimizers(cfg.autoencoder, flatten=cfg.mesh.fsdp == 1)
     checkpointer = Checkpointer(directory, async_save=False)
     try:
         step = checkpointer.latest_step() if step is None else step
@@ -43,12 +39,11 @@ def load_autoencoder(cfg, directory, step: int | None, mesh):
             raise FileNotFoundError(f"no complete autoencoder checkpoint{'' if step is None else f' at step {step}'} "
                                     f"in {directory}: run the autoencoder stage first or set "
                                     f"diffusion.autoencoder_checkpoint")
-        shape = (mesh.size, preset.image_size, preset.image_size, preset.image_channels)
-        abstract = jax.eval_shape(functools.partial(
-            autoencoder_step.init_state, autoencoder=autoencoder, discriminator=discriminator,
-            optimizers=optimizers, image_shape=shape), jax.random.PRNGKey(0))
-        abstract = abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))
-        params = checkpointer.restore_fields(step, abstract, ("params",))["params"]
+        key = jax.random.PRNGKey(0)
+        shape = (1, preset.image_size, preset.image_size, preset.image_channels)
+        abstract = jax.eval_shape(lambda: autoencoder_step.init_autoencoder_params(key, key, autoencoder, shape))
+        tree = {"params": {"autoencoder": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))}}
+        params = checkpointer.restore_subtree(step, tree)["params"]
     finally:
         checkpointer.close()
     return autoencoder, params["autoencoder"], step
