@@ -56,7 +56,8 @@ def test_classifier_learns_density_and_view_at_64():
     """Density and view ≥ 95% held out after ~2-3 CPU minutes (data generation included).
 
     The finding head is reported, not asserted: at 64×64 (3.1 mm pixels) calcifications are
-    sub-pixel and masses mostly isodense with glandular tissue, so it stays near chance.
+    sub-pixel and masses are masked by glandular tissue, so it stays near chance; the bound is
+    measured by test_phantoms.py::test_dense_tissue_masks_masses_and_the_counterfactual_reveals_them.
     """
     config = classifier.ClassifierConfig(image_size=64)
     start = time.perf_counter()

@@ -81,6 +81,39 @@ def test_finding_present_exactly_where_labelled_and_kept_in_counterfactual(findi
         assert (lesion_cf >= lesion_img - 0.01).all() and lesion_cf.mean() > 0.1
 
 
+def _auc(positives, negatives) -> float:
+    """Probability that a positive scores above a negative (Mann-Whitney U / (n m))."""
+    return float((np.asarray(positives)[:, None] > np.asarray(negatives)[None, :]).mean())
+
+
+def test_dense_tissue_masks_masses_and_the_counterfactual_reveals_them():
+    """The premise of dense-tissue removal, measured by an observer that knows where the mass is.
+
+    Score: ring contrast at the mass's mask, in the phantom with the mass and in the same seed
+    without it. Masses are nearly isodense with glandular tissue (0.0844 vs 0.0802 /mm), so the
+    score separates the pair well in fatty breasts (A) and poorly in dense ones (D); in the
+    fat-only counterfactual the mass stands out at every density. Measured at 64×64 over 60
+    seeds: AUC 0.94 (A), 0.86 (B), 0.77 (C), 0.76 (D); counterfactual 0.97.
+    """
+    from ldm_jax.data.imageio import to_model_range
+    from ldm_jax.evaluation.lesions import mass_contrast
+
+    auc = {}
+    for density in ("A", "D"):
+        scores = {"image": ([], []), "counterfactual": ([], [])}
+        for seed in range(60):
+            with_mass = phantoms.generate_phantom(seed, 64, density=density, finding="mass")
+            without = phantoms.generate_phantom(seed, 64, density=density, finding="none")
+            for kind, (pos, neg) in scores.items():
+                for phantom, out in ((with_mass, pos), (without, neg)):
+                    out.append(mass_contrast(to_model_range(getattr(phantom, kind)), with_mass.mask,
+                                             with_mass.breast_mask))
+        auc[density] = {kind: _auc(pos, neg) for kind, (pos, neg) in scores.items()}
+    assert auc["A"]["image"] >= 0.9, auc
+    assert auc["D"]["image"] <= 0.85, auc  # masked: well short of what a 95%-accurate reader needs
+    assert auc["A"]["counterfactual"] >= 0.95 and auc["D"]["counterfactual"] >= 0.95, auc
+
+
 def test_counterfactual_differs_only_in_glandular_tissue():
     p = phantoms.generate_phantom(21, 128, density="C", finding="mass", view="MLO", quanta_per_mm2=NOISE_FREE)
     diff = phantoms.attenuation(p.image) - phantoms.attenuation(p.counterfactual)
