@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/accelerator/run.sh STAGE [STAGE ...]
 #
-#   ldm64     bench.py train (batch 64, with the matmul ceiling) and UNet forward (128)
+#   ldm64     nvidia-smi; bench.py train (batch 64, with the matmul ceiling), UNet forward (128)
 #   sd15      bench.py train (16) and UNet forward (32)
 #   sample    bench.py: 50-step DDIM job with guidance and decode on mammo256 (16)
 #   variants  UNet forward with cuDNN / XLA attention and with bf16 weights (ldm64, sd15)
@@ -59,7 +59,7 @@ fi
 for stage in "$@"; do
   case $stage in
     ldm64)
-      command -v nvidia-smi > /dev/null && nvidia-smi > "$OUT/nvidia-smi.txt"
+      if command -v nvidia-smi > /dev/null; then run nvidia-smi; fi
       bench ldm64 train 64 --measure-ceiling
       bench ldm64 unet 128 ;;
     sd15)
