@@ -129,7 +129,7 @@ def train_step(state: TrainState, batch, lpips_variables=None, *, autoencoder, d
     checks = [rec, kl, g]
     if gan_active:
         (g_grads,) = vjp((zero, zero, one))
-        weight = optax.global_norm(last_layer(grads)) / (optax.global_norm(last_layer(g_grads)) + 1e-4)
+        weight = optax.tree.norm(last_layer(grads)) / (optax.tree.norm(last_layer(g_grads)) + 1e-4)
         weight = cfg.gan_weight * jax.lax.stop_gradient(jnp.clip(weight, 0.0, 1e4))
         grads = jax.tree.map(lambda a, b: a + weight * b, grads, g_grads)
         fake = jax.lax.stop_gradient(recon)
@@ -139,9 +139,9 @@ def train_step(state: TrainState, batch, lpips_variables=None, *, autoencoder, d
                                        discriminator.apply({"params": p}, fake), cfg.gan_loss)
 
         d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d_params)
-        checks += [d_loss, optax.global_norm(d_grads)]
+        checks += [d_loss, optax.tree.norm(d_grads)]
         metrics.update(g_loss=g, d_loss=d_loss, gan_weight=weight)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = all_finite(*checks, grad_norm)
     updates, opt = optimizers["autoencoder"].update(grads, state.opt_state["autoencoder"], ae_params)
     new_params["autoencoder"], new_opt["autoencoder"] = guarded_update(

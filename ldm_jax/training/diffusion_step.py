@@ -79,7 +79,7 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
         loss = loss + micro_loss / accum
         grads = jax.tree.map(lambda a, g: a + g / accum, grads, micro_grads)
     grads = {"unet": grads}
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = all_finite(loss, grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params, opt_state = guarded_update(finite, state.params, updates, opt_state, state.opt_state)
