@@ -34,7 +34,7 @@ def mesh():
 def _pipeline(source, mesh, **kwargs):
     kwargs.setdefault("global_batch_size", 8)
     kwargs.setdefault("read_threads", 2)
-    kwargs.setdefault("prefetch_buffer_size", 16)
+    kwargs.setdefault("prefetch_batches", 2)
     return pipeline.InputPipeline(source, mesh=mesh, **kwargs)
 
 
@@ -47,20 +47,29 @@ def _drain(p):
             return out
 
 
-def test_process_shards_are_disjoint_and_cover_the_split(mesh):
-    source = _index_source(33)  # 33 records, 2 processes: 16 each, one record dropped
-    shards = []
+def test_processes_read_disjoint_rows_of_the_same_global_batches(mesh):
+    source = _index_source(33)  # one epoch of 33 records in batches of 8: 4 batches, one record left over
+    whole = [_indices(b["image"]) for b in _drain(_pipeline(source, mesh, seed=7, num_epochs=1))]
+    parts = []
     for process in range(2):
         p = _pipeline(source, mesh, seed=7, num_epochs=1, process_index=process, process_count=2)
         batches = _drain(p)
         assert len(batches) == 4 and all(b["image"].shape == (4, 8, 8, 1) for b in batches)
-        shards.append([i for b in batches for i in _indices(b["image"])])
+        parts.append([_indices(b["image"]) for b in batches])
+        idx = np.asarray(parts[-1]).ravel()
         labels = np.concatenate([b["labels"] for b in batches])
-        idx = np.asarray(shards[-1])
         np.testing.assert_array_equal(labels, np.stack([idx % 4, idx % 3, idx % 2, np.full_like(idx, 2)], 1))
-    assert len(set(shards[0])) == len(set(shards[1])) == 16 and not set(shards[0]) & set(shards[1])
-    assert len(set(shards[0]) | set(shards[1])) == 32
-    assert shards[0] != sorted(shards[0])  # shuffled
+    # Process 0 holds rows 0-3 and process 1 rows 4-7 of the batches one process reads.
+    assert [a + b for a, b in zip(*parts)] == whole
+    seen = [i for batch in whole for i in batch]
+    assert len(seen) == len(set(seen)) == 32 and set(seen) <= set(range(33))
+    assert seen != sorted(seen)  # shuffled
+
+
+def test_next_epoch_is_a_new_permutation(mesh):
+    p = _pipeline(_index_source(16), mesh, seed=1)
+    epochs = [[i for _ in range(2) for i in _indices(p.next_local()["image"])] for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(16)) and epochs[0] != epochs[1]
 
 
 def test_global_batch_is_sharded_over_the_mesh(mesh):
@@ -83,7 +92,7 @@ def test_restored_iterator_continues_with_the_next_batch(mesh, stop):
     for _ in range(stop):
         run.next_local()
     state = json.loads(json.dumps(run.get_state()))
-    assert state["worker_count"] == 0 and state["global_batch_size"] == 8
+    assert state["position"] == 8 * stop
     restored = _pipeline(source, mesh, seed=3, random_flip=True)
     restored.set_state(state)
     for want in expected[stop:]:
@@ -92,30 +101,51 @@ def test_restored_iterator_continues_with_the_next_batch(mesh, stop):
         np.testing.assert_array_equal(got["labels"], want["labels"])
 
 
-def test_restore_rejects_other_worker_count_or_batch_size(mesh):
+def test_resume_on_another_topology_reads_the_next_unseen_examples(mesh):
+    source = _index_source(48)
+    run = _pipeline(source, mesh, seed=4, global_batch_size=16, worker_count=0)
+    seen = [i for _ in range(2) for i in _indices(run.next_local()["image"])]
+    state = run.get_state()
+    rest = [i for _ in range(2) for i in _indices(run.next_local()["image"])]
+    # Two processes with batch 8 each, grain workers on: together they read on from position 32.
+    resumed = []
+    for process in range(2):
+        p = _pipeline(source, mesh, seed=4, global_batch_size=16, worker_count=1, process_index=process,
+                      process_count=2)
+        p.set_state(state)
+        resumed.append([_indices(p.next_local()["image"]) for _ in range(2)])
+    assert [i for k in range(2) for part in resumed for i in part[k]] == rest
+    assert sorted(seen + rest[:16]) == list(range(48))  # the epoch ends with the unseen records
+    smaller = _pipeline(source, mesh, seed=4, global_batch_size=8)  # another global batch size
+    smaller.set_state(state)
+    assert [i for _ in range(2) for i in _indices(smaller.next_local()["image"])] == rest[:16]
+
+
+def test_restore_refuses_a_position_in_another_order(mesh):
     source = _index_source(16)
     p = _pipeline(source, mesh)
     p.next_local()
     state = p.get_state()
-    with pytest.raises(ValueError, match="worker_count=0 but this pipeline has worker_count=2"):
-        _pipeline(source, mesh, worker_count=2).set_state(state)
-    with pytest.raises(ValueError, match="global_batch_size=8 but this pipeline has global_batch_size=16"):
-        _pipeline(source, mesh, global_batch_size=16).set_state(state)
+    with pytest.raises(pipeline.IteratorMismatchError, match="seed: saved 0, now 1"):
+        _pipeline(source, mesh, seed=1).set_state(state)
+    with pytest.raises(pipeline.IteratorMismatchError, match="num_records: saved 16, now 24"):
+        _pipeline(_index_source(24), mesh).set_state(state)
+    with pytest.raises(pipeline.IteratorMismatchError, match="no stream position"):
+        _pipeline(source, mesh).set_state({})  # a checkpoint written before positions were saved
 
 
-def test_orbax_checkpoint_round_trip(tmp_path, mesh):
-    import orbax.checkpoint as ocp
+def test_checkpoint_round_trip(tmp_path, mesh):
+    from ldm_jax.training.checkpoint import Checkpointer
 
     source = _index_source(16)
     run = _pipeline(source, mesh, seed=5)
     run.next_local()
-    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
-        manager.save(1, args=ocp.args.Composite(data=run.save_args()))
-        manager.wait_until_finished()
+    checkpointer = Checkpointer(tmp_path / "ckpt", async_save=False)
+    checkpointer.save(1, {"w": np.zeros(2)}, run, {})
     expected = run.next_local()
     restored = _pipeline(source, mesh, seed=5)
-    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
-        manager.restore(1, args=ocp.args.Composite(data=restored.restore_args()))
+    restored.set_state(checkpointer.restore_data(1))
+    checkpointer.close()
     np.testing.assert_array_equal(restored.next_local()["image"], expected["image"])
 
 
@@ -214,16 +244,17 @@ def test_bad_arguments_are_rejected(mesh):
         _pipeline(source, mesh, global_batch_size=4)
     with pytest.raises(ValueError, match="fewer than one batch"):
         _pipeline(source, mesh, global_batch_size=16)
+    with pytest.raises(ValueError, match="divisible by the count"):
+        _pipeline(_index_source(24), mesh, global_batch_size=24, process_index=0, process_count=5)
     with pytest.raises(RuntimeError, match="use next_local"):
-        next(_pipeline(_index_source(16), mesh, process_count=2))
+        next(_pipeline(_index_source(16), mesh, process_index=0, process_count=2))
 
 
 def test_worker_processes_give_the_same_batches(mesh):
-    source = _index_source(16)
+    source = _index_source(24)
     serial = [b["image"] for b in _drain(_pipeline(source, mesh, seed=2, num_epochs=1, random_flip=True))]
-    workers = _pipeline(source, mesh, seed=2, num_epochs=1, random_flip=True, worker_count=1)
-    parallel = [b["image"] for b in _drain(workers)]
-    assert len(parallel) == len(serial) == 2
-    for a, b in zip(serial, parallel):
+    workers = [b["image"] for b in _drain(_pipeline(source, mesh, seed=2, num_epochs=1, random_flip=True,
+                                                     worker_count=2))]
+    assert len(workers) == len(serial) == 3
+    for a, b in zip(serial, workers):
         np.testing.assert_array_equal(a, b)
-    assert workers.get_state()["worker_count"] == 1

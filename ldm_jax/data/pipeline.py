@@ -1,9 +1,12 @@
 """grain input pipeline: a random-access data source -> globally sharded batches on the mesh.
 
-Each process reads its own shard of the split (``ShardOptions(process_index,
-process_count)``), shuffles it with a seed shared by all processes, decodes and scales the
-images to [-1, 1], batches ``global_batch_size / process_count`` examples and assembles
-the per-process batches into one ``jax.Array`` sharded over the mesh's batch axes.
+The split is read as one global stream of examples: position g is record ``order[g]``,
+where ``order`` is a fresh permutation of the records every epoch (seeded, shared by all
+processes), and global batch k holds positions [kG, (k+1)G). Each process reads, decodes
+and scales to [-1, 1] only the rows of each global batch that its devices hold, and the
+per-process parts are assembled into one ``jax.Array`` sharded over the mesh's batch axes.
+So the batches do not depend on the number of processes, devices or grain workers, and
+the state a checkpoint needs is one number: the stream position.
 
 Labels are an int32 ``[B, 4]`` array in the order of ``ldm_jax.labels.ATTRIBUTE_NAMES``;
 an attribute the source does not have, or an unknown (-1) value, is the null index.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
+import sys
 
 import grain
 import numpy as np
@@ -23,7 +26,8 @@ from ldm_jax.data.imageio import decode_png, to_model_range
 
 BUILDER_MODULES = ("ldm_jax.data.builders.mammo_phantoms", "ldm_jax.data.builders.mammo_dicom")
 _DEFAULT_MAX_VALUE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 4095}  # uint16: 12-bit convention
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_ORDER_KEYS = ("version", "num_records", "seed", "shuffle")  # what the stream order depends on
 
 
 # ----------------------------------------------------------------------------- sources
@@ -186,11 +190,11 @@ def _as_image(value) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class Preprocess(grain.transforms.RandomMap):
+class Preprocess:
     """Decode, scale to [-1, 1], optionally pad/resize and flip; labels to ``[4]`` int32.
 
-    ``rng`` is grain's per-record generator (seeded by the global record index), so flips
-    do not depend on batch size, worker count or restarts.
+    ``rng`` is seeded by the example's stream position, so flips do not depend on batch
+    size, process or worker count, or restarts.
     """
 
     label_map: LabelMap
@@ -199,7 +203,7 @@ class Preprocess(grain.transforms.RandomMap):
     random_flip: bool
     keys: tuple[str, ...]
 
-    def random_map(self, element, rng: np.random.Generator):
+    def __call__(self, element, rng: np.random.Generator):
         flip = self.random_flip and rng.random() < 0.5
         out = {"labels": self.label_map(element)}
         for key in self.keys:
@@ -208,78 +212,121 @@ class Preprocess(grain.transforms.RandomMap):
         return out
 
 
+@dataclasses.dataclass
+class _ReadRows:
+    """Batch k after stream position ``start`` → this process's rows of it, as numpy arrays."""
+
+    source: object
+    order: grain.MapDataset  # stream position -> record index
+    preprocess: Preprocess
+    rows: range              # this process's rows of each global batch
+    global_batch_size: int
+    start: int
+    seed: int
+
+    def __call__(self, k: int) -> dict[str, np.ndarray]:
+        first = self.start + k * self.global_batch_size
+        positions = [first + row for row in self.rows]
+        keys = [int(self.order[g]) for g in positions]
+        records = self.source.__getitems__(keys) if hasattr(self.source, "__getitems__") else [
+            self.source[key] for key in keys]
+        examples = [self.preprocess(record, np.random.Generator(np.random.Philox(key=self.seed + g)))
+                    for record, g in zip(records, positions)]
+        return {name: np.stack([e[name] for e in examples]) for name in examples[0]}
+
+
 # ----------------------------------------------------------------------------- pipeline
+
+
+class IteratorMismatchError(ValueError):
+    """A saved stream position that cannot be mapped onto this pipeline's data order."""
 
 
 class InputPipeline:
     """Iterator of globally sharded batches ``{"image": [B,H,W,1] f32, "labels": [B,4] i32}``.
 
-    ``"counterfactual"`` is included when the source has it. ``process_index`` /
-    ``process_count`` default to JAX's; pass them to read one simulated process's shard
-    with ``next_local``. Shards are equal-sized (a remainder of records is dropped) so
-    all processes take the same number of steps. ``random_flip`` is off by default:
-    laterality is a label and images are oriented. ``max_value`` is the stored value that
-    maps to +1 (default: the source's metadata, else 255 for uint8 and 4095 for uint16);
-    ``read_threads``/``prefetch_buffer_size`` tune grain's record reading (not the order).
+    ``"counterfactual"`` is included when the source has it. The rows a process reads are
+    those its devices hold in ``mesh``; pass ``process_index`` / ``process_count`` to read
+    one simulated process's share (rows [pL, (p+1)L)) with ``next_local``. ``num_epochs``
+    (None: forever) ends the stream after that many passes, the last partial batch dropped.
+    ``random_flip`` is off by default: laterality is a label and images are oriented.
+    ``max_value`` is the stored value that maps to +1 (default: the source's metadata, else
+    255 for uint8 and 4095 for uint16). ``worker_count`` grain processes (0: threads in this
+    process) decode batches; ``read_threads`` batches are read at once and
+    ``prefetch_batches`` kept ready; none of these change the batches.
     """
 
     def __init__(self, source, *, global_batch_size: int, mesh, seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, image_size: int | None = None, random_flip: bool = False,
-                 worker_count: int = 0, drop_remainder: bool = True, process_index: int | None = None,
-                 process_count: int | None = None, max_value: float | None = None, read_threads: int = 16,
-                 prefetch_buffer_size: int = 500):
+                 worker_count: int = 0, process_index: int | None = None, process_count: int | None = None,
+                 max_value: float | None = None, read_threads: int = 4, prefetch_batches: int = 8):
         import jax
 
-        from ldm_jax.parallel import check_batch_size
+        from ldm_jax.parallel import check_batch_size, process_rows
 
-        self.process_index = jax.process_index() if process_index is None else int(process_index)
-        self.process_count = jax.process_count() if process_count is None else int(process_count)
-        if not 0 <= self.process_index < self.process_count:
-            raise ValueError(f"process_index {self.process_index} not in [0, {self.process_count})")
-        if global_batch_size < 1 or global_batch_size % self.process_count:
-            raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of the "
-                             f"process count {self.process_count}")
         check_batch_size(global_batch_size, mesh)
+        if (process_index is None) != (process_count is None):
+            raise ValueError("pass both process_index and process_count (a simulated process), or neither")
+        if process_count is None:
+            self.process_count = jax.process_count()
+            self.rows = process_rows(mesh, global_batch_size)
+        else:
+            if not 0 <= process_index < process_count or global_batch_size % process_count:
+                raise ValueError(f"simulated process {process_index} of {process_count}: need 0 <= index < count "
+                                 f"and a global batch ({global_batch_size}) divisible by the count")
+            self.process_count = int(process_count)
+            local = global_batch_size // process_count
+            self.rows = range(process_index * local, (process_index + 1) * local)
         if worker_count < 0:
             raise ValueError(f"worker_count must be >= 0, got {worker_count}")
         if not 0 <= seed < 2**32:
             raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+        if len(source) < global_batch_size:
+            raise ValueError(f"the split has {len(source)} records, fewer than one batch of {global_batch_size}")
+        if num_epochs is not None and num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
         self.mesh = mesh
         self.global_batch_size = global_batch_size
-        self.local_batch_size = global_batch_size // self.process_count
-        shard_size = len(source) // self.process_count
-        if drop_remainder and shard_size < self.local_batch_size:
-            raise ValueError(f"each of {self.process_count} process(es) has {shard_size} records, fewer than one "
-                             f"batch of {self.local_batch_size}")
+        self.local_batch_size = len(self.rows)
+        self.position = 0  # stream positions consumed
+        self._source, self._seed, self._worker_count = source, int(seed), int(worker_count)
+        self._end = None if num_epochs is None else num_epochs * len(source)
+        self._read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+        self._order_state = {"version": _STATE_VERSION, "num_records": len(source), "seed": int(seed),
+                             "shuffle": bool(shuffle)}
+        order = grain.MapDataset.range(len(source))
+        self._order = order.shuffle(seed=seed) if shuffle else order
         keys = ("image", "counterfactual") if _has_feature(source, "counterfactual") else ("image",)
-        self._signature = {
-            "version": _STATE_VERSION, "worker_count": int(worker_count), "global_batch_size": global_batch_size,
-            "process_index": self.process_index, "process_count": self.process_count, "seed": int(seed),
-            "shuffle": bool(shuffle), "num_epochs": num_epochs, "num_records": len(source),
-            "image_size": image_size, "random_flip": bool(random_flip), "drop_remainder": bool(drop_remainder),
-        }
+        self._preprocess = Preprocess(LabelMap.for_source(source), float(max_value or _max_value(source)),
+                                      image_size, bool(random_flip), keys)
         if worker_count > 0:
             from absl import flags
 
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
-        shard_options = grain.sharding.ShardOptions(self.process_index, self.process_count, drop_remainder=True)
-        sampler = grain.samplers.IndexSampler(len(source), shard_options=shard_options, shuffle=shuffle,
-                                              num_epochs=num_epochs, seed=seed)
-        preprocess = Preprocess(LabelMap.for_source(source), float(max_value or _max_value(source)),
-                                image_size, bool(random_flip), keys)
-        self._loader = grain.DataLoader(
-            data_source=source, sampler=sampler, shard_options=shard_options, worker_count=worker_count,
-            read_options=grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size),
-            operations=[preprocess, grain.transforms.Batch(self.local_batch_size, drop_remainder=drop_remainder)])
-        self._iterator = iter(self._loader)
+        self._iterator = self._iterate_from(0)
+
+    def _iterate_from(self, position: int):
+        """Batches of the stream from ``position``; each batch is one grain element, so grain
+        workers (which take every W-th element) cannot change the batches or their order."""
+        self.position = position
+        remaining = sys.maxsize if self._end is None else self._end - position
+        read = _ReadRows(self._source, self._order, self._preprocess, self.rows, self.global_batch_size, position,
+                         self._seed)
+        dataset = grain.MapDataset.range(max(remaining // self.global_batch_size, 0)).map(read)
+        dataset = dataset.to_iter_dataset(self._read_options)
+        if self._worker_count:
+            dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count))
+        return iter(dataset)
 
     def __iter__(self) -> InputPipeline:
         return self
 
     def next_local(self) -> dict[str, np.ndarray]:
-        """This process's part of the next batch, as numpy arrays."""
-        return next(self._iterator)
+        """This process's rows of the next global batch, as numpy arrays."""
+        batch = next(self._iterator)
+        self.position += self.global_batch_size
+        return batch
 
     def __next__(self):
         import jax
@@ -292,41 +339,22 @@ class InputPipeline:
         return global_batch_from_local(self.next_local(), self.mesh)
 
     def get_state(self) -> dict:
-        """JSON-serialisable state: the grain iterator's plus what must match on restore."""
-        return {**self._signature, "grain": json.loads(self._iterator.get_state().decode())}
+        """JSON-serialisable state: the stream position and what the stream order depends on."""
+        return {**self._order_state, "position": self.position, "global_batch_size": self.global_batch_size}
 
     def set_state(self, state: dict) -> None:
-        """Resume so that the next batch is the one an uninterrupted run would give next."""
-        for key, value in self._signature.items():
-            if state.get(key) != value:
-                raise ValueError(f"input pipeline state was saved with {key}={state.get(key)!r} but this "
-                                 f"pipeline has {key}={value!r}; restore with the same setting (batch order "
-                                 "depends on it)")
-        self._iterator.set_state(json.dumps(state["grain"]).encode())
-
-    def save_args(self):
-        """Orbax ``CheckpointArgs`` saving this state, one file per process (grain's handler)."""
-        return grain.checkpoint.CheckpointSave(_GrainStateAdapter(self))
-
-    def restore_args(self):
-        """Orbax ``CheckpointArgs`` restoring into this pipeline (validated like ``set_state``)."""
-        return grain.checkpoint.CheckpointRestore(_GrainStateAdapter(self))
-
-
-class _GrainStateAdapter:
-    """The iterator interface grain's Orbax handler calls (state as JSON bytes)."""
-
-    def __init__(self, pipeline: InputPipeline):
-        self._pipeline = pipeline
-
-    def get_state(self) -> bytes:
-        return json.dumps(self._pipeline.get_state(), indent=1).encode()
-
-    def set_state(self, state: bytes) -> None:
-        self._pipeline.set_state(json.loads(state.decode()))
-
-    def start_prefetch(self) -> None:
-        self._pipeline._iterator.start_prefetch()
+        """Resume so that the next batch starts at the saved stream position: the examples an
+        uninterrupted run would read next, whatever the process, device, worker count or batch
+        size now. Raises ``IteratorMismatchError`` when the saved order is another one."""
+        if not isinstance(state.get("position"), int):
+            raise IteratorMismatchError("the checkpoint holds no stream position (an older ldm_jax saved grain's "
+                                        "per-process state), so the next unseen examples are unknown")
+        differ = [f"{key}: saved {state.get(key)!r}, now {value!r}" for key, value in self._order_state.items()
+                  if state.get(key) != value]
+        if differ:
+            raise IteratorMismatchError("the checkpoint's data position belongs to another data order ("
+                                        + "; ".join(differ) + "), so the next unseen examples are unknown")
+        self._iterator = self._iterate_from(state["position"])
 
 
 def _has_feature(source, key: str) -> bool:

@@ -17,13 +17,9 @@ from ldm_jax.sampling.generate import image_keys, make_edit, make_generate
 from ldm_jax.sampling.model import load_model
 
 
-def _global(array: np.ndarray, sharding) -> jax.Array:
-    """A batch-sharded global array from a host array every process holds in full."""
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
-
 def run(args, sampler: str) -> job.Summary:
     shard = job.parse_shard(args.shard)
+    parallel.initialize_distributed()
     mesh = parallel.make_mesh(1)
     batch = args.batch or 4 * mesh.size
     parallel.check_batch_size(batch, mesh)
@@ -40,7 +36,7 @@ def run(args, sampler: str) -> job.Summary:
     root = jax.random.PRNGKey(args.seed)
 
     def keys(indices):
-        return _global(np.asarray(image_keys(root, indices)), batch_sharding)
+        return parallel.global_array(np.asarray(image_keys(root, indices)), batch_sharding)
 
     common = {"seed": args.seed, "sampler": sampler, "steps": args.steps, "guidance": args.guidance,
               "checkpoint_step": model.step, "ema": model.ema}
@@ -53,7 +49,7 @@ def run(args, sampler: str) -> job.Summary:
                            out_shardings=batch_sharding)
 
         def compute(indices):
-            labels = _global(conditions.labels(indices), batch_sharding)
+            labels = parallel.global_array(conditions.labels(indices), batch_sharding)
             return generate(model.unet_params, model.ae_params, scale, labels, keys(indices))
 
         def record(index):
@@ -79,8 +75,8 @@ def _edit_job(args, model, sampling, settings, common, keys, out, replicated, ba
 
     def compute(indices):
         images = np.stack([edit_inputs.read_input(inputs[i], size) for i in indices])[..., None]
-        return edit(model.unet_params, model.ae_params, scale, _global(images, batch_sharding),
-                    _global(source.labels(indices), batch_sharding), _global(target.labels(indices), batch_sharding),
+        return edit(model.unet_params, model.ae_params, scale, parallel.global_array(images, batch_sharding),
+                    parallel.global_array(source.labels(indices), batch_sharding), parallel.global_array(target.labels(indices), batch_sharding),
                     keys(indices))
 
     def record(index):

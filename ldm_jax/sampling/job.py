@@ -15,7 +15,7 @@ of the job's settings and i (see ``ldm_jax.sampling.generate``), so:
 
 Batches have a fixed size (the last one padded with repeats), so the program compiles
 once; each process writes the rows of the output it holds (multi-host jobs write in
-parallel).
+parallel), and process 0 writes the manifest once all processes are done.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from ldm_jax import parallel
 from ldm_jax.data.imageio import encode_png, write_atomic
 from ldm_jax.sampling import writers
 from ldm_jax.sampling.grid import make_grid, to_pixels
@@ -117,13 +118,13 @@ def _local_rows(images: jax.Array) -> dict[int, np.ndarray]:
     return rows
 
 
-def _agreed(todo: list[int]) -> list[int]:
-    """Process 0's list of indices to do, so every host runs the same batches."""
+def _agreed(todo: list[int], num: int) -> list[int]:
+    """Process 0's list of indices (below ``num``) to do, so every host runs the same batches."""
     if jax.process_count() == 1:
         return todo
     from jax.experimental import multihost_utils
 
-    mask = np.zeros(max(todo, default=-1) + 1, np.bool_)
+    mask = np.zeros(num, np.bool_)
     mask[todo] = True
     return np.flatnonzero(multihost_utils.broadcast_one_to_all(mask)).tolist()
 
@@ -146,9 +147,12 @@ class Summary:
 def run(job: Job, *, batch_size: int, shard: tuple[int, int] = (0, 1), progress: bool = True) -> Summary:
     """Compute and write this shard's missing images, then the manifest and contact sheet."""
     job.out.mkdir(parents=True, exist_ok=True)
-    claim(job.out, job.settings)
+    if jax.process_index() == 0:
+        claim(job.out, job.settings)
+    parallel.sync("ldm_jax:sampling_claimed")
+    claim(job.out, job.settings)  # the other processes check what process 0 pinned
     mine = shard_indices(job.num, shard)
-    todo = _agreed([i for i in mine if not job.path(i).exists()])
+    todo = _agreed([i for i in mine if not job.path(i).exists()], job.num)
     start = time.perf_counter()
     first = None  # (seconds, images) of the first batch, which includes compilation
     if todo:
@@ -167,6 +171,7 @@ def run(job: Job, *, batch_size: int, shard: tuple[int, int] = (0, 1), progress:
             for future in writes:
                 future.result()
         bar.close()
+    parallel.sync("ldm_jax:sampling_written")  # every process's files are on disk
     if jax.process_index() == 0:
         write_manifest(job)
         write_contact_sheet(job)

@@ -26,14 +26,14 @@ from ldm_jax.training.state import TrainState, all_finite, guarded_update, make_
 GAN_LOSSES = ("hinge", "least_squares")
 
 
-def make_optimizers(cfg, flatten: bool = False):
-    """Separate AdamW optimizers for the autoencoder and the discriminator (``flatten``: see make_optimizer)."""
+def make_optimizers(cfg):
+    """Separate AdamW optimizers for the autoencoder and the discriminator."""
     if cfg.gan_loss not in GAN_LOSSES:
         raise ValueError(f"unknown gan_loss {cfg.gan_loss!r}; expected one of {GAN_LOSSES}")
     disc_cfg = cfg.copy_and_resolve_references()
     with disc_cfg.unlocked():
         disc_cfg.learning_rate = cfg.disc_learning_rate
-    return {"autoencoder": make_optimizer(cfg, flatten), "discriminator": make_optimizer(disc_cfg, flatten)}
+    return {"autoencoder": make_optimizer(cfg), "discriminator": make_optimizer(disc_cfg)}
 
 
 def init_autoencoder_params(key, sample_key, autoencoder, image_shape):

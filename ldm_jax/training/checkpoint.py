@@ -1,8 +1,9 @@
 """Orbax checkpoints of a training stage: train state, data-iterator state and metadata.
 
 Each step's checkpoint is one composite of three items: ``state`` (the ``TrainState``
-pytree, sharded arrays written in parallel), ``data`` (the input pipeline's iterator
-state, one file per process, with the worker count and batch size it needs) and ``meta`` (JSON: config, latent scale factor, the autoencoder checkpoint used...).
+pytree, sharded arrays written in parallel by every process), ``data`` (JSON: the input
+pipeline's stream position and what its order depends on) and ``meta`` (JSON: config,
+latent scale factor, the autoencoder checkpoint used...); JSON items are written once.
 Orbax writes into a temporary directory and renames it when complete, so a save that
 was interrupted is never listed by ``latest_step`` and never restored from.
 """
@@ -15,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 ITEMS = ("state", "data", "meta")
+_JSON_FILE = "metadata"  # the file name of an Orbax JSON item
 
 
 class Checkpointer:
@@ -34,24 +36,36 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state, pipeline, meta: dict) -> None:
-        """Start an asynchronous save (returns once the arrays are copied off the devices)."""
+        """Start an asynchronous save (returns once the arrays are copied off the devices).
+
+        Every process calls it at the same step: arrays are written by the processes that
+        hold them, the JSON items by process 0."""
         self._manager.save(
             int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=pipeline.save_args(), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(pipeline.get_state()),
+                                    meta=ocp.args.JsonSave(meta)),
             force=True)
 
     def restore(self, step: int, abstract_state, pipeline=None):
         """Restore ``(state, meta)`` at ``step``, and ``pipeline``'s position when given.
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with shardings (from
-        ``jax.eval_shape``): arrays come back with those shardings, whatever topology wrote them.
+        ``jax.eval_shape``): arrays come back with those shardings, whatever topology wrote
+        them. The data position is checked before any array is read (``pipeline.set_state``
+        raises ``IteratorMismatchError`` when it cannot be used).
         """
-        items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         if pipeline is not None:
-            items["data"] = pipeline.restore_args()
+            pipeline.set_state(self.restore_data(step))
+        items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         restored = self._manager.restore(int(step), args=ocp.args.Composite(**items))
         return restored.state, restored.meta
+
+    def restore_data(self, step: int) -> dict:
+        """The input pipeline state saved at ``step`` (``{}`` for the per-process files of
+        checkpoints written before the stream position was saved)."""
+        if not (self.directory / str(step) / "data" / _JSON_FILE).exists():
+            return {}
+        return self._manager.restore(int(step), args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
 
     def restore_subtree(self, step: int, tree) -> dict:
         """Only the arrays of ``tree``: a nested dict of ``ShapeDtypeStruct``s (with shardings)

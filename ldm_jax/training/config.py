@@ -24,7 +24,10 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.stages = "autoencoder,diffusion"  # comma-separated subset of STAGES, in this order
     cfg.seed = 0
     cfg.compute_dtype = "float32"       # "bfloat16" on accelerators; params stay float32
-    cfg.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+    cfg.mesh = ml_collections.ConfigDict(dict(
+        fsdp=1,                          # devices per group that split the large arrays (1: all replicated)
+        fsdp_min_size=2**18,             # arrays with fewer elements stay replicated
+    ))
     cfg.max_nonfinite_steps = 20        # stop after this many non-finite updates in a row
 
     cfg.data = ml_collections.ConfigDict(dict(
@@ -36,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
         num_records=0,                  # mammo_phantoms only: train-split size to build (0 = config default)
         image_size=0,                   # 0 = as stored; else resize to this
         worker_count=0,                 # grain worker processes (0 = in the main process)
+        reset_iterator=False,           # on resume: read the data from the start of a fresh order
     ))
 
     cfg.autoencoder = ml_collections.ConfigDict(_optimizer(
@@ -82,9 +86,10 @@ def default_config() -> ml_collections.ConfigDict:
     return cfg
 
 
-# Keys that may differ when a run is resumed (they do not change what has been trained so far).
-RESUMABLE_KEYS = ("autoencoder.steps", "diffusion.steps", "checkpoint.", "log.", "data.worker_count",
-                  "data.data_dir", "stages", "max_nonfinite_steps")
+# Keys that may differ when a run is resumed (they do not change what has been trained so far):
+# a run may continue on another topology (mesh) and with other data workers.
+RESUMABLE_KEYS = ("autoencoder.steps", "diffusion.steps", "checkpoint.", "log.", "mesh.", "data.worker_count",
+                  "data.data_dir", "data.reset_iterator", "stages", "max_nonfinite_steps")
 
 
 def stages_of(cfg) -> tuple[str, ...]:

@@ -5,10 +5,15 @@ checkpoint of the stage if there is one (state, data position, metadata), runs t
 step over the mesh, logs scalars, writes sample images, checkpoints every
 ``checkpoint.every`` steps, at the end and on SIGTERM (preemption), and stops with a clear
 message after ``max_nonfinite_steps`` non-finite updates in a row.
+
+Preemption is agreed across processes: each step carries every process's SIGTERM flag into
+the jitted step, which returns their maximum with the metrics; every process reads it at
+the same step and they all save that same step and stop, even when only one host was told.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import signal
@@ -27,7 +32,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint was written before stopping."""
+    """SIGTERM arrived (at any process); a checkpoint was written before stopping."""
+
+
+class ProcessLostError(RuntimeError):
+    """Another process of a multi-process job stopped answering."""
 
 
 @dataclasses.dataclass
@@ -49,7 +58,7 @@ class Stage:
     on_sample: Callable[[Any, int], dict] | None = None
 
 
-class _SigtermFlag:
+class SigtermFlag:
     """Remembers a SIGTERM instead of dying, so the loop can checkpoint first."""
 
     def __init__(self):
@@ -71,42 +80,62 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def restore_or_init(stage: Stage, checkpointer: Checkpointer, mesh, key, pipeline):
+def restore_or_init(stage: Stage, checkpointer: Checkpointer, mesh, key, pipeline, cfg):
     """``(state, meta or None, shardings)`` from the newest checkpoint (which also repositions
-    ``pipeline``), else a fresh init."""
+    ``pipeline``, unless ``cfg.data.reset_iterator``), else a fresh init.
+
+    The state comes back split as this mesh wants it, whatever mesh wrote it.
+    """
+    from ldm_jax.data.pipeline import IteratorMismatchError
+
     abstract = jax.eval_shape(stage.init, key)
-    shardings = parallel.param_sharding(mesh, abstract)
+    shardings = parallel.param_sharding(mesh, abstract, cfg.mesh.fsdp_min_size)
     latest = checkpointer.latest_step()
     if latest is None:
         return jax.jit(stage.init, out_shardings=shardings)(key), None, shardings
-    state, meta = checkpointer.restore(latest, abstract_with_shardings(abstract, shardings), pipeline)
+    try:
+        state, meta = checkpointer.restore(latest, abstract_with_shardings(abstract, shardings),
+                                           None if cfg.data.reset_iterator else pipeline)
+    except IteratorMismatchError as error:
+        raise IteratorMismatchError(
+            f"{stage.name} checkpoint {latest}: {error}. To continue training from this checkpoint with the data "
+            f"read from the start of a fresh order, pass --config.data.reset_iterator=True") from None
     return state, meta, shardings
 
 
-def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, state=None, shardings=None):
+def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, state=None, shardings=None,
+              sigterm: SigtermFlag | None = None):
     """Train ``stage`` to ``stage.steps`` and return the final state (see the module docstring).
 
     Without ``state`` the stage is restored from its newest checkpoint or initialised.
+    ``sigterm`` is the run's SIGTERM flag (default: one watching only this stage).
     """
     stage_dir = workdir / stage.name
     checkpointer = Checkpointer(stage_dir / "checkpoints", keep=cfg.checkpoint.keep,
                                 async_save=cfg.checkpoint.async_save)
     if state is None:
-        state, _, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline)
+        state, _, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline, cfg)
     first = jax.process_index() == 0
-    writer = MetricsWriter(stage_dir, enabled=first)
+    start = int(jax.device_get(state.step))
+    writer = MetricsWriter(stage_dir, enabled=first, start_step=start)
     batch_sharding = parallel.batch_sharding(mesh)
-    replicated = parallel.replicated(mesh)
+    # Frozen weights (the autoencoder, LPIPS) are placed by the rule that places parameters.
+    extra_shardings = parallel.param_sharding(mesh, stage.extra_args, cfg.mesh.fsdp_min_size)
+    extra_args = jax.device_put(stage.extra_args, extra_shardings)
     num_static = len(stage.static_args(0))
-    num_dynamic = 2 + len(stage.extra_args)
+    num_dynamic = 3 + len(stage.extra_args)
+
+    def step_and_stop(state, batch, stop_flags, *args):
+        state, metrics = stage.step(state, batch, *args)
+        return state, {**metrics, "stop": jax.numpy.max(stop_flags)}
+
     step_fn = jax.jit(
-        stage.step,
-        in_shardings=(shardings, batch_sharding) + (replicated,) * len(stage.extra_args),
-        out_shardings=(shardings, replicated),
+        step_and_stop,
+        in_shardings=(shardings, batch_sharding, batch_sharding) + tuple(extra_shardings),
+        out_shardings=(shardings, parallel.replicated(mesh)),
         static_argnums=tuple(range(num_dynamic, num_dynamic + num_static)),
         donate_argnums=(0,))
 
-    start = int(jax.device_get(state.step))
     progress = _progress_bar(stage, start, enabled=first and cfg.log.progress)
     streak = skipped_total = 0
     pending = None  # metrics of the previous step, read after the next step is dispatched
@@ -116,9 +145,11 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
     def save(step):
         checkpointer.save(step, state, pipeline, stage.meta)
 
-    def consume(step, metrics):
+    def consume(step, metrics) -> bool:
+        """Log the metrics of ``step``; True when some process has asked to stop."""
         nonlocal streak, skipped_total
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        stop = bool(metrics.pop("stop"))
         skipped = int(metrics.pop("skipped", 0))
         skipped_total += skipped
         streak = streak + 1 if skipped else 0
@@ -132,35 +163,36 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
         progress.update(1)
         if step % cfg.log.every == 0 or step == stage.steps:
             writer.scalars(step, {**metrics, "images_per_second": rate, "skipped_total": skipped_total})
+        return stop
 
     try:
-        with _SigtermFlag() as sigterm:
+        with contextlib.nullcontext(sigterm) if sigterm else SigtermFlag() as flag, \
+                _explained_runtime_errors(mesh, lambda: global_batch, checkpointer):
             for step in range(start + 1, stage.steps + 1):
                 batch = next(pipeline)
                 global_batch = jax.tree.leaves(batch)[0].shape[0]
-                try:
-                    state, metrics = step_fn(state, batch, *stage.extra_args, *stage.static_args(step - 1))
-                except jax.errors.JaxRuntimeError as error:
-                    raise _explain_runtime_error(error, global_batch, mesh) from error
-                if pending is not None:
-                    consume(*pending)
+                stop_flags = parallel.process_flags(flag.raised, mesh)
+                state, metrics = step_fn(state, batch, stop_flags, *extra_args, *stage.static_args(step - 1))
+                # The previous step's metrics are read after this step is dispatched, so the host
+                # never waits for the device; every process decides to stop at the same step.
+                stop = pending is not None and consume(*pending)
                 pending = (step, metrics)
                 if stage.on_sample and cfg.log.sample_every and step % cfg.log.sample_every == 0:
                     _write_samples(stage, state, step, stage_dir, writer)
                     sampled_at = step
                 if step % cfg.checkpoint.every == 0 or step == stage.steps:
                     save(step)
-                if sigterm.raised:
+                if stop and step != stage.steps:
                     consume(*pending)
-                    if step % cfg.checkpoint.every and step != stage.steps:
+                    if step % cfg.checkpoint.every:
                         save(step)
                     checkpointer.wait()
-                    raise Preempted(f"{stage.name}: SIGTERM at step {step}; checkpoint written, resume with "
-                                    f"the same command")
+                    raise Preempted(f"{stage.name}: SIGTERM received (by process {_who_stopped(flag)}); "
+                                    f"checkpoint of step {step} written; resume with the same command")
             if pending is not None:
                 consume(*pending)
-        if stage.on_sample and start < stage.steps and sampled_at != stage.steps:
-            _write_samples(stage, state, stage.steps, stage_dir, writer)
+            if stage.on_sample and start < stage.steps and sampled_at != stage.steps:
+                _write_samples(stage, state, stage.steps, stage_dir, writer)
     finally:
         progress.close()
         checkpointer.wait()
@@ -201,11 +233,30 @@ class _Throughput:
         return (s1 - s0) * batch_size / max(t1 - t0, 1e-9)
 
 
-def _explain_runtime_error(error, global_batch, mesh):
-    if "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower():
-        per_device = global_batch // max(mesh.size, 1)
-        return MemoryError(
-            f"out of device memory with {per_device} examples per device (global batch {global_batch} on "
-            f"{mesh.size} devices): lower the batch size, raise diffusion.accum_steps (gradient accumulation), "
-            f"use compute_dtype='bfloat16', or shard parameters with mesh.fsdp > 1")
-    return error
+def _who_stopped(flag) -> str:
+    return f"{jax.process_index()}, this one" if flag.raised else "another"
+
+
+_PEER_LOST = ("connection closed by peer", "connection reset", "heartbeat", "unavailable", "gloo")
+
+
+@contextlib.contextmanager
+def _explained_runtime_errors(mesh, global_batch, checkpointer):
+    """Turn device errors into what the user can do: out of memory, or a lost process."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as error:
+        text = str(error)
+        if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
+            batch = global_batch() or 0
+            raise MemoryError(
+                f"out of device memory with {batch // max(mesh.size, 1)} examples per device (global batch "
+                f"{batch} on {mesh.size} devices): lower the batch size, raise diffusion.accum_steps (gradient "
+                f"accumulation), use compute_dtype='bfloat16', or shard parameters with mesh.fsdp > 1") from error
+        if jax.process_count() > 1 and any(marker in text.lower() for marker in _PEER_LOST):
+            raise ProcessLostError(
+                f"process {jax.process_index()} of {jax.process_count()}: another process of the job stopped "
+                f"answering ({text.splitlines()[0][:200]}). The job cannot continue; start all processes again "
+                f"with the same command to resume from the newest checkpoint "
+                f"(step {checkpointer.latest_step()}).") from error
+        raise

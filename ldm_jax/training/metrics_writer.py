@@ -8,11 +8,17 @@ import pathlib
 
 import numpy as np
 
+from ldm_jax.data.imageio import write_atomic
+
 
 class MetricsWriter:
-    """Writes on the first process only; other processes get a writer that does nothing."""
+    """Writes on the first process only; other processes get a writer that does nothing.
 
-    def __init__(self, logdir: str | pathlib.Path, enabled: bool = True):
+    A run resumed at ``start_step`` first drops the ``metrics.jsonl`` rows of later steps
+    (written after the checkpoint it resumes from), so every step is listed once.
+    """
+
+    def __init__(self, logdir: str | pathlib.Path, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.logdir = pathlib.Path(logdir)
         if not enabled:
@@ -20,7 +26,13 @@ class MetricsWriter:
         from tensorboardX import SummaryWriter
 
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.logdir / "metrics.jsonl", "a", encoding="utf-8")
+        path = self.logdir / "metrics.jsonl"
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= start_step]
+            if len(kept) != len(lines):
+                write_atomic(path, "".join(kept).encode())
+        self._jsonl = open(path, "a", encoding="utf-8")
         self._tb = SummaryWriter(str(self.logdir / "tensorboard"))
 
     def scalars(self, step: int, values: dict) -> None:

@@ -27,9 +27,10 @@ def label_distribution(label_rows: np.ndarray) -> np.ndarray:
     return np.concatenate([rows, counts[:, None]], axis=1)
 
 
-def load_autoencoder(cfg, directory, step: int | None, mesh):
+def load_autoencoder(cfg, directory, step: int | None, mesh, fsdp_min_size: int = parallel.FSDP_MIN_SIZE):
     """``(autoencoder, params, step)`` from an autoencoder checkpoint directory (newest step
-    when ``step`` is None); only the autoencoder weights are read."""
+    when ``step`` is None); only the autoencoder weights are read, placed on ``mesh`` by
+    ``parallel.param_sharding``."""
     preset = presets.get_preset(cfg.model)
     autoencoder = presets.build_autoencoder(preset.autoencoder, dtype=jax.numpy.dtype(cfg.compute_dtype))
     checkpointer = Checkpointer(directory, async_save=False)
@@ -42,7 +43,7 @@ def load_autoencoder(cfg, directory, step: int | None, mesh):
         key = jax.random.PRNGKey(0)
         shape = (1, preset.image_size, preset.image_size, preset.image_channels)
         abstract = jax.eval_shape(lambda: autoencoder_step.init_autoencoder_params(key, key, autoencoder, shape))
-        tree = {"params": {"autoencoder": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))}}
+        tree = {"params": {"autoencoder": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract, fsdp_min_size))}}
         params = checkpointer.restore_subtree(step, tree)["params"]
     finally:
         checkpointer.close()

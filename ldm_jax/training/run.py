@@ -23,30 +23,45 @@ from ldm_jax.sampling.grid import make_grid, to_pixels
 from ldm_jax.training import autoencoder_step, diffusion_step, restore
 from ldm_jax.training.checkpoint import Checkpointer
 from ldm_jax.training.config import stages_of
-from ldm_jax.training.loop import Stage, restore_or_init, run_stage
+from ldm_jax.training.loop import SigtermFlag, Stage, restore_or_init, run_stage
 from ldm_jax.training.run_info import record_run
 from ldm_jax.training.state import make_optimizer
 
 
-def train(cfg, workdir) -> None:
-    """Run the configured stages in ``workdir`` (resuming each from its newest checkpoint)."""
+def train(cfg, workdir, devices=None) -> None:
+    """Run the configured stages in ``workdir`` (resuming each from its newest checkpoint).
+
+    Every process of a multi-process job calls this with the same arguments; ``devices``
+    (default: all) are the devices of the mesh.
+    """
     parallel.initialize_distributed()
     stages = stages_of(cfg)
+    mesh = parallel.make_mesh(cfg.mesh.fsdp, devices)
+    check_batch_sizes(cfg, stages, mesh)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     record_run(cfg, workdir)
-    mesh = parallel.make_mesh(cfg.mesh.fsdp)
     preset = presets.get_preset(cfg.model)
-    source = open_source(cfg, workdir)
-    key = jax.random.PRNGKey(cfg.seed)
-    if "autoencoder" in stages:
-        train_autoencoder(cfg, preset, mesh, workdir, source, jax.random.fold_in(key, 0))
-    if "diffusion" in stages:
-        train_diffusion(cfg, preset, mesh, workdir, source, jax.random.fold_in(key, 1))
+    with SigtermFlag() as sigterm:  # from here on a SIGTERM means: checkpoint at the next step, then stop
+        source = open_source(cfg, workdir)
+        key = jax.random.PRNGKey(cfg.seed)
+        if "autoencoder" in stages:
+            train_autoencoder(cfg, preset, mesh, workdir, source, jax.random.fold_in(key, 0), sigterm)
+        if "diffusion" in stages:
+            train_diffusion(cfg, preset, mesh, workdir, source, jax.random.fold_in(key, 1), sigterm)
+
+
+def check_batch_sizes(cfg, stages, mesh) -> None:
+    """Every batch a run will form must split evenly over the mesh: fail before any work."""
+    if cfg.mesh.fsdp_min_size < 1:
+        raise ValueError(f"mesh.fsdp_min_size must be >= 1, got {cfg.mesh.fsdp_min_size}")
+    for stage in stages:
+        parallel.check_batch_size(cfg[stage].batch_size, mesh, f"{stage}.batch_size")
 
 
 def open_source(cfg, workdir: pathlib.Path):
-    """The training split's random-access source; builds ``mammo_phantoms`` first when asked to."""
+    """The training split's random-access source; builds ``mammo_phantoms`` first when asked to
+    (process 0 builds, the others wait for it)."""
     from ldm_jax.data import build, pipeline
 
     data_dir = pathlib.Path(cfg.data.data_dir or workdir / "data")
@@ -54,7 +69,10 @@ def open_source(cfg, workdir: pathlib.Path):
     if cfg.data.dataset == "mammo_phantoms" and cfg.data.build_if_missing:
         n = cfg.data.num_records
         sizes = {"train": n, "validation": max(n // 10, 1), "test": max(n // 10, 1)} if n else None
-        config = build.build_phantoms(config, data_dir, sizes).builder_config.name
+        if jax.process_index() == 0:
+            build.build_phantoms(config, data_dir, sizes)
+        parallel.sync("ldm_jax:phantoms_built")
+        config = build.build_phantoms(config, data_dir, sizes).builder_config.name  # prepared: only reads
     return pipeline.load_source(cfg.data.dataset, str(data_dir), cfg.data.split, config)
 
 
@@ -74,7 +92,7 @@ def _dtype(cfg):
 def _autoencoder_parts(cfg, preset):
     autoencoder = presets.build_autoencoder(preset.autoencoder, dtype=_dtype(cfg))
     discriminator = presets.build_discriminator(preset.discriminator, dtype=_dtype(cfg))
-    optimizers = autoencoder_step.make_optimizers(cfg.autoencoder, flatten=cfg.mesh.fsdp == 1)
+    optimizers = autoencoder_step.make_optimizers(cfg.autoencoder)
     return autoencoder, discriminator, optimizers
 
 
@@ -82,7 +100,7 @@ def _round_up(n, multiple):
     return -(-n // multiple) * multiple
 
 
-def train_autoencoder(cfg, preset, mesh, workdir, source, key):
+def train_autoencoder(cfg, preset, mesh, workdir, source, key, sigterm=None):
     acfg = cfg.autoencoder
     lpips_module, lpips_variables = autoencoder_step.load_perceptual(acfg)  # fails early when files are missing
     autoencoder, discriminator, optimizers = _autoencoder_parts(cfg, preset)
@@ -95,7 +113,7 @@ def train_autoencoder(cfg, preset, mesh, workdir, source, key):
 
     def on_sample(state, step):
         recon = reconstruct(state.params["autoencoder"], examples)
-        pairs = np.concatenate([np.asarray(examples), np.asarray(recon)])
+        pairs = np.concatenate([parallel.to_host(examples), parallel.to_host(recon)])
         return {"reconstructions": make_grid(to_pixels(pairs, 255, np.uint8), columns=len(examples))}
 
     stage = Stage(
@@ -104,25 +122,25 @@ def train_autoencoder(cfg, preset, mesh, workdir, source, key):
         extra_args=(lpips_variables,),
         static_args=lambda step: (step >= acfg.gan_start,),
         meta={"model": cfg.model, "config": cfg.to_dict()}, on_sample=on_sample)
-    run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key)
+    run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key, sigterm=sigterm)
 
 
 def estimate_scale_factor(autoencoder, ae_params, pipeline, num_batches, key) -> float:
     """1/std of latents z ~ q(z|x) over ``num_batches`` batches of training images."""
     encode = jax.jit(lambda p, x, k: diffusion_step.encode_latents(autoencoder, p, x, k, 1.0))
-    latents = [np.asarray(encode(ae_params, next(pipeline)["image"], jax.random.fold_in(key, i)))
+    latents = [parallel.to_host(encode(ae_params, next(pipeline)["image"], jax.random.fold_in(key, i)))
                for i in range(num_batches)]
     return diffusion_step.latent_scale_factor(np.concatenate(latents))
 
 
-def train_diffusion(cfg, preset, mesh, workdir, source, key):
+def train_diffusion(cfg, preset, mesh, workdir, source, key, sigterm=None):
     from ldm_jax.data.pipeline import all_labels
 
     dcfg = cfg.diffusion
     ae_dir = str(pathlib.Path(dcfg.autoencoder_checkpoint or workdir / "autoencoder" / "checkpoints").absolute())
-    autoencoder, ae_params, ae_step = restore.load_autoencoder(cfg, ae_dir, None, mesh)
+    autoencoder, ae_params, ae_step = restore.load_autoencoder(cfg, ae_dir, None, mesh, cfg.mesh.fsdp_min_size)
     unet = presets.build_unet(preset.unet, dtype=_dtype(cfg))
-    optimizer = make_optimizer(dcfg, flatten=cfg.mesh.fsdp == 1)
+    optimizer = make_optimizer(dcfg)
     schedule = restore.schedule_from_config(dcfg)
     latent_shape = (dcfg.batch_size, preset.latent_size, preset.latent_size, preset.latent_channels)
     init = functools.partial(diffusion_step.init_state, unet=unet, optimizer=optimizer, latent_shape=latent_shape,
@@ -131,7 +149,7 @@ def train_diffusion(cfg, preset, mesh, workdir, source, key):
                   step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg))
     pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size)
     checkpointer = Checkpointer(workdir / "diffusion" / "checkpoints", async_save=False)
-    state, meta, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline)
+    state, meta, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline, cfg)
     checkpointer.close()
     if meta is not None:
         scale = meta["scale_factor"]
@@ -140,12 +158,12 @@ def train_diffusion(cfg, preset, mesh, workdir, source, key):
         scale = estimate_scale_factor(autoencoder, ae_params, estimate_from, dcfg.scale_factor_batches,
                                       jax.random.fold_in(key, 1))
     distribution = (meta or {}).get("label_distribution") or restore.label_distribution(all_labels(source)).tolist()
-    stage.extra_args = (ae_params, jnp.float32(scale))
+    stage.extra_args = (ae_params, np.float32(scale))
     stage.meta = {"model": cfg.model, "config": cfg.to_dict(), "scale_factor": scale,
                   "autoencoder_checkpoint": ae_dir, "autoencoder_step": ae_step, "label_distribution": distribution}
     stage.on_sample = _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, scale, key)
     run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key, state=state,
-              shardings=shardings)
+              shardings=shardings, sigterm=sigterm)
 
 
 def _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, scale, key):
@@ -156,14 +174,15 @@ def _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, sca
     n = _round_up(len(labels), mesh.size)
     labels = np.concatenate([labels, labels_lib.null_labels(n - len(labels))])
     sharding = parallel.batch_sharding(mesh)
-    labels = jax.device_put(labels, sharding)
-    keys = jax.device_put(image_keys(jax.random.fold_in(key, 2), jnp.arange(n)), sharding)
+    labels = parallel.global_array(labels, sharding)
+    keys = parallel.global_array(np.asarray(image_keys(jax.random.fold_in(key, 2), jnp.arange(n))), sharding)
     latent = (preset.latent_size, preset.latent_size, preset.latent_channels)
     generate = jax.jit(make_generate(unet, autoencoder, schedule, latent, num_steps=cfg.log.sample_steps,
                                      prediction=cfg.diffusion.prediction, guidance_scale=cfg.log.guidance_scale))
 
     def on_sample(state, step):
-        images = to_pixels(generate(state.ema_params["unet"], ae_params, scale, labels, keys), 255, np.uint8)
+        images = to_pixels(parallel.to_host(generate(state.ema_params["unet"], ae_params, scale, labels, keys)), 255,
+                           np.uint8)
         return {c.strip().replace(",", "_"): make_grid(images[i * per_grid:(i + 1) * per_grid])
                 for i, c in enumerate(conditions)}
 
