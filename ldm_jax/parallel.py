@@ -9,6 +9,7 @@ process runs the same program and feeds the rows of the batch its devices hold.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -22,6 +23,7 @@ FSDP_MIN_SIZE = 2**18  # arrays with fewer elements stay replicated under fsdp
 LAUNCH_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 HEARTBEAT_VARIABLE = "LDM_JAX_HEARTBEAT_TIMEOUT"
 _CLUSTER_MARKERS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+_barrier_count = itertools.count()  # every process passes the same barriers in the same order
 
 
 def initialize_distributed() -> None:
@@ -170,9 +172,34 @@ def to_host(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def sync(name: str) -> None:
-    """Wait until every process reaches the barrier ``name`` (no-op with one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+def sync(name: str, timeout_s: int = 3600) -> None:
+    """Wait until every process reaches the barrier ``name`` (no-op with one process).
 
-        multihost_utils.sync_global_devices(name)
+    The barrier lives in the coordination service, not in a device collective, so a process
+    may be far behind (building data, compiling) without timing out the others."""
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost
+
+    multihost.get_barrier_sync_fn()(key=f"ldm_jax:{name}:{next(_barrier_count)}", timeout_ms=timeout_s * 1000)
+
+
+def compile_together(jitted, static_argnums: tuple[int, ...] = ()):
+    """``jitted`` whose every compilation (one per value of the static arguments) ends at a
+    barrier of all processes before the program first runs.
+
+    On CPU, gloo gives processes 30 s to meet in a new communicator, so without it a process
+    still compiling (or one that found the program in the compilation cache) fails the job.
+    """
+    if jax.process_count() == 1:
+        return jitted
+    compiled = {}
+
+    def call(*args):
+        static = tuple(args[i] for i in static_argnums)
+        if static not in compiled:
+            compiled[static] = jitted.lower(*args).compile()
+            sync("compiled")
+        return compiled[static](*[a for i, a in enumerate(args) if i not in static_argnums])
+
+    return call

@@ -61,7 +61,11 @@ def _split_arrays(state_dir) -> int:
 
 
 def _raw_state(state_dir):
-    return dict(jax.tree_util.tree_leaves_with_path(ocp.StandardCheckpointer().restore(state_dir)))
+    """The saved arrays as numpy, whatever devices (of whichever processes) wrote them."""
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(state_dir).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return dict(jax.tree_util.tree_leaves_with_path(checkpointer.restore(state_dir, restore_args=args)))
 
 
 def _assert_same_state(a_dir, b_dir):
@@ -106,8 +110,8 @@ _READ_ONE_EPOCH = textwrap.dedent("""
     p = pipeline.InputPipeline(source, global_batch_size=8, mesh=parallel.make_mesh(), seed=3, num_epochs=1)
     ids = []
     for batch in p:
-        rows = [np.asarray(s.data) for s in batch["image"].addressable_shards]
-        ids.append([int(round((r[0, 0, 0, 0] + 1) * 4095 / 2)) for r in rows for r in r])
+        shards = [np.asarray(s.data) for s in batch["image"].addressable_shards]
+        ids.append([int(round((row[0, 0, 0] + 1) * 4095 / 2)) for shard in shards for row in shard])
     with open(f"{sys.argv[1]}/ids_{jax.process_index()}.json", "w") as f:
         json.dump(ids, f)
 """)

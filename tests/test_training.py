@@ -264,3 +264,15 @@ def test_lpips_term_from_a_local_weights_file(cli_run, tmp_path):
     cfg.autoencoder.lpips_weights = str(tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError, match="vgg16"):
         run.train(cfg, tmp_path / "missing")
+
+
+def test_bad_topology_is_refused_before_any_work(tmp_path):
+    cfg = micro_config()
+    cfg.mesh.fsdp = 3
+    with pytest.raises(ValueError, match="fsdp=3 must be >= 1 and divide the device count 8"):
+        run.train(cfg, tmp_path / "fsdp3")
+    cfg = micro_config()
+    cfg.diffusion.batch_size = 12
+    with pytest.raises(ValueError, match=r"diffusion.batch_size 12 is not divisible by the 8 devices"):
+        run.train(cfg, tmp_path / "batch12")
+    assert not (tmp_path / "fsdp3").exists() and not (tmp_path / "batch12").exists()

@@ -43,10 +43,10 @@ def run(args, sampler: str) -> job.Summary:
     out = pathlib.Path(args.out)
     if args.edit_input is None:
         conditions = Conditions(args.condition, model.label_distribution, args.seed)
-        generate = jax.jit(make_generate(model.unet, model.autoencoder, model.schedule, model.latent_shape,
-                                         **sampling),
-                           in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding),
-                           out_shardings=batch_sharding)
+        generate = parallel.compile_together(jax.jit(
+            make_generate(model.unet, model.autoencoder, model.schedule, model.latent_shape, **sampling),
+            in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding),
+            out_shardings=batch_sharding))
 
         def compute(indices):
             labels = parallel.global_array(conditions.labels(indices), batch_sharding)
@@ -67,10 +67,10 @@ def _edit_job(args, model, sampling, settings, common, keys, out, replicated, ba
     inputs = edit_inputs.list_inputs(args.edit_input)
     source = Conditions(args.edit_from, model.label_distribution, args.seed)
     target = Conditions(args.edit_to, model.label_distribution, args.seed)
-    edit = jax.jit(make_edit(model.unet, model.autoencoder, model.schedule, method=args.method,
-                             strength=args.strength, **sampling),
-                   in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4,
-                   out_shardings=batch_sharding)
+    edit = parallel.compile_together(jax.jit(
+        make_edit(model.unet, model.autoencoder, model.schedule, method=args.method, strength=args.strength,
+                  **sampling),
+        in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4, out_shardings=batch_sharding))
     size = model.image_size
 
     def compute(indices):

@@ -129,12 +129,12 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
         state, metrics = stage.step(state, batch, *args)
         return state, {**metrics, "stop": jax.numpy.max(stop_flags)}
 
-    step_fn = jax.jit(
+    static_argnums = tuple(range(num_dynamic, num_dynamic + num_static))
+    step_fn = parallel.compile_together(jax.jit(
         step_and_stop,
         in_shardings=(shardings, batch_sharding, batch_sharding) + tuple(extra_shardings),
         out_shardings=(shardings, parallel.replicated(mesh)),
-        static_argnums=tuple(range(num_dynamic, num_dynamic + num_static)),
-        donate_argnums=(0,))
+        static_argnums=static_argnums, donate_argnums=(0,)), static_argnums)
 
     progress = _progress_bar(stage, start, enabled=first and cfg.log.progress)
     streak = skipped_total = 0

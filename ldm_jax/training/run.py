@@ -109,7 +109,8 @@ def train_autoencoder(cfg, preset, mesh, workdir, source, key, sigterm=None):
     init = functools.partial(autoencoder_step.init_state, autoencoder=autoencoder, discriminator=discriminator,
                              optimizers=optimizers, image_shape=shape)
     examples = next(_pipeline(cfg, source, mesh, _round_up(cfg.log.sample_count, mesh.size), shuffle=False))["image"]
-    reconstruct = jax.jit(lambda p, x: autoencoder.apply({"params": p}, x, sample_posterior=False)[0])
+    reconstruct = parallel.compile_together(
+        jax.jit(lambda p, x: autoencoder.apply({"params": p}, x, sample_posterior=False)[0]))
 
     def on_sample(state, step):
         recon = reconstruct(state.params["autoencoder"], examples)
@@ -127,7 +128,8 @@ def train_autoencoder(cfg, preset, mesh, workdir, source, key, sigterm=None):
 
 def estimate_scale_factor(autoencoder, ae_params, pipeline, num_batches, key) -> float:
     """1/std of latents z ~ q(z|x) over ``num_batches`` batches of training images."""
-    encode = jax.jit(lambda p, x, k: diffusion_step.encode_latents(autoencoder, p, x, k, 1.0))
+    encode = parallel.compile_together(
+        jax.jit(lambda p, x, k: diffusion_step.encode_latents(autoencoder, p, x, k, 1.0)))
     latents = [parallel.to_host(encode(ae_params, next(pipeline)["image"], jax.random.fold_in(key, i)))
                for i in range(num_batches)]
     return diffusion_step.latent_scale_factor(np.concatenate(latents))
@@ -177,8 +179,9 @@ def _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, sca
     labels = parallel.global_array(labels, sharding)
     keys = parallel.global_array(np.asarray(image_keys(jax.random.fold_in(key, 2), jnp.arange(n))), sharding)
     latent = (preset.latent_size, preset.latent_size, preset.latent_channels)
-    generate = jax.jit(make_generate(unet, autoencoder, schedule, latent, num_steps=cfg.log.sample_steps,
-                                     prediction=cfg.diffusion.prediction, guidance_scale=cfg.log.guidance_scale))
+    generate = parallel.compile_together(jax.jit(make_generate(
+        unet, autoencoder, schedule, latent, num_steps=cfg.log.sample_steps, prediction=cfg.diffusion.prediction,
+        guidance_scale=cfg.log.guidance_scale)))
 
     def on_sample(state, step):
         images = to_pixels(parallel.to_host(generate(state.ema_params["unet"], ae_params, scale, labels, keys)), 255,
