@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) train.py --config configs/phantom_tiny.py --workdir runs/demo
 
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n 2 --dist loadgroup --durations=15 tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n 2 --dist loadscope --durations=15 tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .jax_cache
