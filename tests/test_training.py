@@ -220,11 +220,9 @@ def test_preempted_and_resumed_run_equals_uninterrupted(cli_run, tmp_path, monke
     assert len(flat_resumed) == len(flat_reference) > 10
     for path, value in flat_resumed:
         np.testing.assert_array_equal(value, flat_reference[path], err_msg=jax.tree_util.keystr(path))
-    data_resumed = (tmp_path / "diffusion" / "checkpoints" / "4" / "data").rglob("*")
-    data_reference = (cli_run / "diffusion" / "checkpoints" / "4" / "data").rglob("*")
-    read = lambda files: {p.name: json.loads(p.read_text()) for p in files if p.name.startswith("process_")}  # noqa: E731
-    resumed_position, reference_position = read(data_resumed), read(data_reference)
-    assert resumed_position == reference_position and len(resumed_position) == 1
+    data = [json.loads((d / "diffusion" / "checkpoints" / "4" / "data" / "metadata").read_text())
+            for d in (tmp_path, cli_run)]
+    assert data[0] == data[1] and data[0]["position"] == 4 * 8  # the stream position after 4 batches of 8
 
 
 @pytest.mark.slow
@@ -276,3 +274,15 @@ def test_bad_topology_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"diffusion.batch_size 12 is not divisible by the 8 devices"):
         run.train(cfg, tmp_path / "batch12")
     assert not (tmp_path / "fsdp3").exists() and not (tmp_path / "batch12").exists()
+
+
+def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
+    from ldm_jax.training.metrics_writer import MetricsWriter
+
+    writer = MetricsWriter(tmp_path)
+    for step in range(1, 6):
+        writer.scalars(step, {"loss": float(step)})
+    writer.close()
+    MetricsWriter(tmp_path, start_step=3).close()  # the run died after step 5; its checkpoint is step 3
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]

@@ -187,8 +187,9 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
                     if step % cfg.checkpoint.every:
                         save(step)
                     checkpointer.wait()
-                    raise Preempted(f"{stage.name}: SIGTERM received (by process {_who_stopped(flag)}); "
-                                    f"checkpoint of step {step} written; resume with the same command")
+                    who = "this process" if flag.raised else "another process of the job"
+                    raise Preempted(f"{stage.name}: SIGTERM received by {who}; checkpoint of step {step} written; "
+                                    f"resume with the same command")
             if pending is not None:
                 consume(*pending)
             if stage.on_sample and start < stage.steps and sampled_at != stage.steps:
@@ -231,10 +232,6 @@ class _Throughput:
             return 0.0
         (s0, t0), (s1, t1) = self._times[0], self._times[-1]
         return (s1 - s0) * batch_size / max(t1 - t0, 1e-9)
-
-
-def _who_stopped(flag) -> str:
-    return f"{jax.process_index()}, this one" if flag.raised else "another"
 
 
 _PEER_LOST = ("connection closed by peer", "connection reset", "heartbeat", "unavailable", "gloo")
