@@ -106,7 +106,8 @@ def test_preemption_a_lost_process_and_restarts(two_processes, tmp_path):
 
     multiprocess.run(args, tmp_path / "logs_second_restart", timeout=600)
     assert [r["step"] for r in saved_runs.metrics(tmp_path / "run", "diffusion")] == [1, 2, 3, 4]
-    saved_runs.assert_same_state(checkpoints / "4" / "state", two_processes / "diffusion" / "checkpoints" / "4" / "state")
+    reference = two_processes / "diffusion" / "checkpoints" / "4" / "state"
+    saved_runs.assert_same_state(checkpoints / "4" / "state", reference)
 
 
 def test_sample_py_on_two_processes_writes_what_one_writes(two_processes, tmp_path):

@@ -27,7 +27,6 @@ from ldm_jax.data.imageio import decode_png, to_model_range
 BUILDER_MODULES = ("ldm_jax.data.builders.mammo_phantoms", "ldm_jax.data.builders.mammo_dicom")
 _DEFAULT_MAX_VALUE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 4095}  # uint16: 12-bit convention
 _STATE_VERSION = 2
-_ORDER_KEYS = ("version", "num_records", "seed", "shuffle")  # what the stream order depends on
 
 
 # ----------------------------------------------------------------------------- sources

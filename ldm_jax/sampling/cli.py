@@ -75,9 +75,9 @@ def _edit_job(args, model, sampling, settings, common, keys, out, replicated, ba
 
     def compute(indices):
         images = np.stack([edit_inputs.read_input(inputs[i], size) for i in indices])[..., None]
-        return edit(model.unet_params, model.ae_params, scale, parallel.global_array(images, batch_sharding),
-                    parallel.global_array(source.labels(indices), batch_sharding), parallel.global_array(target.labels(indices), batch_sharding),
-                    keys(indices))
+        batch = [images, source.labels(indices), target.labels(indices)]
+        return edit(model.unet_params, model.ae_params, scale,
+                    *[parallel.global_array(a, batch_sharding) for a in batch], keys(indices))
 
     def record(index):
         return {**common, "source_sha256": edit_inputs.digest(inputs[index]),

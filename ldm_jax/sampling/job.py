@@ -149,7 +149,7 @@ def run(job: Job, *, batch_size: int, shard: tuple[int, int] = (0, 1), progress:
     job.out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         claim(job.out, job.settings)
-    parallel.sync("ldm_jax:sampling_claimed")
+    parallel.sync("sampling_claimed")
     claim(job.out, job.settings)  # the other processes check what process 0 pinned
     mine = shard_indices(job.num, shard)
     todo = _agreed([i for i in mine if not job.path(i).exists()], job.num)
@@ -171,7 +171,7 @@ def run(job: Job, *, batch_size: int, shard: tuple[int, int] = (0, 1), progress:
             for future in writes:
                 future.result()
         bar.close()
-    parallel.sync("ldm_jax:sampling_written")  # every process's files are on disk
+    parallel.sync("sampling_written")  # every process's files are on disk
     if jax.process_index() == 0:
         write_manifest(job)
         write_contact_sheet(job)

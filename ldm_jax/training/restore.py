@@ -43,7 +43,8 @@ def load_autoencoder(cfg, directory, step: int | None, mesh, fsdp_min_size: int 
         key = jax.random.PRNGKey(0)
         shape = (1, preset.image_size, preset.image_size, preset.image_channels)
         abstract = jax.eval_shape(lambda: autoencoder_step.init_autoencoder_params(key, key, autoencoder, shape))
-        tree = {"params": {"autoencoder": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract, fsdp_min_size))}}
+        shardings = parallel.param_sharding(mesh, abstract, fsdp_min_size)
+        tree = {"params": {"autoencoder": abstract_with_shardings(abstract, shardings)}}
         params = checkpointer.restore_subtree(step, tree)["params"]
     finally:
         checkpointer.close()

@@ -71,7 +71,7 @@ def open_source(cfg, workdir: pathlib.Path):
         sizes = {"train": n, "validation": max(n // 10, 1), "test": max(n // 10, 1)} if n else None
         if jax.process_index() == 0:
             build.build_phantoms(config, data_dir, sizes)
-        parallel.sync("ldm_jax:phantoms_built")
+        parallel.sync("phantoms_built")
         config = build.build_phantoms(config, data_dir, sizes).builder_config.name  # prepared: only reads
     return pipeline.load_source(cfg.data.dataset, str(data_dir), cfg.data.split, config)
 
