@@ -98,8 +98,8 @@ def training_images(model, workdir: pathlib.Path, num: int) -> np.ndarray:
     source = open_source(model.config, workdir)
     mesh = make_mesh(1, jax.devices()[:1])
     batch = min(num, len(source))
-    pipeline = InputPipeline(source, global_batch_size=batch, mesh=mesh, shuffle=False,
-                             image_size=model.image_size, random_flip=False)
+    pipeline = InputPipeline(source, global_batch_size=batch, mesh=mesh, shuffle=False, num_epochs=1,
+                             image_size=model.image_size, random_flip=False, read_threads=1, prefetch_batches=1)
     return np.asarray(next(pipeline)["image"])
 
 
