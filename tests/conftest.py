@@ -1,42 +1,65 @@
-"""Test set-up: 8 simulated CPU devices and a persistent compilation cache.
-
-Both must be configured before jax is first imported.
+"""Test set-up: 8 simulated CPU devices, XLA's fast-compile setting and a persistent
+compilation cache, all configured before jax is first imported; and the trained runs
+that many tests read, each built once per test run.
 """
 
 import fcntl
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from micro import FAST_COMPILE, ROOT, train_args
+
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    _flags += " --xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = f"{_flags} {FAST_COMPILE}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import jax  # noqa: E402
-
-_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
-jax.config.update("jax_compilation_cache_dir", str(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
+# Read by jax when it is imported, here and in the tests' subprocesses.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(ROOT / ".jax_cache")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
 
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def trained_micro(tmp_path_factory, worker_id):
-    """A workdir with both stages of the micro config trained, once per test run: the first
-    pytest-xdist worker that needs it trains it and the others wait for it (a file lock).
+def _build_once(tmp_path_factory, worker_id, name, build) -> pathlib.Path:
+    """``<shared tmp>/<name>``, made by ``build(path)`` once per test run: the first
+    pytest-xdist worker that needs it builds it and the others wait for it (a file lock).
     Tests only read it."""
-    from micro import micro_config
-
-    from ldm_jax.training import run
-
     root = tmp_path_factory.getbasetemp()
     root = root if worker_id == "master" else root.parent  # the folder all workers share
-    workdir = root / "micro_run"
-    with open(root / "micro_run.lock", "w") as lock:
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (workdir / "trained").exists():
-            shutil.rmtree(workdir, ignore_errors=True)
-            run.train(micro_config(), workdir)
-            (workdir / "trained").touch()
-    return workdir
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            build(path)
+            done.touch()
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_micro(tmp_path_factory, worker_id):
+    """Both stages of the micro config trained by ``train.py`` in one process on 8 devices."""
+
+    def build(workdir):
+        result = subprocess.run([sys.executable, *train_args(workdir)], cwd=ROOT, capture_output=True, text=True,
+                                timeout=900)
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    return _build_once(tmp_path_factory, worker_id, "micro_run", build)
+
+
+@pytest.fixture(scope="session")
+def two_processes(tmp_path_factory, worker_id):
+    """Both stages of the micro config trained by 2 processes × 4 devices with parameters
+    split over ``fsdp=2``: the pod path (``configs/tpu_pod.py``) at micro scale."""
+    import multiprocess
+    from micro import FSDP_SPLIT
+
+    def build(path):
+        multiprocess.run(train_args(path / "run", **FSDP_SPLIT), path / "logs", timeout=1500)
+
+    return _build_once(tmp_path_factory, worker_id, "two_processes", build) / "run"

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from micro import ROOT
+from micro import FAST_COMPILE, ROOT
 
 
 def free_port() -> int:
@@ -38,8 +38,8 @@ class Job:
         for i, log in enumerate(self.logs):
             process_env = {**os.environ, **(env or {}), "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
                            "JAX_NUM_PROCESSES": str(num_processes), "JAX_PROCESS_ID": str(i),
-                           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
-                           "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache"), "PYTHONUNBUFFERED": "1"}
+                           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
+                           "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
             with open(log, "wb") as out:
                 self.processes.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, env=process_env,
                                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True))

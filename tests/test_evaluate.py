@@ -41,9 +41,11 @@ class _Images(html.parser.HTMLParser):
 
 
 @pytest.mark.slow
-def test_evaluate_writes_every_section_and_a_self_contained_report(trained_micro, tmp_path):
+def test_evaluate_writes_every_section_and_a_self_contained_report(two_processes, tmp_path):
+    """On the checkpoint two processes wrote with parameters split over fsdp (the pod path):
+    evaluate.py runs in one process and loads it whatever topology wrote it."""
     options = Options(num=8, held_out=16, train_images=16, edits=4, steps=3, batch=8, classifier_steps=20)
-    results = evaluate(trained_micro, options, tmp_path / "eval")
+    results = evaluate(two_processes, options, tmp_path / "eval")
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for section in ("reconstruction", "generation", "conditioning", "dense_tissue_removal", "memorization"):
         assert section in saved and section in results

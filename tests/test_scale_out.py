@@ -1,8 +1,9 @@
 """Scale-out on one machine: two JAX processes × 4 CPU devices as one job (the README's
 local launch) with parameters split over ``fsdp``: training, preemption, a lost process, sampling.
 
-The reference for every comparison is ``trained_micro``: the same micro config in one
-process on 8 devices with replicated parameters.
+The job under test is ``two_processes`` (conftest.py); the reference for every comparison
+is ``trained_micro``: the same micro config in one process on 8 devices with replicated
+parameters.
 """
 
 import json
@@ -12,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from micro import MICRO_OVERRIDES
+from micro import FSDP_SPLIT, train_args
 
 import multiprocess
 import saved_runs
@@ -21,27 +22,11 @@ from ldm_jax.training.checkpoint import Checkpointer
 
 pytestmark = pytest.mark.slow
 
-SPLIT = {"mesh.fsdp": 2, "mesh.fsdp_min_size": 256}  # micro arrays are small: split them anyway
-
-
-def _train_args(workdir, **overrides) -> list[str]:
-    settings = {**MICRO_OVERRIDES, **SPLIT, **overrides}
-    return ["train.py", "--config", "configs/phantom_tiny.py", "--workdir", str(workdir),
-            *[f"--config.{k}={v}" for k, v in settings.items()]]
-
 
 def _diffusion_only(job_run, **overrides) -> dict:
     """Overrides that train only the diffusion stage on ``job_run``'s data and autoencoder."""
     return {"stages": "diffusion", "data.data_dir": job_run / "data",
             "diffusion.autoencoder_checkpoint": job_run / "autoencoder" / "checkpoints", **overrides}
-
-
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    """Both stages of the micro config trained by 2 processes × 4 devices, fsdp=2."""
-    root = tmp_path_factory.mktemp("two_processes")
-    multiprocess.run(_train_args(root / "run"), root / "logs", timeout=1500)
-    return root / "run"
 
 
 def test_two_processes_train_like_one(two_processes, trained_micro):
@@ -75,7 +60,7 @@ def test_preemption_a_lost_process_and_restarts(two_processes, tmp_path):
     """SIGTERM to one process stops both at the same step; the restart is then hit by a
     kill -9 of one process, which ends the job; the second restart finishes bit-identical
     to the uninterrupted job."""
-    args = _train_args(tmp_path / "run", **_diffusion_only(two_processes))
+    args = train_args(tmp_path / "run", **FSDP_SPLIT, **_diffusion_only(two_processes))
     env = {parallel.HEARTBEAT_VARIABLE: "5"}
     with multiprocess.Job(args, tmp_path / "logs", env=env) as job:
         _wait_for_text(job, 1, "Using custom data configuration", 300)  # inside train(): SIGTERM is handled

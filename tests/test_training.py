@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from micro import MICRO_OVERRIDES, ROOT, micro_config
+from micro import ROOT, micro_config
 
 from ldm_jax import parallel
 from ldm_jax.diffusion.schedule import make_schedule
@@ -141,35 +141,23 @@ def test_nonfinite_update_is_skipped_counted_and_stops_the_run(tmp_path):
     assert [r["skipped_total"] for r in rows] == [1, 2]
 
 
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    """Both stages through the CLI on a micro config: the uninterrupted reference run."""
-    workdir = tmp_path_factory.mktemp("cli")
-    args = [f"--config.{k}={v}" for k, v in MICRO_OVERRIDES.items()]
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".jax_cache")}
-    result = subprocess.run([sys.executable, "train.py", "--config", "configs/phantom_tiny.py", "--workdir",
-                             str(workdir), *args], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
-
-
-def test_cli_trains_both_stages_and_writes_everything(cli_run):
+def test_cli_trains_both_stages_and_writes_everything(trained_micro):
     for stage in ("autoencoder", "diffusion"):
-        stage_dir = cli_run / stage
+        stage_dir = trained_micro / stage
         assert sorted(int(p.name) for p in (stage_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
         rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2, 3, 4]
         assert all(np.isfinite(r["loss"]) for r in rows)
         assert list((stage_dir / "tensorboard").glob("events.out.tfevents.*"))
-    ae_rows = [json.loads(line) for line in (cli_run / "autoencoder" / "metrics.jsonl").read_text().splitlines()]
+    ae_rows = [json.loads(line) for line in (trained_micro / "autoencoder" / "metrics.jsonl").read_text().splitlines()]
     assert "d_loss" not in ae_rows[0] and "d_loss" in ae_rows[-1]  # the GAN switches on at gan_start
-    grids = sorted(p.name for p in (cli_run / "diffusion" / "samples").iterdir())
+    grids = sorted(p.name for p in (trained_micro / "diffusion" / "samples").iterdir())
     assert grids == ["step_0000004_density=A.png", "step_0000004_density=D.png"]
-    meta = json.loads((cli_run / "diffusion" / "checkpoints" / "4" / "meta" / "metadata").read_text())
+    meta = json.loads((trained_micro / "diffusion" / "checkpoints" / "4" / "meta" / "metadata").read_text())
     assert meta["autoencoder_step"] == 4 and meta["scale_factor"] > 0
     distribution = np.asarray(meta["label_distribution"])  # rows: labels..., count
     assert distribution.shape[1] == 5 and distribution[:, -1].sum() == 64  # every training record counted
-    env = json.loads((cli_run / "environment.json").read_text())
+    env = json.loads((trained_micro / "environment.json").read_text())
     assert env["versions"]["jax"] == jax.__version__ and env["devices"]
 
 
@@ -177,11 +165,11 @@ def _restore_raw(directory):
     return ocp.StandardCheckpointer().restore(directory)
 
 
-def test_preempted_and_resumed_run_equals_uninterrupted(cli_run, tmp_path, monkeypatch):
+def test_preempted_and_resumed_run_equals_uninterrupted(trained_micro, tmp_path, monkeypatch):
     cfg = micro_config()
     cfg.stages = "diffusion"
-    cfg.data.data_dir = str(cli_run / "data")
-    cfg.diffusion.autoencoder_checkpoint = str(cli_run / "autoencoder" / "checkpoints")
+    cfg.data.data_dir = str(trained_micro / "data")
+    cfg.diffusion.autoencoder_checkpoint = str(trained_micro / "autoencoder" / "checkpoints")
     cfg.checkpoint.every = 100  # only the SIGTERM save and the final one
     make_pipeline = run._pipeline
     calls = {"n": 0}
@@ -214,19 +202,19 @@ def test_preempted_and_resumed_run_equals_uninterrupted(cli_run, tmp_path, monke
     run.train(cfg, tmp_path)
 
     resumed = _restore_raw(tmp_path / "diffusion" / "checkpoints" / "4" / "state")
-    reference = _restore_raw(cli_run / "diffusion" / "checkpoints" / "4" / "state")
+    reference = _restore_raw(trained_micro / "diffusion" / "checkpoints" / "4" / "state")
     flat_resumed = jax.tree_util.tree_leaves_with_path(resumed)
     flat_reference = dict(jax.tree_util.tree_leaves_with_path(reference))
     assert len(flat_resumed) == len(flat_reference) > 10
     for path, value in flat_resumed:
         np.testing.assert_array_equal(value, flat_reference[path], err_msg=jax.tree_util.keystr(path))
     data = [json.loads((d / "diffusion" / "checkpoints" / "4" / "data" / "metadata").read_text())
-            for d in (tmp_path, cli_run)]
+            for d in (tmp_path, trained_micro)]
     assert data[0] == data[1] and data[0]["position"] == 4 * 8  # the stream position after 4 batches of 8
 
 
 @pytest.mark.slow
-def test_lpips_term_from_a_local_weights_file(cli_run, tmp_path):
+def test_lpips_term_from_a_local_weights_file(trained_micro, tmp_path):
     """With ``lpips_weights`` set the autoencoder loss gains the perceptual term (synthetic weights)."""
     from flax import traverse_util
 
@@ -248,7 +236,7 @@ def test_lpips_term_from_a_local_weights_file(cli_run, tmp_path):
         cfg = micro_config()
         cfg.stages = "autoencoder"
         cfg.autoencoder.steps = 1
-        cfg.data.data_dir = str(cli_run / "data")
+        cfg.data.data_dir = str(trained_micro / "data")
         cfg.autoencoder.update(extra)
         workdir = tmp_path / f"run{len(extra)}"
         run.train(cfg, workdir)
@@ -258,7 +246,7 @@ def test_lpips_term_from_a_local_weights_file(cli_run, tmp_path):
     with_lpips = first_loss({"lpips_weights": str(tmp_path / "lpips_merged.npz"), "lpips_weight": 1.0})
     assert with_lpips > plain + 1e-3  # same init and batch: the difference is the LPIPS distance
     cfg = micro_config()
-    cfg.data.data_dir = str(cli_run / "data")
+    cfg.data.data_dir = str(trained_micro / "data")
     cfg.autoencoder.lpips_weights = str(tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError, match="vgg16"):
         run.train(cfg, tmp_path / "missing")

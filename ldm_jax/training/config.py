@@ -77,7 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.log = ml_collections.ConfigDict(dict(
         every=50,                        # scalars to metrics.jsonl / TensorBoard
         sample_every=1000,               # sample grids (0 = only at the end of the stage)
-        sample_conditions="density=A;density=B;density=C;density=D",  # one grid per condition
+        sample_conditions="density=A;density=B;density=C;density=D",  # one grid per condition; "" = none
         sample_count=8,                  # images per grid
         sample_steps=50,                 # DDIM steps for the grids
         guidance_scale=2.0,

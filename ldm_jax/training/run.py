@@ -169,8 +169,11 @@ def train_diffusion(cfg, preset, mesh, workdir, source, key, sigterm=None):
 
 
 def _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, scale, key):
-    """``on_sample``: one grid per configured condition, from the EMA weights, same noise every time."""
+    """``on_sample``: one grid per configured condition, from the EMA weights, same noise
+    every time; None (no grids, nothing compiled) when no condition is configured."""
     conditions = [c for c in cfg.log.sample_conditions.split(";") if c.strip()]
+    if not conditions:
+        return None
     per_grid = cfg.log.sample_count
     labels = np.concatenate([np.tile(labels_lib.parse_condition(c), (per_grid, 1)) for c in conditions])
     n = _round_up(len(labels), mesh.size)
