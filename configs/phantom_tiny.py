@@ -13,8 +13,8 @@ def get_config():
     cfg.diffusion.update(dict(steps=700, batch_size=32, learning_rate=2e-3, warmup_steps=30, lr_schedule="cosine",
                               ema_decay=0.99, scale_factor_batches=2))
     cfg.checkpoint.every = 200
-    # Grids per density with the other attributes given: the model mostly sees full label rows
-    # (each attribute is dropped with probability label_dropout).
+    # Grids per density with the other attributes given: full label rows are the pattern the
+    # model is trained on most (46% of rows; README "Which conditions are trained").
     cfg.log.update(dict(every=20, sample_every=0, sample_count=8, sample_steps=25, sample_conditions=";".join(
         f"density={d},finding=none,view=CC,laterality=L" for d in "ABCD")))
     return cfg

@@ -23,11 +23,10 @@ def _targets(sched, x0, noise, t):
 def test_loss_is_zero_for_a_perfect_prediction(setup):
     sched, x0, noise, t = setup
     for target, y in _targets(sched, x0, noise, t).items():
-        for weighting in losses.WEIGHTINGS:
-            for loss_type in losses.LOSS_TYPES:
-                kw = dict(target=target, weighting=weighting, loss_type=loss_type)
-                assert float(losses.diffusion_loss(sched, y, x0, noise, t, **kw)) == 0.0, kw
-                assert float(losses.diffusion_loss(sched, y + 0.5, x0, noise, t, **kw)) > 0.0, kw
+        for weighting, loss_type in [("uniform", "l2"), ("uniform", "l1"), ("min_snr", "l2")]:
+            kw = dict(target=target, weighting=weighting, loss_type=loss_type)
+            assert float(losses.diffusion_loss(sched, y, x0, noise, t, **kw)) == 0.0, kw
+            assert float(losses.diffusion_loss(sched, y + 0.5, x0, noise, t, **kw)) > 0.0, kw
 
 
 def test_uniform_l2_and_l1_closed_form(setup):
@@ -41,9 +40,10 @@ def test_uniform_l2_and_l1_closed_form(setup):
                                rtol=1e-6)
 
 
-def test_min_snr_weights_every_target_as_min_snr_gamma_on_x0_error(setup):
+def test_min_snr_weight_on_x0_error_per_target(setup):
     """For one estimate x̂_0 (with ε̂, v̂ derived from it at the same x_t), the min-SNR-γ
-    weighted L2 loss is min(SNR, γ)·mean‖x̂_0 - x_0‖² for every target (Hang et al. 2023):
+    weighted L2 loss is min(SNR, γ)·mean‖x̂_0 - x_0‖² for ε and x0 (Hang et al. 2023) and
+    min(SNR + 1, γ)·mean‖x̂_0 - x_0‖² for v:
     ‖ε̂ - ε‖² = SNR‖x̂_0 - x_0‖² and ‖v̂ - v‖² = (SNR + 1)‖x̂_0 - x_0‖²."""
     sched, x0, noise, t = setup
     t = t[:3]  # identifiable steps (SNR > 0)
@@ -56,11 +56,12 @@ def test_min_snr_weights_every_target_as_min_snr_gamma_on_x0_error(setup):
     preds = {"eps": eps_hat, "x0": x0_hat, "v": a * eps_hat - s * x0_hat}
     snr = np.asarray(forward.snr(sched, t), np.float64)
     gamma = 5.0
-    assert snr.min() < gamma < snr.max()  # both sides of the clip are exercised
-    expected = np.minimum(snr, gamma) * np.mean(np.asarray(x0_hat - x0, np.float64) ** 2, axis=(1, 2, 3))
+    assert snr.min() + 1 < gamma < snr.max()  # both sides of the clip are exercised
+    x0_err = np.mean(np.asarray(x0_hat - x0, np.float64) ** 2, axis=(1, 2, 3))
     for target, pred in preds.items():
         got = losses.per_example_loss(sched, pred, x0, noise, t, target=target, weighting="min_snr",
                                       min_snr_gamma=gamma)
+        expected = np.minimum(snr + (target == "v"), gamma) * x0_err
         np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-3, err_msg=target)
 
 
@@ -69,8 +70,23 @@ def test_snr_weights_at_zero_terminal_snr_are_finite(setup):
     w = {target: np.asarray(losses.snr_weight(sched, t, target=target, weighting="min_snr"))
          for target in forward.PREDICTIONS}
     assert all(np.isfinite(v).all() for v in w.values())
-    assert w["eps"][-1] == 1.0 and w["x0"][-1] == 0.0 and w["v"][-1] == 0.0  # the SNR -> 0 limits
+    assert w["eps"][-1] == 1.0 and w["x0"][-1] == 0.0 and w["v"][-1] == 1.0  # the SNR -> 0 limits
     assert w["eps"][0] == pytest.approx(5.0 / float(forward.snr(sched, t[:1])[0]), rel=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [5.0, 0.5])
+def test_v_min_snr_weight_trains_the_zero_terminal_snr_step(gamma):
+    """v: min(SNR + 1, γ)/(SNR + 1), against SNR from the float64 betas; at SNR = 0 exactly
+    min(1, γ) (Hang et al.'s min(SNR, γ)/(SNR + 1) would be 0 there)."""
+    betas = schedule.rescale_zero_terminal_snr(schedule.beta_schedule("scaled_linear", 1000, 0.0015, 0.0195))
+    sched = schedule.make_schedule("scaled_linear", 1000, 0.0015, 0.0195, zero_terminal_snr=True)
+    t = np.array([0, 60, 110, 111, 500, 949, 998, 999])
+    ac = np.cumprod(1.0 - betas)[t]
+    snr = ac / (1.0 - ac)
+    assert snr[-1] == 0 and snr[0] + 1 > gamma  # the terminal step and a capped one (γ = 5: uncapped ones too)
+    w = np.asarray(losses.snr_weight(sched, jnp.asarray(t), target="v", weighting="min_snr", min_snr_gamma=gamma))
+    np.testing.assert_allclose(w, np.minimum(snr + 1, gamma) / (snr + 1), rtol=2e-5)
+    assert w[-1] == min(1.0, gamma)
 
 
 def test_masks_give_the_masked_mean(setup):
@@ -116,6 +132,10 @@ def test_bad_loss_arguments(setup):
         losses.diffusion_loss(sched, noise, x0, noise, t, weighting="p2")
     with pytest.raises(ValueError, match="unknown loss_type 'huber'"):
         losses.diffusion_loss(sched, noise, x0, noise, t, loss_type="huber")
+    with pytest.raises(ValueError, match="weighting='min_snr' needs loss_type='l2'"):
+        losses.diffusion_loss(sched, noise, x0, noise, t, weighting="min_snr", loss_type="l1")
+    with pytest.raises(ValueError, match="weighting='min_snr' needs loss_type='l2'"):  # at trace time
+        jax.jit(lambda p: losses.per_example_loss(sched, p, x0, noise, t, weighting="min_snr", loss_type="l1"))(x0)
     with pytest.raises(ValueError, match="min_snr_gamma=0"):
         losses.diffusion_loss(sched, noise, x0, noise, t, weighting="min_snr", min_snr_gamma=0)
     with pytest.raises(ValueError, match=r"model_output has shape \(4, 3, 2\)"):

@@ -1,6 +1,7 @@
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,3 +113,56 @@ def test_phantom_tiny_jitted_forward_runs_on_cpu():
     assert out.shape == (4, 16, 16, 4) and out.dtype == jnp.float32
     np.testing.assert_array_equal(out, 0.0)  # zero-initialised output layer
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+
+def _conv_f64(x, kernel, bias):
+    """A stride-1 convolution padded by ``kernel_size // 2``, in float64 (numpy)."""
+    x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    size, (h, w) = kernel.shape[0], x.shape[1:3]
+    pad = np.pad(x, ((0, 0), (size // 2,) * 2, (size // 2,) * 2, (0, 0)))
+    return sum(pad[:, i:i + h, j:j + w] @ kernel[i, j] for i in range(size) for j in range(size)) + np.asarray(bias)
+
+
+@pytest.mark.parametrize("network", ["unet", "encode", "decode"])
+def test_bfloat16_outputs_are_float32_convolutions_of_the_features(network):
+    """In bf16 the features reaching each output convolution are bf16-computed, but the
+    convolution and the output are float32: they equal a float64 convolution of those same
+    features within float32 error, far below bf16's 2⁻⁹ relative rounding."""
+    cfg = presets.get_preset("phantom_micro")
+    key, latents = jax.random.key(0), jax.random.normal(jax.random.key(1), (2, 16, 16, 4))
+    if network == "unet":
+        model = presets.build_unet(cfg.unet, dtype=jnp.bfloat16)
+        init_args = args = (latents, jnp.array([10, 900]))
+        kwargs, layers = {}, [("conv_out",)]
+    else:
+        model = presets.build_autoencoder(cfg.autoencoder, dtype=jnp.bfloat16)
+        init_args = (jax.random.uniform(key, (2, 64, 64, 1), minval=-1.0, maxval=1.0),)
+        args = init_args if network == "encode" else (latents,)
+        kwargs = {"method": network}
+        layers = [("encoder", "conv_out"), ("quant_conv",)] if network == "encode" else [("decoder", "conv_out")]
+    shapes = jax.eval_shape(model.init, {"params": key, "sample": key}, *init_args)
+    rng = np.random.default_rng(0)  # random weights everywhere (the UNet's conv_out starts at zero)
+    params = jax.tree.map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype), shapes)
+
+    def apply(params, *args):  # -> (output, [(input, output) of each layer in ``layers``])
+        calls = []
+
+        def record(next_fun, call_args, call_kwargs, context):
+            out = next_fun(*call_args, **call_kwargs)
+            if context.module.path in layers and context.method_name == "__call__":
+                calls.append((call_args[0], out))
+            return out
+
+        with nn.intercept_methods(record):
+            return model.apply(params, *args, **kwargs), calls
+
+    # without excess precision, so that XLA rounds the features the conv reads to bf16 as it does those returned
+    out, calls = jax.jit(apply).lower(params, *args).compile({"xla_allow_excess_precision": False})(params, *args)
+    assert len(calls) == len(layers)
+    for path, (x, y) in zip(layers, calls):
+        p = functools.reduce(lambda tree, name: tree[name], path, params["params"])
+        assert y.dtype == jnp.float32
+        want = _conv_f64(x, p["kernel"], p["bias"])
+        np.testing.assert_allclose(np.asarray(y), want, rtol=0, atol=1e-5 * np.abs(want).max(), err_msg=str(path))
+    moments = jnp.concatenate([out.mean, out.logvar], -1) if network == "encode" else out
+    np.testing.assert_array_equal(np.asarray(moments), np.asarray(calls[-1][1]))  # nothing rounds after it

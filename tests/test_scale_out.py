@@ -37,8 +37,10 @@ def test_two_processes_train_like_one(two_processes, trained_micro):
             for name, value in want.items():
                 if name != "images_per_second":
                     # Not bit-identical: the cross-process all-reduce (gloo) and the fsdp split sum
-                    # gradients in another order than one process's in-memory reduction.
-                    np.testing.assert_allclose(row[name], value, rtol=1e-6, err_msg=f"{stage} {name}")
+                    # gradients in another order than one process's in-memory reduction. Largest
+                    # measured difference: 1.06e-6 (the autoencoder's KL at step 2, a sum of 8,192
+                    # terms after one clipped update), under the suite's FAST_COMPILE setting.
+                    np.testing.assert_allclose(row[name], value, rtol=2e-6, err_msg=f"{stage} {name}")
         checkpoints = two_processes / stage / "checkpoints"
         assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "4"]  # one directory per step
         assert saved_runs.split_arrays(checkpoints / "4" / "state") > 20

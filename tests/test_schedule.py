@@ -5,6 +5,8 @@ import pytest
 from scipy import stats
 
 from ldm_jax.diffusion import forward, schedule
+from ldm_jax.training.config import default_config
+from ldm_jax.training.restore import schedule_from_config
 
 
 def test_linear_and_scaled_linear_closed_forms():
@@ -121,6 +123,18 @@ def test_zero_terminal_snr_rescaling(name):
     # the last step's q(x_T | x_0) is exactly N(0, 1)
     x = forward.q_sample(sched, jnp.full((3,), 5.0), jnp.array([99] * 3), jnp.array([0.1, -0.2, 0.3]))
     np.testing.assert_allclose(np.asarray(x), [0.1, -0.2, 0.3], rtol=1e-7)
+
+
+def test_schedule_from_config_passes_the_beta_range_only_where_it_applies():
+    dcfg = default_config().diffusion  # beta_start=0.0015, beta_end=0.0195 (LDM)
+    T = dcfg.num_train_timesteps
+    np.testing.assert_allclose(np.asarray(schedule_from_config(dcfg).betas)[[0, -1]], [0.0015, 0.0195], rtol=1e-6)
+    dcfg.schedule = "cosine"  # the β range is ignored, not refused
+    s, f = 0.008, lambda t: np.cos((t / T + s) / (1 + s) * np.pi / 2) ** 2
+    ac = np.asarray(schedule_from_config(dcfg).alphas_cumprod, np.float64)
+    np.testing.assert_allclose(ac[:-1], f(np.arange(1, T)) / f(0), rtol=1e-5, atol=1e-10)  # N&D eq. 17
+    dcfg.update(schedule="linear", beta_start=0.0, beta_end=0.0)  # 0: the schedule's default range
+    np.testing.assert_allclose(np.asarray(schedule_from_config(dcfg).betas)[[0, -1]], [1e-4, 0.02], rtol=1e-6)
 
 
 def test_schedule_is_a_pytree_usable_under_jit():

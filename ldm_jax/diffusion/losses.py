@@ -5,9 +5,22 @@ or |ŷ - y| ("l1"), m a mask (all ones by default) and p the non-batch positions
 batch loss is the mask-weighted mean Σ_b M_b L_b / Σ_b M_b with M_b = Σ_p m_bp, i.e.
 the mean over every unmasked position. Computed in float32.
 
-Min-SNR-γ weighting (Hang et al. 2023) gives every target the same weight min(SNR, γ)
-on ‖x̂_0 - x_0‖²: for ε that is min(SNR, γ)/SNR, for x0 min(SNR, γ), for v
-min(SNR, γ)/(SNR + 1). At SNR = 0 (zero terminal SNR) the ε weight is its limit, 1.
+Min-SNR-γ weighting (Hang et al. 2023) caps the weight a loss puts on ‖x̂_0 - x_0‖² at γ.
+Per unit of that error, ‖ε̂ - ε‖² = SNR‖x̂_0 - x_0‖² and ‖v̂ - v‖² = (SNR + 1)‖x̂_0 - x_0‖²,
+so the uniform ε and v losses weight it by SNR and SNR + 1:
+
+- ε: min(SNR, γ)/SNR = min(1, γ/SNR), i.e. min(SNR, γ) on the x0 error (at SNR = 0 its limit, 1);
+- x0: min(SNR, γ), the same x0-error weight as ε;
+- v: min(SNR + 1, γ)/(SNR + 1) = min(1, γ/(SNR + 1)), i.e. min(SNR + 1, γ) on the x0 error.
+
+For v this departs from Hang et al.'s min(SNR, γ)/(SNR + 1) where SNR < γ (above, the two
+agree). Theirs is 0 at SNR = 0 and below 6e-5 for t ≥ 949 of the default schedule (LDM
+scaled_linear, T = 1000) rescaled to zero terminal SNR: the last step, which zero terminal
+SNR exists for (there v = -x_0 and the sampler's first x̂_0 is -v̂), would never be trained.
+Ours is 1 where SNR + 1 ≤ γ, the uniform v loss Lin et al. (2023) train that step with.
+ε needs no such term: at SNR = 0 its target is x_t itself and says nothing about x_0.
+
+The factors convert squared errors, so ``min_snr`` requires ``loss_type="l2"``.
 """
 
 from __future__ import annotations
@@ -39,13 +52,16 @@ def snr_weight(schedule: Schedule, t, *, target: str = "eps", weighting: str = "
         return jnp.minimum(1.0, min_snr_gamma / ratio)  # γ/0 = inf -> 1 at SNR = 0
     if target == "x0":
         return jnp.minimum(ratio, min_snr_gamma)
-    return jnp.minimum(ratio, min_snr_gamma) / (ratio + 1.0)
+    return jnp.minimum(1.0, min_snr_gamma / (ratio + 1.0))  # 1 at SNR = 0 for γ >= 1
 
 
 def _weighted_sums(schedule, model_output, x0, noise, t, target, weighting, min_snr_gamma, loss_type, mask):
     """(Σ_p w m d, Σ_p m), both [B]."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
+    if weighting == "min_snr" and loss_type != "l2":
+        raise ValueError(f"weighting='min_snr' needs loss_type='l2' (got {loss_type!r}): its factors convert "
+                         "squared errors between targets; use weighting='uniform' with an l1 loss")
     forward.check_like("noise", noise, "x0", x0)
     if jnp.shape(model_output) != jnp.shape(x0) or not jnp.issubdtype(jnp.result_type(model_output), jnp.floating):
         raise ValueError(f"model_output has shape {jnp.shape(model_output)} and dtype "

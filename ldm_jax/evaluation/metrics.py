@@ -5,7 +5,7 @@ feature vectors ``[N, D]`` (e.g. ``ldm_jax.evaluation.classifier`` embeddings):
 
 * Fréchet distance between Gaussian fits (Heusel et al. 2017, "FID"),
 * kernel inception distance: unbiased MMD² with a cubic polynomial kernel (Bińkowski et al. 2018),
-* precision and recall of k-NN manifolds (Kynkäänniemi et al. 2019).
+* precision and recall of k-NN manifolds (Kynkäänniemi et al. 2019), on equal-size sets.
 
 Memorization: nearest training item of each sample by feature distance and by MS-SSIM, and
 the MS-SSIM diversity of a sample set (mean over random pairs; Odena et al. 2017).
@@ -152,7 +152,13 @@ def kernel_inception_distance(feats_a, feats_b, num_subsets: int = 100, subset_s
     """KID (Bińkowski et al. 2018): mean and standard deviation of the unbiased MMD² over
     ``num_subsets`` random subsets of ``min(subset_size, N, M)`` items per set, drawn without
     replacement. Unbiased: its expectation is 0 when both sets come from one distribution, so
-    small negative values occur."""
+    small negative values occur.
+
+    The standard deviation covers only the subset draws: a set of exactly that size enters
+    every subset whole (reordered), so its own sampling noise is not in it. With
+    ``evaluate.py``'s 128 samples and 256 held-out images (subsets of 128), it is the spread
+    over which real images were drawn, for this one set of samples.
+    """
     feats_a = _features(feats_a, "feats_a", min_count=2)
     feats_b = _features(feats_b, "feats_b", min_count=2)
     if feats_a.shape[1] != feats_b.shape[1]:
@@ -205,17 +211,23 @@ def _fraction_in_manifold(queries, support, radii, batch_size) -> float:
     return float(inside.mean())
 
 
-def precision_recall(real_feats, fake_feats, k: int = 3, batch_size: int = 1024) -> dict[str, float]:
+def precision_recall(real_feats, fake_feats, k: int = 3, batch_size: int = 1024, seed: int = 0) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019).
 
     Each set's manifold is the union of balls around its points with radius the distance to the
     k-th nearest neighbour. Precision: fraction of generated samples inside the real manifold
     (fidelity); recall: fraction of real samples inside the generated manifold (coverage).
+
+    The radii shrink as a set grows, so the two sets are compared at one size, as in the paper:
+    the larger is subsampled without replacement (``seed``) to the smaller's size. Then, for two
+    samples of one distribution, precision and recall are exchangeable (equal expectations).
     """
     real = _features(real_feats, "real_feats", min_count=k + 1)
     fake = _features(fake_feats, "fake_feats", min_count=k + 1)
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature dimensions differ: {real.shape[1]} and {fake.shape[1]}")
+    size, rng = min(len(real), len(fake)), np.random.default_rng(seed)
+    real, fake = (f if len(f) == size else f[rng.choice(len(f), size, replace=False)] for f in (real, fake))
     precision = _fraction_in_manifold(fake, real, knn_radii(real, k, batch_size), batch_size)
     recall = _fraction_in_manifold(real, fake, knn_radii(fake, k, batch_size), batch_size)
     return {"precision": precision, "recall": recall}

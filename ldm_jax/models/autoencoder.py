@@ -3,6 +3,8 @@
 ``encode``: ``x [B, H, W, in_channels]`` → encoder → ``quant_conv`` → diagonal Gaussian
 ``q(z|x)`` over ``[B, H/f, W/f, z_channels]`` with ``f = 2 ** (len(ch_mult) - 1)``.
 ``decode``: ``z`` → ``post_quant_conv`` → decoder → ``[B, H, W, out_channels]`` float32.
+Whatever the compute ``dtype``, the output convolutions (the encoder's ``conv_out`` and
+``quant_conv``, the decoder's ``conv_out``) run in float32 (``layers.output_conv``).
 The decoder's last layer is ``decoder/conv_out`` (``LAST_LAYER_PATH`` in the params),
 whose gradient norms give LDM's adaptive GAN weight.
 """
@@ -16,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ldm_jax.models.layers import AttentionBlock, Downsample, ResBlock, Upsample, conv, group_norm
+from ldm_jax.models.layers import AttentionBlock, Downsample, ResBlock, Upsample, conv, group_norm, output_conv
 
 LAST_LAYER_PATH = ("decoder", "conv_out", "kernel")
 _EPS = 1e-6  # GroupNorm epsilon of the LDM autoencoder
@@ -76,7 +78,7 @@ class Encoder(nn.Module):
                 h = Downsample(h.shape[-1], self.dtype, name=f"down_{level}_downsample")(h)
         h = _mid(h, self.attn_mid, self.norm_groups, self.dtype)
         h = nn.silu(group_norm(h, self.norm_groups, _EPS, "norm_out") if self.out_norm else h)
-        return conv(2 * self.z_channels, 3, self.dtype, name="conv_out")(h)
+        return output_conv(2 * self.z_channels, 3, name="conv_out")(h)
 
 
 class Decoder(nn.Module):
@@ -102,7 +104,7 @@ class Decoder(nn.Module):
             if level != 0:
                 h = Upsample(h.shape[-1], self.dtype, name=f"up_{level}_upsample")(h)
         h = nn.silu(group_norm(h, self.norm_groups, _EPS, "norm_out") if self.out_norm else h)
-        return conv(self.out_channels, 3, self.dtype, name="conv_out")(h).astype(jnp.float32)
+        return output_conv(self.out_channels, 3, name="conv_out")(h)
 
 
 class AutoencoderKL(nn.Module):
@@ -142,7 +144,7 @@ class AutoencoderKL(nn.Module):
                       attn_mid=self.attn_mid, norm_groups=self.norm_groups, out_norm=self.out_norm, dtype=self.dtype)
         self.encoder = Encoder(z_channels=self.z_channels, **common)
         self.decoder = Decoder(out_channels=self.out_channels, **common)
-        self.quant_conv = conv(2 * self.z_channels, 1, self.dtype)
+        self.quant_conv = output_conv(2 * self.z_channels, 1)
         self.post_quant_conv = conv(self.z_channels, 1, self.dtype)
 
     def encode(self, x) -> DiagonalGaussian:
@@ -151,7 +153,7 @@ class AutoencoderKL(nn.Module):
         if x.ndim != 4 or x.shape[-1] != self.in_channels or x.shape[1] % f or x.shape[2] % f:
             raise ValueError(f"x must be [B, H, W, {self.in_channels}] with H and W divisible by {f}, "
                              f"got shape {x.shape}")
-        moments = self.quant_conv(self.encoder(x)).astype(jnp.float32)
+        moments = self.quant_conv(self.encoder(x))
         mean, logvar = jnp.split(moments, 2, axis=-1)
         return DiagonalGaussian(mean, jnp.clip(logvar, -30.0, 20.0))
 

@@ -3,7 +3,8 @@
 All blocks take NHWC activations. Parameters are float32; ``dtype`` is the compute dtype
 (e.g. bfloat16 on accelerators). Normalisation runs in float32 (the input is upcast and
 the normalised output stays float32 until the next layer casts it to ``dtype``); the
-attention softmax is float32 inside ``jax.nn.dot_product_attention``.
+attention softmax is float32 inside ``jax.nn.dot_product_attention``; the networks'
+output layers are ``output_conv``s, float32 whatever ``dtype``.
 """
 
 from __future__ import annotations
@@ -62,12 +63,20 @@ def layer_norm(x, name: str, epsilon: float = 1e-5):
     return nn.LayerNorm(epsilon=epsilon, dtype=jnp.float32, name=name)(x.astype(jnp.float32))
 
 
-def conv(features: int, kernel_size: int, dtype, name: str | None = None, strides: int = 1, zero_init: bool = False):
+def conv(features: int, kernel_size: int, dtype, name: str | None = None, strides: int = 1, zero_init: bool = False,
+         precision=None):
     """A ``kernel_size``² convolution padded like PyTorch (``kernel_size // 2`` each side)."""
     pad = kernel_size // 2
     kwargs = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros) if zero_init else {}
     return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
-                   dtype=dtype, param_dtype=jnp.float32, name=name, **kwargs)
+                   dtype=dtype, param_dtype=jnp.float32, precision=precision, name=name, **kwargs)
+
+
+def output_conv(features: int, kernel_size: int, name: str | None = None, zero_init: bool = False):
+    """``conv`` in float32 at ``Precision.HIGHEST`` (no bfloat16 or TF32 rounding) for a network's
+    output layer, whatever the compute dtype: bfloat16's 8 significant bits would cost several
+    grey levels of a 12-bit image."""
+    return conv(features, kernel_size, jnp.float32, name, zero_init=zero_init, precision=jax.lax.Precision.HIGHEST)
 
 
 def upsample_nearest(x):

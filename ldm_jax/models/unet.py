@@ -5,7 +5,7 @@ attention where the downsampling factor is in ``attention_resolutions``) and a
 downsample (all but the last level). Middle: ResBlock, attention, ResBlock. Up path: per
 level ``num_res_blocks + 1`` ResBlocks fed the concatenated skip activations, attention
 as on the way down, an upsample (all but the top level). Out: GroupNorm, SiLU,
-zero-initialised ``conv_out``.
+zero-initialised ``conv_out``, in float32 whatever the compute dtype (``layers.output_conv``).
 
 Conditioning: sinusoidal timestep embedding → 2-layer MLP; one embedding table per
 categorical attribute (``n + 1`` rows: row ``n`` is the learned null used for
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax.models.layers import (AttentionBlock, Downsample, ResBlock, SpatialTransformer, Upsample,
-                                   check_attention_impl, conv, group_norm, timestep_embedding)
+                                   check_attention_impl, conv, group_norm, output_conv, timestep_embedding)
 
 
 def check_labels(labels, num_classes: Sequence[int]) -> np.ndarray:
@@ -214,5 +214,4 @@ class UNet(nn.Module):
                 ds //= 2
 
         h = nn.silu(group_norm(h, self.norm_groups, 1e-5, "norm_out"))
-        h = conv(self.out_channels, 3, self.dtype, name="conv_out", zero_init=True)(h)
-        return h.astype(jnp.float32)
+        return output_conv(self.out_channels, 3, name="conv_out", zero_init=True)(h)

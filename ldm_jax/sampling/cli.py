@@ -11,6 +11,7 @@ import numpy as np
 
 from ldm_jax import labels as labels_lib
 from ldm_jax import parallel
+from ldm_jax.diffusion import samplers
 from ldm_jax.sampling import edit_inputs, job
 from ldm_jax.sampling.conditions import Conditions
 from ldm_jax.sampling.generate import image_keys, make_edit, make_generate
@@ -24,13 +25,12 @@ def run(args, sampler: str) -> job.Summary:
     batch = args.batch or 4 * mesh.size
     parallel.check_batch_size(batch, mesh)
     model = load_model(args.workdir, ema=args.ema, mesh=mesh)
-    spacing = "trailing" if sampler == "dpmpp_2m" else "leading"
-    sampling = dict(sampler=sampler, num_steps=args.steps, eta=args.eta, spacing=spacing,
+    sampling = dict(sampler=sampler, num_steps=args.steps, eta=args.eta, spacing=samplers.DEFAULT_SPACING[sampler],
                     prediction=model.prediction, guidance_scale=args.guidance)
     settings = {"workdir": str(pathlib.Path(args.workdir).absolute()), "checkpoint_step": model.step,
                 "autoencoder_step": model.autoencoder_step, "ema": model.ema, "seed": args.seed,
-                "sampler": sampler, "steps": args.steps, "eta": args.eta, "guidance": args.guidance,
-                "format": args.format}
+                "sampler": sampler, "steps": args.steps, "spacing": sampling["spacing"], "eta": args.eta,
+                "guidance": args.guidance, "format": args.format}
     replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     scale = jax.device_put(jnp.float32(model.scale), replicated)
     root = jax.random.PRNGKey(args.seed)

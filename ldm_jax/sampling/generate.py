@@ -43,11 +43,12 @@ def decode(autoencoder, ae_params, z, scale):
 
 
 def make_generate(unet, autoencoder, schedule, latent_shape, *, sampler="ddim", num_steps=50, eta=0.0,
-                  spacing="leading", prediction="eps", guidance_scale=1.0):
+                  spacing=None, prediction="eps", guidance_scale=1.0):
     """``generate(unet_params, ae_params, scale, labels [B, A], keys [B]) -> images [B, H, W, C]``.
 
     Images are in the model range [-1, 1]; ``scale`` is the latent scale factor; guidance
-    uses the all-null labels as the unconditional branch.
+    uses the all-null labels as the unconditional branch; ``spacing=None`` is the sampler's
+    ``samplers.DEFAULT_SPACING``.
     """
 
     def generate(unet_params, ae_params, scale, labels, keys):
@@ -62,7 +63,7 @@ def make_generate(unet, autoencoder, schedule, latent_shape, *, sampler="ddim", 
 
 
 def make_edit(unet, autoencoder, schedule, *, method="sdedit", strength=0.6, sampler="ddim", num_steps=50,
-              eta=0.0, spacing="leading", prediction="eps", guidance_scale=1.0):
+              eta=0.0, spacing=None, prediction="eps", guidance_scale=1.0):
     """``edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys) -> images``.
 
     The image is encoded (posterior mode) to z_0, taken to the grid step where the last
@@ -73,12 +74,14 @@ def make_edit(unet, autoencoder, schedule, *, method="sdedit", strength=0.6, sam
       (no guidance), then DDIM (η = 0) under the target labels, so with strength 1 and
       equal labels the image comes back up to the inversion error.
 
-    Strength 0 returns decode(encode(x)). Images are NHWC in [-1, 1].
+    Strength 0 returns decode(encode(x)). Images are NHWC in [-1, 1]; ``spacing=None`` is the
+    sampler's ``samplers.DEFAULT_SPACING``.
     """
     if method not in EDIT_METHODS:
         raise ValueError(f"unknown edit method {method!r}; expected one of {EDIT_METHODS}")
     if method == "ddim-inversion" and sampler != "ddim":
         raise ValueError(f"ddim-inversion edits denoise with the ddim sampler, not {sampler!r}")
+    spacing = spacing or samplers.DEFAULT_SPACING[sampler]
     start = None if strength == 0 else samplers.start_step_for_strength(strength, num_steps)
     grid = dict(num_steps=num_steps, spacing=spacing, prediction=prediction)
 

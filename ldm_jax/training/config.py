@@ -66,7 +66,11 @@ def default_config() -> ml_collections.ConfigDict:
         weighting="min_snr",             # uniform | min_snr
         min_snr_gamma=5.0,
         loss_type="l2",
-        label_dropout=0.1,               # per attribute, for classifier-free guidance
+        # Classifier-free guidance (diffusion_step.drop_labels): rows trained unconditional,
+        # rows with one attribute given, and per-attribute dropout on the other rows.
+        uncond_dropout=0.1,
+        single_attribute_rate=0.2,
+        label_dropout=0.1,
         ema_decay=0.9999,
         ema_warmup=10.0,
         scale_factor_batches=4,          # batches used to estimate 1/std of the latents

@@ -3,9 +3,10 @@
     z = s · E(x) (s: latent scale factor, 1/std of the latents),  t ~ U{0..T−1},  ε ~ N(0, I),
     z_t = √ᾱ_t z + √(1 − ᾱ_t) ε  (q_sample),  L = w(t) · ‖target − UNet(z_t, t, c)‖²
 
-with the labels c dropped to their null index with probability p per attribute (so the
-same network is the unconditional model for classifier-free guidance) and an EMA of the
-weights kept in the state.
+with the labels c partly replaced by their null index (``drop_labels``), so that the same
+network is also the unconditional and partially conditioned model that classifier-free
+guidance and partial conditions (``density=D``) sample with, and an EMA of the weights
+kept in the state.
 """
 
 from __future__ import annotations
@@ -41,11 +42,50 @@ def encode_latents(autoencoder, ae_params, images, key, scale):
     return jax.lax.stop_gradient(posterior.sample(key) * scale)
 
 
-def drop_labels(key, labels, probability: float):
-    """Replace each attribute by its null index with ``probability`` (classifier-free guidance)."""
-    null = jnp.asarray(labels_lib.NUM_CLASSES, labels.dtype)
-    drop = jax.random.uniform(key, labels.shape) < probability
-    return jnp.where(drop, null, labels)
+def condition_pattern_rates(cfg) -> dict[str, float]:
+    """The rate at which ``drop_labels`` trains each condition pattern sampling uses:
+    ``"unconditional"`` (all null), ``"single"`` (one given attribute, each of them; e.g.
+    ``density=D``) and ``"full"`` (every attribute given)."""
+    p_u, p_s, p = cfg.uncond_dropout, cfg.single_attribute_rate, cfg.label_dropout
+    a = len(labels_lib.ATTRIBUTES)
+    rest = 1.0 - p_u - p_s
+    return {"unconditional": p_u + rest * p ** a,
+            "single": p_s / a + rest * (1 - p) * p ** (a - 1),
+            "full": rest * (1 - p) ** a}
+
+
+def check_label_dropout(cfg) -> None:
+    """Refuse rates that are not probabilities, before anything is compiled."""
+    rates = {"uncond_dropout": cfg.uncond_dropout, "single_attribute_rate": cfg.single_attribute_rate,
+             "label_dropout": cfg.label_dropout}
+    for name, value in rates.items():
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"diffusion.{name}={value}: expected a probability in [0, 1]")
+    if cfg.uncond_dropout + cfg.single_attribute_rate > 1.0:
+        raise ValueError(f"diffusion.uncond_dropout + diffusion.single_attribute_rate = "
+                         f"{cfg.uncond_dropout + cfg.single_attribute_rate:g} > 1: they are rates of disjoint rows")
+
+
+def drop_labels(key, labels, cfg):
+    """Labels ``[B, A]`` with attributes replaced by their null index for classifier-free guidance
+    (Ho & Salimans 2022 drop the whole condition). Each row independently:
+
+    - with probability ``cfg.uncond_dropout``: every attribute null (the unconditional branch);
+    - with probability ``cfg.single_attribute_rate``: one attribute, chosen uniformly, kept and
+      the others null (single-attribute conditions such as ``density=D``);
+    - otherwise each attribute null with probability ``cfg.label_dropout`` (other partial rows).
+
+    ``condition_pattern_rates`` gives the resulting rate of each pattern.
+    """
+    b, a = labels.shape
+    k_row, k_which, k_attribute = jax.random.split(key, 3)
+    u = jax.random.uniform(k_row, (b, 1))
+    unconditional = u < cfg.uncond_dropout
+    single = (u >= cfg.uncond_dropout) & (u < cfg.uncond_dropout + cfg.single_attribute_rate)
+    kept = jnp.arange(a)[None, :] == jax.random.randint(k_which, (b, 1), 0, a)
+    per_attribute = jax.random.uniform(k_attribute, (b, a)) < cfg.label_dropout
+    drop = unconditional | jnp.where(single, ~kept, per_attribute)
+    return jnp.where(drop, jnp.asarray(labels_lib.NUM_CLASSES, labels.dtype), labels)
 
 
 def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder, optimizer, schedule, cfg):
@@ -57,7 +97,7 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
     t = jax.random.randint(k_t, (b,), 0, schedule.num_steps)
     noise = jax.random.normal(k_noise, z.shape, z.dtype)
     z_t = q_sample(schedule, z, t, noise)
-    labels = drop_labels(k_drop, batch["labels"], cfg.label_dropout)
+    labels = drop_labels(k_drop, batch["labels"], cfg)
 
     def loss_fn(params, micro, index):
         z_t, t, labels, z, noise = micro
@@ -92,6 +132,8 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
 
 def make_train_step(unet, autoencoder, optimizer, schedule, cfg):
     """``step(state, batch, ae_params, scale)`` with the networks, schedule and config bound."""
+    check_label_dropout(cfg)
+
     def step(state, batch, ae_params, scale):
         return train_step(state, batch, ae_params, scale, unet=unet, autoencoder=autoencoder,
                           optimizer=optimizer, schedule=schedule, cfg=cfg)

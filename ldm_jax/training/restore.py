@@ -9,16 +9,22 @@ import jax
 import numpy as np
 
 from ldm_jax import parallel
-from ldm_jax.diffusion.schedule import Schedule, make_schedule
+from ldm_jax.diffusion.schedule import DEFAULT_BETA_RANGE, Schedule, make_schedule
 from ldm_jax.models import presets
 from ldm_jax.training import autoencoder_step
 from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
 
 
 def schedule_from_config(dcfg) -> Schedule:
-    """The diffusion stage's noise schedule, from its config section."""
-    return make_schedule(dcfg.schedule, dcfg.num_train_timesteps, beta_start=dcfg.beta_start or None,
-                         beta_end=dcfg.beta_end or None, zero_terminal_snr=dcfg.zero_terminal_snr)
+    """The diffusion stage's noise schedule, from its config section.
+
+    ``beta_start``/``beta_end`` (0: the schedule's default) go only to schedules with a β
+    range, so ``schedule=cosine`` ignores them.
+    """
+    betas = {}
+    if dcfg.schedule in DEFAULT_BETA_RANGE:
+        betas = dict(beta_start=dcfg.beta_start or None, beta_end=dcfg.beta_end or None)
+    return make_schedule(dcfg.schedule, dcfg.num_train_timesteps, zero_terminal_snr=dcfg.zero_terminal_snr, **betas)
 
 
 def label_distribution(label_rows: np.ndarray) -> np.ndarray:
