@@ -182,3 +182,60 @@ def test_split_of_is_deterministic_and_follows_fractions():
     assert splits == [mammo_dicom.split_of(h, (0.8, 0.1, 0.1)) for h in hashes]
     fractions = [splits.count(s) / len(splits) for s in mammo_dicom.SPLITS]
     np.testing.assert_allclose(fractions, [0.8, 0.1, 0.1], atol=0.025)
+
+
+def _secrets(root, expected):
+    """Strings that must never reach the written data set: salt, names, IDs, UIDs and the inputs'
+    relative paths (in CBIS-DDSM layouts a path carries the patient ID, e.g. Mass-Training_P_00001_…)."""
+    import pydicom
+
+    secrets = [SALT, b"Saint Example", b"DOE", b"PID-90"] + [s.encode() for pair in PATIENTS for s in pair]
+    secrets += [str(pydicom.dcmread(p).SOPInstanceUID).encode() for p in root.rglob("case*/*.dcm")]
+    rels = list(expected) + ["bad/truncated.dcm", "bad/report.dcm"]
+    secrets += [rel.encode() for rel in rels] + [rel.split("/")[0].encode() + b"/" for rel in rels]
+    return secrets
+
+
+def _as_bytes(value) -> list[bytes]:
+    if isinstance(value, bytes):
+        return [value]
+    if isinstance(value, str):
+        return [value.encode()]
+    array = np.asarray(value)
+    if array.dtype.kind in "SUO":
+        return [v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()]
+    return [str(array.tolist()).encode()]
+
+
+def test_every_record_read_back_holds_only_known_features_and_no_identifier(built, dicom_set):
+    """Decode every record with the project's own reader (a byte scan of the files can miss a
+    string inside a compressed record) and scan the decoded values."""
+    from ldm_jax.data.pipeline import load_source
+
+    root, _, expected = dicom_set
+    secrets = _secrets(root, expected)
+    keys = {"image", "id", "patient", *labels_lib.ATTRIBUTE_NAMES}
+    assert set(built.info.features) == keys
+    data_dir = str(pathlib.Path(built.data_dir).parents[2])
+    count = 0
+    for split in built.info.splits:
+        for example in load_source("mammo_dicom", data_dir, split, config="64"):
+            count += 1
+            assert set(example) == keys
+            for name in ("id", "patient"):
+                value = example[name].decode() if isinstance(example[name], bytes) else str(example[name])
+                assert len(value) == 32 and set(value) <= set("0123456789abcdef"), (name, value)
+            png = example["image"]
+            assert isinstance(png, bytes) and png.startswith(b"\x89PNG")
+            assert not any(chunk in png for chunk in (b"tEXt", b"zTXt", b"iTXt", b"eXIf")), "PNG metadata"
+            assert decode_png(png).shape == (64, 64)
+            for name, value in example.items():
+                for data in _as_bytes(value):
+                    for secret in secrets:
+                        assert secret not in data, f"{secret!r} in feature {name!r} of a {split} record"
+    assert count == 12
+    # and the raw files too, now with the relative paths among the secrets
+    for path in (p for p in pathlib.Path(data_dir).rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret not in data, f"{secret!r} found in {path.name}"

@@ -367,6 +367,81 @@ def test_inception_features_full_network(fid_inception):
     assert not np.allclose(features[0], features[1])
 
 
+def _np_avg_pool3(x):
+    """3×3 mean, stride 1, zero padding left out of the count (TensorFlow's average pool)."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ones = np.pad(np.ones(x.shape[1:3]), 1)
+    h, w = x.shape[1:3]
+    total = sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3))
+    count = sum(ones[i:i + h, j:j + w] for i in range(3) for j in range(3))
+    return total / count[None, :, :, None]
+
+
+def _np_max_pool3(x, stride):
+    """3×3 max, stride 1 with padding 1 (padding never wins) or stride 2 without padding."""
+    if stride == 1:
+        x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    h, w = (x.shape[1] - 3) // stride + 1, (x.shape[2] - 3) // stride + 1
+    return np.max([x[:, i:i + stride * h:stride, j:j + stride * w:stride]
+                   for i in range(3) for j in range(3)], axis=0)
+
+
+def _np_inception_a(x, state, p):
+    c = lambda name, a, pad=(0, 0): numpy_conv_bn_relu(a, state, f"{p}.{name}", 1, pad)
+    b5 = c("branch5x5_2", c("branch5x5_1", x), (2, 2))
+    b3 = c("branch3x3dbl_3", c("branch3x3dbl_2", c("branch3x3dbl_1", x), (1, 1)), (1, 1))
+    return np.concatenate([c("branch1x1", x), b5, b3, c("branch_pool", _np_avg_pool3(x))], -1)
+
+
+def _np_inception_b(x, state, p):
+    c = lambda name, a, stride=1, pad=(0, 0): numpy_conv_bn_relu(a, state, f"{p}.{name}", stride, pad)
+    bd = c("branch3x3dbl_3", c("branch3x3dbl_2", c("branch3x3dbl_1", x), 1, (1, 1)), 2)
+    return np.concatenate([c("branch3x3", x, 2), bd, _np_max_pool3(x, 2)], -1)
+
+
+def _np_inception_e(x, state, p, pool):
+    c = lambda name, a, pad=(0, 0): numpy_conv_bn_relu(a, state, f"{p}.{name}", 1, pad)
+    b3 = c("branch3x3_1", x)
+    b3 = np.concatenate([c("branch3x3_2a", b3, (0, 1)), c("branch3x3_2b", b3, (1, 0))], -1)
+    bd = c("branch3x3dbl_2", c("branch3x3dbl_1", x), (1, 1))
+    bd = np.concatenate([c("branch3x3dbl_3a", bd, (0, 1)), c("branch3x3dbl_3b", bd, (1, 0))], -1)
+    pooled = _np_avg_pool3(x) if pool == "avg" else _np_max_pool3(x, 1)
+    return np.concatenate([c("branch1x1", x), b3, bd, c("branch_pool", pooled)], -1)
+
+
+def test_inception_blocks_match_numpy_branch_by_branch(fid_inception):
+    """Mixed_5b (A), Mixed_6a (B), Mixed_7b (E, avg) and Mixed_7c (E, max pool) of the full network,
+    each recomputed in numpy from the block's captured input: branch order, pool types and the
+    padding-excluding average pool all show; the output is the spatial mean of Mixed_7c."""
+    _, _, state, module, variables = fid_inception
+    # 299×299 intermediate shapes (pytorch-fid / torchvision InceptionV3), traced without computing
+    x299 = jax.ShapeDtypeStruct((1, inc.INPUT_SIZE, inc.INPUT_SIZE, 3), jnp.float32)
+    _, inter = jax.eval_shape(lambda v, x: module.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
+                              variables, x299)
+    shapes = {k: v["__call__"][0].shape[1:] for k, v in inter["intermediates"].items() if k != "__call__"}
+    assert shapes == {"Conv2d_1a_3x3": (149, 149, 32), "Conv2d_2a_3x3": (147, 147, 32),
+                      "Conv2d_2b_3x3": (147, 147, 64), "Conv2d_3b_1x1": (73, 73, 80),
+                      "Conv2d_4a_3x3": (71, 71, 192), "Mixed_5b": (35, 35, 256), "Mixed_5c": (35, 35, 288),
+                      "Mixed_5d": (35, 35, 288), "Mixed_6a": (17, 17, 768), "Mixed_6b": (17, 17, 768),
+                      "Mixed_6c": (17, 17, 768), "Mixed_6d": (17, 17, 768), "Mixed_6e": (17, 17, 768),
+                      "Mixed_7a": (8, 8, 1280), "Mixed_7b": (8, 8, 2048), "Mixed_7c": (8, 8, 2048)}
+    # a 139×139 input keeps the last blocks at 3×3, where padding and pool type matter
+    x = np.random.default_rng(12).uniform(-1, 1, (1, 139, 139, 3)).astype(np.float32)
+    run = jax.jit(lambda v, x: module.apply(v, x, capture_intermediates=True, mutable=["intermediates"]))
+    out, inter = run(variables, x)
+    got = {k: np.asarray(v["__call__"][0], np.float64) for k, v in inter["intermediates"].items()
+           if k != "__call__"}
+    assert got["Mixed_7c"].shape == (1, 3, 3, 2048)
+    checks = [("Mixed_5b", _np_inception_a(_np_max_pool3(got["Conv2d_4a_3x3"], 2), state, "Mixed_5b")),
+              ("Mixed_6a", _np_inception_b(got["Mixed_5d"], state, "Mixed_6a")),
+              ("Mixed_7b", _np_inception_e(got["Mixed_7a"], state, "Mixed_7b", "avg")),
+              ("Mixed_7c", _np_inception_e(got["Mixed_7b"], state, "Mixed_7c", "max"))]
+    for name, want in checks:
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got[name] / scale, want / scale, atol=2e-5, err_msg=name)
+    np.testing.assert_allclose(out, got["Mixed_7c"].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+
 def test_inception_missing_weights_say_what_to_get(tmp_path, monkeypatch):
     monkeypatch.delenv(inc.FID_WEIGHTS_ENV, raising=False)
     with pytest.raises(FileNotFoundError, match=f"{inc.FID_WEIGHTS_FILE}.*{inc.FID_WEIGHTS_ENV}"):
@@ -434,6 +509,40 @@ def test_lpips_matches_numpy_heads(lpips_net):
         na = a / (np.sqrt((a ** 2).sum(-1, keepdims=True)) + 1e-10)
         nb = b / (np.sqrt((b ** 2).sum(-1, keepdims=True)) + 1e-10)
         want = want + (((na - nb) ** 2) @ lin[f"lin{k}.model.1.weight"].reshape(-1)).mean(axis=(1, 2))
+    np.testing.assert_allclose(lpips.lpips_distance(module, variables, x, y), want, rtol=1e-4)
+
+
+def _np_vgg16_features(x, vgg):
+    """VGG16's relu1_2 … relu5_3 in numpy from the torch-layout (OIHW) weights: 3×3 cross-correlation
+    with zero padding 1, bias, ReLU; 2×2 max pool (stride 2) before blocks 2–5."""
+    outputs = []
+    for block, indices in enumerate(((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))):
+        if block:
+            n, h, w, c = x.shape
+            x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+        for i in indices:
+            weight, bias = vgg[f"features.{i}.weight"].astype(np.float64), vgg[f"features.{i}.bias"]
+            padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            h, w = x.shape[1:3]
+            x = sum(padded[:, a:a + h, b:b + w] @ weight[:, :, a, b].T for a in range(3) for b in range(3))
+            x = np.maximum(x + bias, 0.0)
+        outputs.append(x)
+    return outputs
+
+
+def test_lpips_matches_an_independent_numpy_vgg16(lpips_net):
+    """Eq. 1 end to end in numpy (float64), VGG16 features included, from the weight files' tensors."""
+    _, vgg, lin, module, variables = lpips_net
+    x, y = images(15), images(16)
+    shift = np.array([-0.030, -0.088, -0.188])  # LPIPS v0.1 ScalingLayer
+    scale = np.array([0.458, 0.448, 0.450])
+    prep = lambda a: (np.repeat(np.asarray(a, np.float64), 3, -1) - shift) / scale
+    want = np.zeros(2)
+    for k, (a, b) in enumerate(zip(_np_vgg16_features(prep(x), vgg), _np_vgg16_features(prep(y), vgg))):
+        assert a.shape[1:] == ((32 >> k), (32 >> k), lpips.CHANNELS[k])
+        na = a / (np.sqrt((a ** 2).sum(-1, keepdims=True)) + 1e-10)
+        nb = b / (np.sqrt((b ** 2).sum(-1, keepdims=True)) + 1e-10)
+        want += (((na - nb) ** 2) @ lin[f"lin{k}.model.1.weight"].reshape(-1)).mean(axis=(1, 2))
     np.testing.assert_allclose(lpips.lpips_distance(module, variables, x, y), want, rtol=1e-4)
 
 

@@ -255,8 +255,21 @@ def test_shards_and_resume_reproduce_the_unsharded_job(trained, tmp_path, monkey
         _sample(trained, tmp_path / "resumed", *GEN)
     monkeypatch.setattr(job, "_write", real_write)
     partial = _files(tmp_path / "resumed")
-    assert 0 < len([n for n in partial if n.endswith(".png") and n[0].isdigit()]) < 10
+    present = sorted(n for n in partial if n.endswith(".png") and n[0].isdigit())
+    assert 0 < len(present) < 10
+    # the restart writes only the missing images: existing files keep their inode and mtime
+    stamps = {n: ((st := (tmp_path / "resumed" / n).stat()).st_ino, st.st_mtime_ns) for n in present}
+    restart_writes = []
+
+    def counting_write(task, index, image):
+        restart_writes.append(index)
+        real_write(task, index, image)
+
+    monkeypatch.setattr(job, "_write", counting_write)
     assert _sample(trained, tmp_path / "resumed", *GEN) == 0
+    monkeypatch.setattr(job, "_write", real_write)
+    assert sorted(restart_writes) == [i for i in range(10) if f"{i:06d}.png" not in present]
+    assert {n: ((st := (tmp_path / "resumed" / n).stat()).st_ino, st.st_mtime_ns) for n in present} == stamps
     assert _files(tmp_path / "resumed") == whole
 
     manifest = [json.loads(line) for line in whole["manifest.jsonl"].decode().splitlines()]

@@ -94,15 +94,40 @@ def test_q_sample_equals_iterated_markov_chain(name):
     ("scaled_linear", (0.0015, 0.0195), 1.423e-4), ("cosine", (None, None), 2.429e-9),
     ("sigmoid", (None, None), 3.968e-5)])
 def test_terminal_distribution_is_close_to_standard_normal(name, beta_range, terminal_snr):
-    """Terminal SNR(T-1) = ᾱ/(1-ᾱ) at T = 1000 (the parameters, from float64 ᾱ; SD's
-    scaled_linear keeps the most signal), and KL(q(x_T | x_0) ‖ N(0, 1)) in closed form for
-    |x_0| <= 1 (normalized latents): 0.5·(ᾱx_0² - ᾱ - log(1-ᾱ)) ≈ ᾱx_0²/2 < SNR."""
-    sched = schedule.make_schedule(name, 1000, *beta_range)
-    ac = np.cumprod(1 - schedule.beta_schedule(name, 1000, *beta_range))[-1]
-    np.testing.assert_allclose(float(forward.snr(sched, jnp.array([999]))[0]), terminal_snr, rtol=1e-3)
+    """Terminal SNR(T-1) = ᾱ/(1-ᾱ) at T = 1000 (the parameters, as the README states them, from
+    float64 ᾱ; SD's scaled_linear keeps the most signal), and the terminal distribution that
+    ``q_sample`` draws from, N(a x_0, s²) with a = q_sample(1, T-1, ε=0) and s = q_sample(0,
+    T-1, ε=1): its KL to N(0, 1), 0.5·(a²x_0² + s² - 1 - log s²) (float64 from the float32 a
+    and s), must equal the closed form 0.5·(ᾱx_0² - ᾱ - log(1-ᾱ)) within 1e-5 (relative) for
+    x_0 in {-1, 0.5, 1}, with ᾱ_{T-1} = ∏(1 - β_t) from the schedule's definition written out
+    here (for cosine ᾱ_{T-1} = f(T-1)/f(0)·(1 - 0.999), the last β clipped); at |x_0| = 1 it
+    is 0.5·log(1 + SNR), so the stated SNR fixes it too (within 1e-3)."""
+    T = 1000
+    sched = schedule.make_schedule(name, T, *beta_range)
+    ac = np.cumprod(1 - schedule.beta_schedule(name, T, *beta_range))[-1]
+    np.testing.assert_allclose(float(forward.snr(sched, jnp.array([T - 1]))[0]), terminal_snr, rtol=1e-3)
     np.testing.assert_allclose(ac / (1 - ac), terminal_snr, rtol=1e-3)
-    kl = 0.5 * (ac * 1.0**2 + (1 - ac) - 1 - np.log(1 - ac))
-    assert kl < terminal_snr
+
+    defaults = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "sigmoid": (1e-4, 0.02)}
+    start, end = beta_range if beta_range[0] is not None else defaults.get(name, beta_range)
+    if name == "cosine":
+        f = lambda t: np.cos((t / T + 0.008) / 1.008 * np.pi / 2) ** 2
+        ac_T = f(T - 1) / f(0) * (1 - 0.999)
+    else:
+        betas = {"linear": lambda: np.linspace(start, end, T),
+                 "scaled_linear": lambda: np.linspace(start**0.5, end**0.5, T) ** 2,
+                 "sigmoid": lambda: start + (end - start) / (1 + np.exp(-np.linspace(-6, 6, T)))}[name]()
+        ac_T = np.prod(1 - betas)
+
+    x0 = np.array([-1.0, 0.5, 1.0])
+    t = jnp.full((3,), T - 1, jnp.int32)
+    a = np.asarray(forward.q_sample(sched, jnp.ones(3), t, jnp.zeros(3)), np.float64)
+    s = np.asarray(forward.q_sample(sched, jnp.zeros(3), t, jnp.ones(3)), np.float64)
+    u = s**2 - 1
+    kl = 0.5 * (a**2 * x0**2 + u - np.log1p(u))
+    expected = 0.5 * (ac_T * x0**2 - ac_T - np.log1p(-ac_T))
+    np.testing.assert_allclose(kl, expected, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(kl[[0, 2]], 0.5 * np.log1p(terminal_snr), rtol=1e-3, err_msg=name)
 
 
 @pytest.mark.parametrize("name", schedule.SCHEDULES)

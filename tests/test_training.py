@@ -252,8 +252,54 @@ def test_preempted_and_resumed_run_equals_uninterrupted(trained_micro, tmp_path,
     with pytest.raises(loop.Preempted, match="step 3"):
         run.train(cfg, tmp_path)
     assert Checkpointer(tmp_path / "diffusion" / "checkpoints").latest_step() == 3
-    monkeypatch.setattr(run, "_pipeline", make_pipeline)
+    assert calls["n"] == 3  # batches 1..3 were read before the SIGTERM save
+    saved = _restore_raw(tmp_path / "diffusion" / "checkpoints" / "3" / "state")
+    saved_data = json.loads((tmp_path / "diffusion" / "checkpoints" / "3" / "data" / "metadata").read_text())
+
+    # Resume: training reproduces itself from scratch too, so what must be shown is that the
+    # restart starts at the checkpoint: it reads only batch 4 and restores what step 3 saved.
+    training_pipelines = []
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.reads = inner, 0
+
+        def __next__(self):
+            self.reads += 1
+            return next(self.inner)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    def counting_pipeline(cfg_, source, mesh, batch_size, **kwargs):
+        inner = make_pipeline(cfg_, source, mesh, batch_size, **kwargs)
+        if kwargs.get("seed_offset", 0):
+            return inner
+        training_pipelines.append(Counting(inner))
+        return training_pipelines[-1]
+
+    restored = []
+    restore_or_init = run.restore_or_init
+
+    def recording_restore_or_init(stage, checkpointer, mesh, key, pipeline, cfg_):
+        state, meta, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline, cfg_)
+        restored.append((jax.device_get(state), meta, pipeline.get_state()))
+        return state, meta, shardings
+
+    monkeypatch.setattr(run, "_pipeline", counting_pipeline)
+    monkeypatch.setattr(run, "restore_or_init", recording_restore_or_init)
     run.train(cfg, tmp_path)
+    assert [p.reads for p in training_pipelines] == [1]  # only the batch after the checkpoint
+    (state, meta, position), = restored
+    assert int(state.step) == int(saved["step"]) == 3 and meta is not None and meta["scale_factor"] > 0
+    assert position == saved_data and saved_data["position"] == 3 * 8
+    for field in ("params", "opt_state", "ema_params", "rng"):
+        got, want = jax.tree.leaves(getattr(state, field)), jax.tree.leaves(saved[field])
+        assert len(got) == len(want) > 0, field
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b, err_msg=field)
+    rows = [json.loads(line) for line in (tmp_path / "diffusion" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # each step listed once
 
     resumed = _restore_raw(tmp_path / "diffusion" / "checkpoints" / "4" / "state")
     reference = _restore_raw(trained_micro / "diffusion" / "checkpoints" / "4" / "state")

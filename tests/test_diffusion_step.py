@@ -1,0 +1,196 @@
+"""The diffusion training step against independent computations, on tiny stand-in networks.
+
+A linear "UNet" and a pooling "autoencoder" keep compiles to a few seconds; the step's
+arithmetic (keys, q_sample, min-SNR loss, accumulation, EMA, optimizer schedule, latent
+scale) is what is checked, in numpy where it can be.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from micro import micro_config
+
+from ldm_jax import labels as labels_lib
+from ldm_jax.diffusion.schedule import make_schedule
+from ldm_jax.training import diffusion_step, run
+from ldm_jax.training.state import make_optimizer
+
+B, SIZE, C = 4, 8, 4  # images [B, 8, 8, 1] -> latents [B, 4, 4, 4]
+POSTERIOR_STD = 0.5
+
+
+class _Posterior:
+    def __init__(self, mean):
+        self.mean = mean
+
+    def sample(self, key):
+        return self.mean + POSTERIOR_STD * jax.random.normal(key, self.mean.shape, self.mean.dtype)
+
+
+def _pooled(x):
+    """The stand-in encoder's mean: 2x2 average pooling, expanded to 4 channels (numpy or jax)."""
+    b, h, w, c = x.shape
+    m = x.reshape(b, h // 2, 2, w // 2, 2, c).mean((2, 4))
+    return m, 2 * m, -m, m * m
+
+
+class TinyAutoencoder(nn.Module):
+    """``encode`` gives q(z|x) = N(pool(x) features, 0.5²); no parameters."""
+
+    def encode(self, x):
+        return _Posterior(jnp.concatenate(_pooled(x), -1))
+
+    def __call__(self, x):
+        return self.encode(x)
+
+
+class TinyUNet(nn.Module):
+    """Linear in z_t, plus embeddings of t and of the labels."""
+
+    @nn.compact
+    def __call__(self, z_t, t, labels, train=False):
+        c = z_t.shape[-1]
+        h = nn.Dense(c)(z_t)
+        temb = nn.Dense(c)(jnp.stack([jnp.sin(t / 100.0), jnp.cos(t / 300.0)], -1))
+        lemb = nn.Embed(max(labels_lib.NUM_CLASSES) + 1, c)(labels).sum(1)
+        return h + temb[:, None, None, :] + lemb[:, None, None, :]
+
+
+SCHEDULE = make_schedule("linear", 1000)
+UNET, AE = TinyUNet(), TinyAutoencoder()
+
+
+def _cfg(**overrides):
+    cfg = micro_config().diffusion
+    cfg.update(overrides)
+    return cfg
+
+
+def _batch(seed=0, b=B):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.uniform(-1, 1, (b, SIZE, SIZE, 1)).astype(np.float32),
+            "labels": rng.integers(0, 2, (b, len(labels_lib.ATTRIBUTES))).astype(np.int32)}
+
+
+def _state(cfg, optimizer, b=B):
+    return diffusion_step.init_state(jax.random.PRNGKey(7), UNET, optimizer, (b, SIZE // 2, SIZE // 2, C),
+                                     len(labels_lib.ATTRIBUTES))
+
+
+def _step(cfg, optimizer):
+    return jax.jit(diffusion_step.make_train_step(UNET, AE, optimizer, SCHEDULE, cfg))
+
+
+def test_one_step_loss_is_min_snr_l2_of_eps_at_z_t_built_from_that_noise():
+    """Recompute z = s·(μ + σ ε_enc), t, ε, z_t = √ᾱ z + √(1−ᾱ) ε from the step's key splits and
+    the min-SNR-weighted ε-MSE in numpy (float64 ᾱ from the β table)."""
+    cfg = _cfg(weighting="min_snr", min_snr_gamma=5.0, prediction="eps", loss_type="l2")
+    optimizer = make_optimizer(cfg)
+    state = _state(cfg, optimizer)
+    batch, scale = _batch(), 0.7
+    _, metrics = _step(cfg, optimizer)(state, batch, {}, np.float32(scale))
+
+    key = jax.random.fold_in(state.rng, 0)
+    k_enc, k_t, k_noise, k_drop, _ = jax.random.split(key, 5)
+    mean = np.concatenate(_pooled(batch["image"].astype(np.float64)), -1)
+    z = (mean + POSTERIOR_STD * np.asarray(jax.random.normal(k_enc, mean.shape), np.float64)) * scale
+    t = np.asarray(jax.random.randint(k_t, (B,), 0, 1000))
+    noise = np.asarray(jax.random.normal(k_noise, z.shape), np.float64)
+    acp = np.cumprod(1.0 - np.asarray(SCHEDULE.betas, np.float64))[t][:, None, None, None]
+    z_t = np.sqrt(acp) * z + np.sqrt(1 - acp) * noise
+    labels = diffusion_step.drop_labels(k_drop, jnp.asarray(batch["labels"]), cfg)
+    out = np.asarray(UNET.apply({"params": state.params["unet"]}, jnp.asarray(z_t, jnp.float32), jnp.asarray(t),
+                                labels), np.float64)
+    snr = acp[:, 0, 0, 0] / (1 - acp[:, 0, 0, 0])
+    weight = np.minimum(1.0, 5.0 / snr)
+    expected = np.mean(weight * ((out - noise) ** 2).mean((1, 2, 3)))
+    np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=2e-5)
+
+
+def test_ema_after_k_steps_follows_the_warm_up_decay_closed_form():
+    """θ_ema after k steps equals the recursion e ← d_s e + (1 − d_s) θ_{s+1} with
+    d_s = min(max_decay, (1 + s)/(warmup + s)), computed in numpy from the recorded weights."""
+    cfg = _cfg(ema_decay=0.6, ema_warmup=3.0, learning_rate=1e-2, warmup_steps=0)
+    optimizer = make_optimizer(cfg)
+    state = _state(cfg, optimizer)
+    step = _step(cfg, optimizer)
+    ema = jax.tree.map(lambda a: np.asarray(a, np.float64), state.params)
+    decays = []
+    for s in range(5):
+        state, _ = step(state, _batch(s), {}, np.float32(1.0))
+        d = min(0.6, (1.0 + s) / (3.0 + s))  # 1/3, 1/2, 0.6, 0.6, 0.6
+        decays.append(d)
+        ema = jax.tree.map(lambda e, p: d * e + (1 - d) * np.asarray(p, np.float64), ema, state.params)
+    assert decays[:2] == [1 / 3, 0.5] and decays[-1] == 0.6  # both branches of the min
+    for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(ema)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+    moved = [np.abs(np.asarray(e) - np.asarray(p)).max() for e, p in
+             zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params))]
+    assert max(moved) > 1e-4  # the EMA lags the weights: the comparison is not trivial
+
+
+def test_accumulating_two_micro_batches_equals_the_large_batch():
+    """accum_steps=2 gives the same loss, gradient norm and (SGD, so gradient-proportional)
+    update as one pass over the whole batch, to float32 round-off."""
+    results = []
+    for accum in (1, 2):
+        cfg = _cfg(accum_steps=accum)
+        optimizer = optax.sgd(1.0)
+        state = _state(cfg, optimizer, b=8)
+        new_state, metrics = _step(cfg, optimizer)(state, _batch(3, b=8), {}, np.float32(1.0))
+        results.append((float(metrics["loss"]), float(metrics["grad_norm"]), new_state.params, state.params))
+    (loss1, norm1, p1, p0), (loss2, norm2, p2, _) = results
+    np.testing.assert_allclose(loss2, loss1, rtol=1e-5)
+    np.testing.assert_allclose(norm2, norm1, rtol=1e-5)
+    assert norm1 > 1e-3
+    for a, b, before in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), jax.tree.leaves(p0)):
+        np.testing.assert_allclose(np.asarray(b) - np.asarray(before), np.asarray(a) - np.asarray(before),
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_latent_scale_factor_is_one_over_the_std_of_the_measured_latents():
+    rng = np.random.default_rng(0)
+    latents = rng.normal(0.3, 2.5, (4, 4, 4, 4))
+    np.testing.assert_allclose(diffusion_step.latent_scale_factor(latents), 1 / np.std(latents), rtol=1e-12)
+    # run.estimate_scale_factor: the latents z ~ q(z|x) of the batches it reads, with keys fold_in(key, i).
+    batches = [_batch(10 + i) for i in range(2)]
+    key = jax.random.PRNGKey(11)
+    scale = run.estimate_scale_factor(AE, {}, iter(batches), 2, key)
+    latents = []
+    for i, batch in enumerate(batches):
+        mean = np.concatenate(_pooled(batch["image"].astype(np.float64)), -1)
+        latents.append(mean + POSTERIOR_STD * np.asarray(jax.random.normal(jax.random.fold_in(key, i), mean.shape)))
+    latents = np.concatenate(latents)
+    np.testing.assert_allclose(scale, 1 / np.std(latents), rtol=1e-5)
+    np.testing.assert_allclose(np.std(latents * scale), 1.0, rtol=1e-5)
+    assert abs(np.std(latents) - 1) > 0.1  # the factor is not 1 either way
+
+
+def _adam_learning_rates(cfg, steps):
+    """The learning rate of each update: with a constant gradient Adam's m̂/√v̂ is 1, so the
+    update of a parameter is −lr(s) (no weight decay; the gradient is below the clip norm)."""
+    optimizer = make_optimizer(cfg)
+    params = {"w": jnp.zeros((3,))}
+    grads = {"w": jnp.full((3,), 0.1)}
+    opt_state = optimizer.init(params)
+    rates = []
+    for _ in range(steps):
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        rates.append(-float(updates["w"][0]))
+    return np.asarray(rates)
+
+
+def test_learning_rate_warms_up_linearly_then_follows_its_schedule():
+    lr, warmup = 1e-2, 4
+    cfg = _cfg(learning_rate=lr, warmup_steps=warmup, lr_schedule="constant", weight_decay=0.0, grad_clip=1.0)
+    s = np.arange(8)
+    np.testing.assert_allclose(_adam_learning_rates(cfg, 8), lr * np.minimum(s, warmup) / warmup, rtol=1e-4)
+    steps = 10
+    cfg = _cfg(learning_rate=lr, warmup_steps=warmup, lr_schedule="cosine", weight_decay=0.0, steps=steps)
+    s = np.arange(steps + 1)
+    end = 0.01 * lr
+    cosine = end + (lr - end) * 0.5 * (1 + np.cos(np.pi * (s - warmup) / (steps - warmup)))
+    expected = np.where(s < warmup, lr * s / warmup, cosine)
+    np.testing.assert_allclose(_adam_learning_rates(cfg, steps + 1), expected, rtol=1e-4, atol=1e-9)
