@@ -47,6 +47,17 @@ def test_timestep_spacings_closed_forms():
             assert len(ts) == n and np.all(np.diff(ts) < 0) and ts.min() >= 0 and ts.max() <= 999
 
 
+def _constant_x0_chains(sampler, eta, T, num_steps, n, c):
+    """(schedule, trajectory [num_steps + 1, n, 1]) of n chains whose model predicts x̂_0 = c."""
+    sched = _schedule(num_steps=T)
+    x_T = jax.random.normal(jax.random.key(0), (n, 1))
+    denoise = lambda x, t, cond: jnp.full_like(x, c)  # noqa: E731
+    _, traj = _run(denoise, sched, sampler=sampler, num_steps=num_steps, eta=eta, prediction="x0",
+                   return_trajectory=True)(x_T, jax.random.key(1))
+    assert traj.shape == (num_steps + 1, n, 1)
+    return sched, traj
+
+
 @pytest.mark.parametrize("sampler,eta", [("ddim", 1.0), ("ddpm", 0.0)])
 def test_full_grid_step_is_the_ddpm_posterior(sampler, eta):
     """On the full grid, each step of DDPM and of DDIM with η = 1 draws from q(x_{t-1} | x_t, x̂_0)
@@ -54,12 +65,7 @@ def test_full_grid_step_is_the_ddpm_posterior(sampler, eta):
     (x_{t-1} - μ̃(c, x_t)) / √β̃_t of n = 4000 chains must have mean within 5/√n of 0 and
     variance within 5·√(2/n) of 1 at every t >= 1; the last step returns c exactly."""
     n, c, T = 4000, 0.7, 20
-    sched = _schedule(num_steps=T)
-    x_T = jax.random.normal(jax.random.key(0), (n, 1))
-    denoise = lambda x, t, cond: jnp.full_like(x, c)
-    _, traj = _run(denoise, sched, sampler=sampler, num_steps=T, eta=eta, prediction="x0",
-                   return_trajectory=True)(x_T, jax.random.key(1))
-    assert traj.shape == (T + 1, n, 1)
+    sched, traj = _constant_x0_chains(sampler, eta, T, T, n, c)
     t = jnp.repeat(jnp.arange(T - 1, 0, -1), n)  # steps t = T-1 .. 1, flattened with the chains
     x_t = traj[:-2].reshape(-1, 1)
     mean, var, _ = forward.q_posterior(sched, jnp.full_like(x_t, c), x_t, t)
@@ -82,12 +88,7 @@ def test_subgrid_step_is_the_closed_form_transition(sampler, eta):
     1 - ᾱ_{t|s} makes DDPM's step variance 6-9% of the right one here, and η² in place of η
     makes DDIM's a quarter at η = 0.5; the full-grid test above sees neither.)"""
     n, c, T, num_steps = 4000, 0.7, 1000, 50
-    sched = _schedule(num_steps=T)
-    x_T = jax.random.normal(jax.random.key(0), (n, 1))
-    denoise = lambda x, t, cond: jnp.full_like(x, c)
-    _, traj = _run(denoise, sched, sampler=sampler, num_steps=num_steps, eta=eta, prediction="x0",
-                   return_trajectory=True)(x_T, jax.random.key(1))
-    assert traj.shape == (num_steps + 1, n, 1)
+    _, traj = _constant_x0_chains(sampler, eta, T, num_steps, n, c)
     ac = np.cumprod(1 - schedule.beta_schedule("linear", T))
     grid = np.arange(num_steps)[::-1] * (T // num_steps)
     a_t, a_s = ac[grid[:-1], None], ac[grid[1:], None]  # [49, 1]: steps t -> s above t = 0
