@@ -5,7 +5,7 @@ import scipy.linalg
 from ldm_jax.data.imageio import to_model_range
 from ldm_jax.data.phantoms import generate_phantom
 from ldm_jax.evaluation import lesions, metrics
-from ldm_jax.evaluation.ssim import ms_ssim
+from ldm_jax.perceptual.ssim import ms_ssim
 
 
 def test_psnr_ssim_identical_and_hand_computed():

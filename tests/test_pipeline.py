@@ -135,7 +135,7 @@ def test_restore_refuses_a_position_in_another_order(mesh):
 
 
 def test_checkpoint_round_trip(tmp_path, mesh):
-    from ldm_jax.training.checkpoint import Checkpointer
+    from ldm_jax.checkpoint.checkpointer import Checkpointer
 
     source = _index_source(16)
     run = _pipeline(source, mesh, seed=5)

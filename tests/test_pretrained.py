@@ -23,8 +23,8 @@ import pytest
 from flax import traverse_util
 
 from ldm_jax.evaluation import inception as inc
-from ldm_jax.evaluation import lpips
-from ldm_jax.evaluation.weights import WeightFileError, as_rgb, load_state_dict, to_flax_variables, torch_names
+from ldm_jax.perceptual import lpips
+from ldm_jax.perceptual.weights import WeightFileError, as_rgb, load_state_dict, to_flax_variables, torch_names
 
 # ---------------------------------------------------------------------------------------------
 # a test-only torch.save

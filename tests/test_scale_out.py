@@ -18,7 +18,7 @@ from micro import FSDP_SPLIT, train_args
 import multiprocess
 import saved_runs
 from ldm_jax import parallel
-from ldm_jax.training.checkpoint import Checkpointer
+from ldm_jax.checkpoint.checkpointer import Checkpointer
 
 pytestmark = pytest.mark.slow
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from ldm_jax.checkpoint.restore import schedule_from_config
 from ldm_jax.diffusion import forward, schedule
 from ldm_jax.training.config import default_config
-from ldm_jax.training.restore import schedule_from_config
 
 
 def test_linear_and_scaled_linear_closed_forms():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ldm_jax.evaluation.ssim import ms_ssim, ssim
+from ldm_jax.perceptual.ssim import ms_ssim, ssim
 
 
 def _reference_ssim(x, y, max_val=1.0):

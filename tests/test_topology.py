@@ -13,9 +13,9 @@ from micro import micro_config
 import multiprocess
 import saved_runs
 from ldm_jax import parallel
+from ldm_jax.checkpoint.checkpointer import Checkpointer
 from ldm_jax.models import presets
 from ldm_jax.training import diffusion_step, loop, run
-from ldm_jax.training.checkpoint import Checkpointer
 from ldm_jax.training.state import make_optimizer
 
 pytestmark = pytest.mark.slow

@@ -15,12 +15,12 @@ from micro import ROOT, micro_config
 
 from ldm_jax import labels as labels_lib
 from ldm_jax import parallel
+from ldm_jax.checkpoint.checkpointer import Checkpointer
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.diffusion.schedule import make_schedule
 from ldm_jax.models import presets
 from ldm_jax.training import diffusion_step, loop, run, run_info
-from ldm_jax.training.checkpoint import Checkpointer
 from ldm_jax.training.state import make_optimizer
 
 
@@ -318,7 +318,7 @@ def test_lpips_term_from_a_local_weights_file(trained_micro, tmp_path):
     """With ``lpips_weights`` set the autoencoder loss gains the perceptual term (synthetic weights)."""
     from flax import traverse_util
 
-    from ldm_jax.evaluation import lpips, weights
+    from ldm_jax.perceptual import lpips, weights
 
     module = lpips.LPIPS()
     x = jax.ShapeDtypeStruct((1, lpips.MIN_SIZE, lpips.MIN_SIZE, 3), jnp.float32)

@@ -1,6 +1,6 @@
 """Image-quality, distribution and memorization metrics for generated mammograms.
 
-Reconstruction: PSNR, SSIM and MS-SSIM (``ldm_jax.evaluation.ssim``). Distributions, all on
+Reconstruction: PSNR, SSIM and MS-SSIM (``ldm_jax.perceptual.ssim``). Distributions, all on
 feature vectors ``[N, D]`` (e.g. ``ldm_jax.evaluation.classifier`` embeddings):
 
 * Fréchet distance between Gaussian fits (Heusel et al. 2017, "FID"),
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldm_jax.evaluation.ssim import ms_ssim, ssim
+from ldm_jax.perceptual.ssim import ms_ssim, ssim
 
 MODEL_RANGE = (-1.0, 1.0)
 

@@ -92,8 +92,8 @@ def held_out_phantoms(num: int, size: int):
 def training_images(model, workdir: pathlib.Path, num: int) -> np.ndarray:
     """Up to ``num`` training images ``[N, S, S, 1]`` in [-1, 1] from the run's data source."""
     from ldm_jax.data.pipeline import InputPipeline
+    from ldm_jax.data.source import open_source
     from ldm_jax.parallel import make_mesh
-    from ldm_jax.training.run import open_source
 
     source = open_source(model.config, workdir)
     mesh = make_mesh(1, jax.devices()[:1])

@@ -7,4 +7,5 @@
 - ``discriminator``: the PatchGAN discriminator for the autoencoder's adversarial loss.
 - ``presets``: named architecture shapes (``phantom_tiny``, ``mammo256``, ``ldm64``, ``sd15``)
   and the builders that turn them into modules.
+- ``init``: fresh parameter trees (``init_unet_params``, ``init_autoencoder_params``).
 """

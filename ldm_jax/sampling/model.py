@@ -18,11 +18,11 @@ import numpy as np
 
 from ldm_jax import labels as labels_lib
 from ldm_jax import parallel
+from ldm_jax.checkpoint.checkpointer import Checkpointer, abstract_with_shardings
+from ldm_jax.checkpoint.restore import load_autoencoder, schedule_from_config
 from ldm_jax.diffusion.schedule import Schedule
 from ldm_jax.models import presets
-from ldm_jax.training import diffusion_step
-from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
-from ldm_jax.training.restore import load_autoencoder, schedule_from_config
+from ldm_jax.models.init import init_unet_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,7 @@ def load_model(workdir, *, ema: bool = True, mesh=None) -> SamplingModel:
         unet = presets.build_unet(preset.unet, dtype=jax.numpy.dtype(cfg.compute_dtype))
         latent = (1, preset.latent_size, preset.latent_size, preset.latent_channels)
         key, attributes = jax.random.PRNGKey(0), len(labels_lib.ATTRIBUTES)
-        abstract = jax.eval_shape(lambda: diffusion_step.init_unet_params(key, unet, latent, attributes))
+        abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, attributes))
         field = "ema_params" if ema else "params"
         tree = {field: {"unet": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))}}
         unet_params = checkpointer.restore_subtree(step, tree)[field]["unet"]

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ldm_jax.evaluation.ssim import ms_ssim, ssim
+from ldm_jax.models.init import init_autoencoder_params
+from ldm_jax.perceptual.ssim import ms_ssim, ssim
 from ldm_jax.training.state import TrainState, all_finite, guarded_update, make_optimizer
 
 GAN_LOSSES = ("hinge", "least_squares")
@@ -34,11 +35,6 @@ def make_optimizers(cfg):
     with disc_cfg.unlocked():
         disc_cfg.learning_rate = cfg.disc_learning_rate
     return {"autoencoder": make_optimizer(cfg), "discriminator": make_optimizer(disc_cfg)}
-
-
-def init_autoencoder_params(key, sample_key, autoencoder, image_shape):
-    """Fresh autoencoder parameters for images ``[B, H, W, C]``."""
-    return autoencoder.init({"params": key, "sample": sample_key}, jnp.zeros(image_shape, jnp.float32))["params"]
 
 
 def init_state(key, autoencoder, discriminator, optimizers, image_shape) -> TrainState:
@@ -59,7 +55,7 @@ def load_perceptual(cfg):
     file), or ``(None, None)`` when it is empty."""
     if not cfg.lpips_weights:
         return None, None
-    from ldm_jax.evaluation.lpips import load_lpips
+    from ldm_jax.perceptual.lpips import load_lpips
 
     return load_lpips(*[part.strip() for part in cfg.lpips_weights.split(",")])
 
@@ -78,7 +74,7 @@ def _reconstruction_map(x, recon, cfg, perceptual=None):
         spectrum = lambda a: jnp.log1p(jnp.abs(jnp.fft.fft2(a[..., 0].astype(jnp.float32))))
         per_example += cfg.freq_weight * jnp.sum(jnp.abs(spectrum(x) - spectrum(recon)), axis=(1, 2))
     if perceptual is not None:
-        from ldm_jax.evaluation.lpips import lpips_distance
+        from ldm_jax.perceptual.lpips import lpips_distance
 
         per_example += cfg.lpips_weight * num_pixels * lpips_distance(*perceptual, x, recon)
     return per_example

@@ -19,14 +19,8 @@ import optax
 from ldm_jax import labels as labels_lib
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.diffusion.losses import diffusion_loss
+from ldm_jax.models.init import init_unet_params
 from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update, guarded_update
-
-
-def init_unet_params(key, unet, latent_shape, num_attributes: int):
-    """Fresh UNet parameters for latents ``[B, h, w, c]``."""
-    b = latent_shape[0]
-    return unet.init(key, jnp.zeros(latent_shape, jnp.float32), jnp.zeros((b,), jnp.int32),
-                     jnp.zeros((b, num_attributes), jnp.int32))["params"]
 
 
 def init_state(key, unet, optimizer, latent_shape, num_attributes: int) -> TrainState:

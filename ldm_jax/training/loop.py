@@ -23,7 +23,7 @@ from typing import Any, Callable
 import jax
 
 from ldm_jax import parallel
-from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
+from ldm_jax.checkpoint.checkpointer import Checkpointer, abstract_with_shardings
 from ldm_jax.training.metrics_writer import MetricsWriter
 
 

@@ -17,11 +17,13 @@ import numpy as np
 
 from ldm_jax import labels as labels_lib
 from ldm_jax import parallel
+from ldm_jax.checkpoint import restore
+from ldm_jax.checkpoint.checkpointer import Checkpointer
+from ldm_jax.data.source import open_source
 from ldm_jax.models import presets
 from ldm_jax.sampling.generate import image_keys, make_generate
 from ldm_jax.sampling.grid import make_grid, to_pixels
-from ldm_jax.training import autoencoder_step, diffusion_step, restore
-from ldm_jax.training.checkpoint import Checkpointer
+from ldm_jax.training import autoencoder_step, diffusion_step
 from ldm_jax.training.config import stages_of
 from ldm_jax.training.loop import SigtermFlag, Stage, restore_or_init, run_stage
 from ldm_jax.training.run_info import record_run
@@ -57,23 +59,6 @@ def check_batch_sizes(cfg, stages, mesh) -> None:
         raise ValueError(f"mesh.fsdp_min_size must be >= 1, got {cfg.mesh.fsdp_min_size}")
     for stage in stages:
         parallel.check_batch_size(cfg[stage].batch_size, mesh, f"{stage}.batch_size")
-
-
-def open_source(cfg, workdir: pathlib.Path):
-    """The training split's random-access source; builds ``mammo_phantoms`` first when asked to
-    (process 0 builds, the others wait for it)."""
-    from ldm_jax.data import build, pipeline
-
-    data_dir = pathlib.Path(cfg.data.data_dir or workdir / "data")
-    config = cfg.data.config or None
-    if cfg.data.dataset == "mammo_phantoms" and cfg.data.build_if_missing:
-        n = cfg.data.num_records
-        sizes = {"train": n, "validation": max(n // 10, 1), "test": max(n // 10, 1)} if n else None
-        if jax.process_index() == 0:
-            build.build_phantoms(config, data_dir, sizes)
-        parallel.sync("phantoms_built")
-        config = build.build_phantoms(config, data_dir, sizes).builder_config.name  # prepared: only reads
-    return pipeline.load_source(cfg.data.dataset, str(data_dir), cfg.data.split, config)
 
 
 def _pipeline(cfg, source, mesh, batch_size, *, seed_offset=0, shuffle=True):

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldm_jax.evaluation.weights import as_rgb, load_state_dict, to_flax_variables
+from ldm_jax.perceptual.weights import as_rgb, load_state_dict, to_flax_variables
 
 VGG16_FILE = "vgg16-397923af.pth"
 VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILE}"

@@ -9,10 +9,10 @@ import jax
 import numpy as np
 
 from ldm_jax import parallel
+from ldm_jax.checkpoint.checkpointer import Checkpointer, abstract_with_shardings
 from ldm_jax.diffusion.schedule import DEFAULT_BETA_RANGE, Schedule, make_schedule
 from ldm_jax.models import presets
-from ldm_jax.training import autoencoder_step
-from ldm_jax.training.checkpoint import Checkpointer, abstract_with_shardings
+from ldm_jax.models.init import init_autoencoder_params
 
 
 def schedule_from_config(dcfg) -> Schedule:
@@ -48,7 +48,7 @@ def load_autoencoder(cfg, directory, step: int | None, mesh, fsdp_min_size: int 
                                     f"diffusion.autoencoder_checkpoint")
         key = jax.random.PRNGKey(0)
         shape = (1, preset.image_size, preset.image_size, preset.image_channels)
-        abstract = jax.eval_shape(lambda: autoencoder_step.init_autoencoder_params(key, key, autoencoder, shape))
+        abstract = jax.eval_shape(lambda: init_autoencoder_params(key, key, autoencoder, shape))
         shardings = parallel.param_sharding(mesh, abstract, fsdp_min_size)
         tree = {"params": {"autoencoder": abstract_with_shardings(abstract, shardings)}}
         params = checkpointer.restore_subtree(step, tree)["params"]
