@@ -25,6 +25,7 @@ import sys
 import jax
 
 from ldm_jax.benchmarking import timing, workloads
+from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.models import presets
 from ldm_jax.parallel import check_batch_size, make_mesh
 
@@ -101,9 +102,10 @@ def benchmark(args) -> dict:
         flops, flops_note = workloads.forward_flops_per_image(cfg, args.batch), "UNet forward"
     else:
         autoencoder = presets.build_autoencoder(cfg.autoencoder, dtype=dtype)
-        job = workloads.sample_job(cfg, unet, autoencoder, args.batch, mesh, args.seed, steps=args.steps,
-                                   guidance_scale=args.guidance_scale, bf16_weights=args.bf16_weights)
-        flops = workloads.sample_flops_per_image(cfg, args.batch, steps=args.steps, guidance_scale=args.guidance_scale)
+        sampling = SamplerConfig(sampler="ddim", num_steps=args.steps, guidance_scale=args.guidance_scale)
+        job = workloads.sample_job(cfg, unet, autoencoder, args.batch, mesh, args.seed, sampling,
+                                   bf16_weights=args.bf16_weights)
+        flops = workloads.sample_flops_per_image(cfg, args.batch, sampling)
         guided = 2 * args.batch if args.guidance_scale != 1 else args.batch
         flops_note = f"{args.steps} DDIM steps x UNet forward at batch {guided} + autoencoder decode, per image"
     _log(f"compiled in {job.compile_s:.2f} s; {args.warmup} warm-up calls, {args.repeats} x {args.iters} timed")

@@ -20,7 +20,7 @@ import argparse
 import pathlib
 import sys
 
-SAMPLERS = {"ddim": "ddim", "ddpm": "ddpm", "dpmpp": "dpmpp_2m"}
+from ldm_jax.diffusion.samplers import SAMPLERS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, help="number of images to generate (not with --edit-input)")
     p.add_argument("--batch", type=int, default=0, help="global batch size; a multiple of the device count "
                    "(default: 4 per device)")
-    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim", help="dpmpp is dpmpp_2m")
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic; ddim only)")
     p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (1: none)")
@@ -69,8 +69,8 @@ def _check_args(args, parser) -> None:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if not 0 <= args.strength <= 1:
         parser.error(f"--strength must be in [0, 1], got {args.strength}")
-    if args.eta and args.sampler != "ddim":
-        parser.error("--eta applies to the ddim sampler only")
+    if args.eta and not SAMPLERS[args.sampler].eta:
+        parser.error(f"--eta does not apply to the {args.sampler} sampler")
 
 
 def main(argv=None) -> int:
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     from ldm_jax.sampling import cli
 
     try:
-        summary = cli.run(args, SAMPLERS[args.sampler])
+        summary = cli.run(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"sample.py: error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from ldm_jax import labels as labels_lib
 from ldm_jax.data.imageio import encode_png
 from ldm_jax.data.phantoms import generate_phantom
 from ldm_jax.diffusion import samplers
+from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.diffusion.schedule import make_schedule
 from ldm_jax.models.autoencoder import DiagonalGaussian
 from ldm_jax.sampling import job, writers
@@ -163,8 +164,8 @@ class _ExactGaussianUNet(nn.Module):
 def _toy_edit(method, strength, images, source, target, num_steps=50):
     schedule = make_schedule("linear", 1000)
     unet = _ExactGaussianUNet(tuple(np.asarray(schedule.alphas_cumprod).tolist()))
-    edit = jax.jit(make_edit(unet, _IdentityAutoencoder(), schedule, method=method, strength=strength,
-                             num_steps=num_steps))
+    edit = jax.jit(make_edit(unet, _IdentityAutoencoder(), schedule, SamplerConfig(num_steps=num_steps),
+                             method=method, strength=strength))
     b = images.shape[0]
     labels = (np.tile(labels_lib.parse_condition(source), (b, 1)), np.tile(labels_lib.parse_condition(target), (b, 1)))
     return np.asarray(edit({}, {}, 1.0, images, *labels, image_keys(jax.random.PRNGKey(0), jnp.arange(b))))
@@ -206,9 +207,20 @@ def test_sdedit_at_full_strength_samples_the_target_class():
 def test_ddim_inversion_needs_the_ddim_sampler():
     schedule = make_schedule("linear", 100)
     with pytest.raises(ValueError, match="ddim sampler"):
-        make_edit(None, None, schedule, method="ddim-inversion", sampler="ddpm")
+        make_edit(None, None, schedule, SamplerConfig(sampler="ddpm"), method="ddim-inversion")
     with pytest.raises(ValueError, match="unknown edit method"):
         make_edit(None, None, schedule, method="blur")
+
+
+def test_sample_cli_offers_every_registered_sampler():
+    """``--sampler`` takes the registry's names (aliases included); --eta only where the step uses η."""
+    parser = SAMPLE._parser()
+    base = ["--workdir", "w", "--out", "o", "--num", "1"]
+    for name in samplers.SAMPLERS:
+        assert parser.parse_args([*base, "--sampler", name]).sampler == name
+    SAMPLE._check_args(parser.parse_args([*base, "--sampler", "ddim", "--eta", "0.5"]), parser)
+    with pytest.raises(SystemExit):
+        SAMPLE._check_args(parser.parse_args([*base, "--sampler", "dpmpp", "--eta", "0.5"]), parser)
 
 
 # ----------------------------------------------------------------------------- the CLI on a trained micro model

@@ -4,8 +4,9 @@
   denoising loss at the preset's latent shape: t ~ U{0..T-1}, ε ~ N(0, I), x_t from
   ``q_sample`` (linear schedule, T = 1000); the state is donated.
 - ``unet``: one UNet forward (inference), optionally with bfloat16 weights.
-- ``sample``: ``make_generate``'s whole job: N DDIM steps with classifier-free guidance
-  (a 2B UNet batch per step when the scale is not 1) and the autoencoder decode.
+- ``sample``: ``make_generate``'s whole job under a ``SamplerConfig`` (bench.py: N DDIM steps)
+  with classifier-free guidance (a 2B UNet batch per step when the scale is not 1) and the
+  autoencoder decode.
 
 The global batch is split over every device of the mesh on its batch axes; parameters and
 optimizer state are replicated. Model FLOPs are counted (``flops.count_flops``) on abstract
@@ -30,6 +31,7 @@ from ldm_jax.benchmarking.flops import count_flops
 from ldm_jax.benchmarking.timing import time_runs
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.diffusion.losses import diffusion_loss
+from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.diffusion.schedule import make_schedule
 from ldm_jax.models import presets
 from ldm_jax.parallel import batch_sharding, replicated
@@ -178,14 +180,13 @@ def _generate_args(batch: int, key):
             image_keys(key, jnp.arange(batch)))
 
 
-def _make_generate(cfg, unet, autoencoder, steps: int, guidance_scale: float):
-    return make_generate(unet, autoencoder, make_schedule("linear", TRAIN_TIMESTEPS), _latent_shape(cfg),
-                         sampler="ddim", num_steps=steps, guidance_scale=guidance_scale)
+def _make_generate(cfg, unet, autoencoder, sampling: SamplerConfig):
+    return make_generate(unet, autoencoder, make_schedule("linear", TRAIN_TIMESTEPS), _latent_shape(cfg), sampling)
 
 
-def sample_job(cfg, unet, autoencoder, batch: int, mesh, seed: int, *, steps: int, guidance_scale: float,
+def sample_job(cfg, unet, autoencoder, batch: int, mesh, seed: int, sampling: SamplerConfig, *,
                bf16_weights: bool = False) -> Job:
-    """``make_generate``'s DDIM job (``steps`` steps, guidance, decode) on ``batch`` images."""
+    """``make_generate``'s job (``sampling``'s steps and guidance, then the decode) on ``batch`` images."""
     rng = np.random.default_rng(seed)
     weight_dtype = jnp.bfloat16 if bf16_weights else jnp.float32
     unet_params = random_params(unet, input_specs(cfg, 1, unet.dtype), rng, mesh, weight_dtype)
@@ -193,19 +194,19 @@ def sample_job(cfg, unet, autoencoder, batch: int, mesh, seed: int, *, steps: in
     scale, labels, keys = _generate_args(batch, jax.random.key(seed))
     labels, keys = jax.device_put((labels, keys), batch_sharding(mesh))
     args = (unet_params, ae_params, scale, labels, keys)
-    compiled, compile_s = _compile(_make_generate(cfg, unet, autoencoder, steps, guidance_scale), *args,
+    compiled, compile_s = _compile(_make_generate(cfg, unet, autoencoder, sampling), *args,
                                    out_shardings=batch_sharding(mesh))
     return Job(lambda: compiled(*args), compile_s)
 
 
-def sample_flops_per_image(cfg, batch: int, *, steps: int, guidance_scale: float) -> float:
+def sample_flops_per_image(cfg, batch: int, sampling: SamplerConfig) -> float:
     """Model FLOPs per image of the whole sampling job (every UNet call and the decode), on abstract inputs."""
     unet = presets.build_unet(cfg.unet, dtype=jnp.bfloat16, attention_impl="xla")
     autoencoder = presets.build_autoencoder(cfg.autoencoder, dtype=jnp.bfloat16)
     unet_params = _param_shapes(unet, input_specs(cfg, 1, jnp.bfloat16))
     ae_params = _param_shapes(autoencoder, (_latent_spec(cfg),), method=autoencoder.decode)
     args = jax.eval_shape(lambda: _generate_args(batch, jax.random.key(0)))
-    generate = _make_generate(cfg, unet, autoencoder, steps, guidance_scale)
+    generate = _make_generate(cfg, unet, autoencoder, sampling)
     return count_flops(generate, unet_params, ae_params, *args) / batch
 
 

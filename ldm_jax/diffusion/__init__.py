@@ -6,7 +6,8 @@
   ε / x0 / v conversions.
 - ``losses``: the denoising loss for ε / x0 / v targets, uniform or min-SNR-γ weighted, L2 / L1,
   with masks.
-- ``samplers``: DDPM, DDIM and DPM-Solver++(2M) as one ``lax.scan`` each, classifier-free
+- ``samplers``: DDPM, DDIM, DPM-Solver++(2M) and (3M) as one step function each, run by one
+  ``lax.scan`` driver from a registry (``SAMPLERS``) with one ``SamplerConfig``; classifier-free
   guidance, SDEdit starts and DDIM inversion.
 - ``toy``: a Gaussian mixture with its exact denoiser (ground truth for tests and demos).
 """

@@ -36,6 +36,7 @@ from scipy import ndimage
 from ldm_jax import labels as labels_lib
 from ldm_jax.data.imageio import write_atomic
 from ldm_jax.diffusion import samplers
+from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.evaluation import classifier as clf
 from ldm_jax.evaluation import lesions, metrics, report
@@ -123,9 +124,9 @@ class Evaluator:
         self.model = load_model(self.workdir)
         self.phantoms = self.model.config.data.dataset == "mammo_phantoms"
         m = self.model
-        self.generate = jax.jit(make_generate(m.unet, m.autoencoder, m.schedule, m.latent_shape,
-                                              num_steps=options.steps, prediction=m.prediction,
-                                              guidance_scale=options.guidance))
+        self.sampling = SamplerConfig(num_steps=options.steps, prediction=m.prediction,
+                                      guidance_scale=options.guidance)
+        self.generate = jax.jit(make_generate(m.unet, m.autoencoder, m.schedule, m.latent_shape, self.sampling))
         ae = m.autoencoder
         self.encode = jax.jit(lambda x: ae.apply({"params": m.ae_params}, x, method=ae.encode).mode())
         self.decode = jax.jit(lambda z: decode(ae, m.ae_params, z, 1.0))
@@ -255,8 +256,8 @@ def _dense_tissue_removal(ev: Evaluator, params, config):
     phantoms = [generate_phantom(TEST_SEED_OFFSET + 10**6 + i, m.image_size, density=("C", "D")[i % 2],
                                  finding=(1, 2)[i // 2 % 2]) for i in range(o.edits)]
     data = lesions.phantom_arrays(phantoms)
-    edit = jax.jit(make_edit(m.unet, m.autoencoder, m.schedule, method=o.edit_method, strength=o.edit_strength,
-                             num_steps=o.steps, prediction=m.prediction, guidance_scale=o.guidance))
+    edit = jax.jit(make_edit(m.unet, m.autoencoder, m.schedule, ev.sampling, method=o.edit_method,
+                             strength=o.edit_strength))
     source, target = data["labels"], data["labels"].copy()
     target[:, 0] = 0
     keys = np.asarray(image_keys(jax.random.PRNGKey(o.seed + 1), jnp.arange(o.edits)))
@@ -300,14 +301,15 @@ def _forward_frames(model, image: np.ndarray, count: int = 11) -> dict:
 
 
 def _trajectory(ev: Evaluator, frames: int = 8) -> dict:
-    """One sample's latents from x_T to x_0 (density D), decoded, at ``frames`` points."""
+    """One sample's latents from x_T to x_0 (density D, unguided), decoded, at ``frames`` points."""
     m, o = ev.model, ev.options
     labels = jnp.asarray(labels_lib.parse_condition("density=D"))[None]
     keys = image_keys(jax.random.PRNGKey(o.seed), jnp.arange(1))
     x_T = jax.random.normal(keys[0], (1, *m.latent_shape))
 
-    _, path = samplers.sample(denoiser(m.unet, m.unet_params), m.schedule, x_T, keys, num_steps=o.steps, prediction=m.prediction,
-                              cond=labels, return_trajectory=True)
+    unguided = dataclasses.replace(ev.sampling, guidance_scale=1.0)
+    _, path = samplers.sample(denoiser(m.unet, m.unet_params), m.schedule, x_T, keys, unguided, cond=labels,
+                              return_trajectory=True)
     picks = np.linspace(0, len(path) - 1, frames).round().astype(int)
     images = [np.asarray(ev.decode(path[i] / m.scale))[0] for i in picks]
     return {"captions": [f"step {i} of {len(path) - 1}" for i in picks], "frames": images}

@@ -11,26 +11,26 @@ import numpy as np
 
 from ldm_jax import labels as labels_lib
 from ldm_jax import parallel
-from ldm_jax.diffusion import samplers
+from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.sampling import edit_inputs, job
 from ldm_jax.sampling.conditions import Conditions
 from ldm_jax.sampling.generate import image_keys, make_edit, make_generate
 from ldm_jax.sampling.model import load_model
 
 
-def run(args, sampler: str) -> job.Summary:
+def run(args) -> job.Summary:
     shard = job.parse_shard(args.shard)
     parallel.initialize_distributed()
     mesh = parallel.make_mesh(1)
     batch = args.batch or 4 * mesh.size
     parallel.check_batch_size(batch, mesh)
     model = load_model(args.workdir, ema=args.ema, mesh=mesh)
-    sampling = dict(sampler=sampler, num_steps=args.steps, eta=args.eta, spacing=samplers.DEFAULT_SPACING[sampler],
-                    prediction=model.prediction, guidance_scale=args.guidance)
+    sampling = SamplerConfig(sampler=args.sampler, num_steps=args.steps, eta=args.eta,
+                             prediction=model.prediction, guidance_scale=args.guidance)
     settings = {"workdir": str(pathlib.Path(args.workdir).absolute()), "checkpoint_step": model.step,
                 "autoencoder_step": model.autoencoder_step, "ema": model.ema, "seed": args.seed,
-                "sampler": sampler, "steps": args.steps, "spacing": sampling["spacing"], "eta": args.eta,
-                "guidance": args.guidance, "format": args.format}
+                "sampler": sampling.sampler, "steps": args.steps, "spacing": sampling.timestep_spacing,
+                "eta": args.eta, "guidance": args.guidance, "format": args.format}
     replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     scale = jax.device_put(jnp.float32(model.scale), replicated)
     root = jax.random.PRNGKey(args.seed)
@@ -38,13 +38,13 @@ def run(args, sampler: str) -> job.Summary:
     def keys(indices):
         return parallel.global_array(np.asarray(image_keys(root, indices)), batch_sharding)
 
-    common = {"seed": args.seed, "sampler": sampler, "steps": args.steps, "guidance": args.guidance,
+    common = {"seed": args.seed, "sampler": sampling.sampler, "steps": args.steps, "guidance": args.guidance,
               "checkpoint_step": model.step, "ema": model.ema}
     out = pathlib.Path(args.out)
     if args.edit_input is None:
         conditions = Conditions(args.condition, model.label_distribution, args.seed)
         generate = parallel.compile_together(jax.jit(
-            make_generate(model.unet, model.autoencoder, model.schedule, model.latent_shape, **sampling),
+            make_generate(model.unet, model.autoencoder, model.schedule, model.latent_shape, sampling),
             in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding),
             out_shardings=batch_sharding))
 
@@ -68,8 +68,8 @@ def _edit_job(args, model, sampling, settings, common, keys, out, replicated, ba
     source = Conditions(args.edit_from, model.label_distribution, args.seed)
     target = Conditions(args.edit_to, model.label_distribution, args.seed)
     edit = parallel.compile_together(jax.jit(
-        make_edit(model.unet, model.autoencoder, model.schedule, method=args.method, strength=args.strength,
-                  **sampling),
+        make_edit(model.unet, model.autoencoder, model.schedule, sampling, method=args.method,
+                  strength=args.strength),
         in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4, out_shardings=batch_sharding))
     size = model.image_size
 

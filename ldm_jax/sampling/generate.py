@@ -9,11 +9,14 @@ an image does not depend on the batch it lands in, the batch size or the device 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from ldm_jax import labels as labels_lib
 from ldm_jax.diffusion import samplers
+from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.models.unet import null_labels
 
 EDIT_METHODS = ("sdedit", "ddim-inversion")
@@ -42,48 +45,43 @@ def decode(autoencoder, ae_params, z, scale):
     return jnp.clip(images, -1.0, 1.0)
 
 
-def make_generate(unet, autoencoder, schedule, latent_shape, *, sampler="ddim", num_steps=50, eta=0.0,
-                  spacing=None, prediction="eps", guidance_scale=1.0):
+def make_generate(unet, autoencoder, schedule, latent_shape, sampling: SamplerConfig = SamplerConfig()):
     """``generate(unet_params, ae_params, scale, labels [B, A], keys [B]) -> images [B, H, W, C]``.
 
-    Images are in the model range [-1, 1]; ``scale`` is the latent scale factor; guidance
-    uses the all-null labels as the unconditional branch; ``spacing=None`` is the sampler's
-    ``samplers.DEFAULT_SPACING``.
+    Images are in the model range [-1, 1]; ``scale`` is the latent scale factor; ``sampling``
+    holds the sampler settings, and its guidance uses the all-null labels as the
+    unconditional branch.
     """
 
     def generate(unet_params, ae_params, scale, labels, keys):
         x_T = initial_noise(keys, latent_shape)
         null = null_labels(labels.shape[0], labels_lib.NUM_CLASSES)
-        z = samplers.sample(denoiser(unet, unet_params), schedule, x_T, keys, sampler=sampler,
-                            num_steps=num_steps, eta=eta, spacing=spacing, prediction=prediction, cond=labels,
-                            null_cond=null, guidance_scale=guidance_scale)
+        z = samplers.sample(denoiser(unet, unet_params), schedule, x_T, keys, sampling, cond=labels, null_cond=null)
         return decode(autoencoder, ae_params, z, scale)
 
     return generate
 
 
-def make_edit(unet, autoencoder, schedule, *, method="sdedit", strength=0.6, sampler="ddim", num_steps=50,
-              eta=0.0, spacing=None, prediction="eps", guidance_scale=1.0):
+def make_edit(unet, autoencoder, schedule, sampling: SamplerConfig = SamplerConfig(), *, method="sdedit",
+              strength=0.6):
     """``edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys) -> images``.
 
-    The image is encoded (posterior mode) to z_0, taken to the grid step where the last
-    round(strength · num_steps) steps remain, and denoised from there under the target labels:
+    The image is encoded (posterior mode) to z_0, taken to the grid step of ``sampling``'s grid
+    where the last round(strength · num_steps) steps remain, and denoised from there with
+    ``sampling`` under the target labels:
 
     - ``sdedit`` (Meng et al. 2022): z_t = q_sample(z_0, t, ε), a fresh ε per image;
     - ``ddim-inversion``: z_t by deterministic DDIM inversion under the source labels
       (no guidance), then DDIM (η = 0) under the target labels, so with strength 1 and
       equal labels the image comes back up to the inversion error.
 
-    Strength 0 returns decode(encode(x)). Images are NHWC in [-1, 1]; ``spacing=None`` is the
-    sampler's ``samplers.DEFAULT_SPACING``.
+    Strength 0 returns decode(encode(x)). Images are NHWC in [-1, 1].
     """
     if method not in EDIT_METHODS:
         raise ValueError(f"unknown edit method {method!r}; expected one of {EDIT_METHODS}")
-    if method == "ddim-inversion" and sampler != "ddim":
-        raise ValueError(f"ddim-inversion edits denoise with the ddim sampler, not {sampler!r}")
-    spacing = spacing or samplers.DEFAULT_SPACING[sampler]
-    start = None if strength == 0 else samplers.start_step_for_strength(strength, num_steps)
-    grid = dict(num_steps=num_steps, spacing=spacing, prediction=prediction)
+    if method == "ddim-inversion" and sampling.sampler != "ddim":
+        raise ValueError(f"ddim-inversion edits denoise with the ddim sampler, not {sampling.sampler!r}")
+    start = None if strength == 0 else samplers.start_step_for_strength(strength, sampling.num_steps)
 
     def edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys):
         z0 = autoencoder.apply({"params": ae_params}, images, method=autoencoder.encode).mode() * scale
@@ -91,12 +89,13 @@ def make_edit(unet, autoencoder, schedule, *, method="sdedit", strength=0.6, sam
             return decode(autoencoder, ae_params, z0, scale)
         denoise = denoiser(unet, unet_params)
         if method == "sdedit":
-            z_t, _ = samplers.sdedit_start(schedule, z0, keys, strength, num_steps, spacing)
+            z_t, _ = samplers.sdedit_start(schedule, z0, keys, strength, sampling)
         else:
-            z_t = samplers.ddim_invert(denoise, schedule, z0, cond=source_labels, start_step=start, **grid)
+            unguided = dataclasses.replace(sampling, guidance_scale=1.0)
+            z_t = samplers.ddim_invert(denoise, schedule, z0, unguided, cond=source_labels, start_step=start)
         null = null_labels(images.shape[0], labels_lib.NUM_CLASSES)
-        z = samplers.sample(denoise, schedule, z_t, keys, sampler=sampler, eta=eta, cond=target_labels,
-                            null_cond=null, guidance_scale=guidance_scale, start_step=start, **grid)
+        z = samplers.sample(denoise, schedule, z_t, keys, sampling, cond=target_labels, null_cond=null,
+                            start_step=start)
         return decode(autoencoder, ae_params, z, scale)
 
     return edit

@@ -20,6 +20,7 @@ from ldm_jax import parallel
 from ldm_jax.checkpoint import restore
 from ldm_jax.checkpoint.checkpointer import Checkpointer
 from ldm_jax.data.source import open_source
+from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.models import presets
 from ldm_jax.sampling.generate import image_keys, make_generate
 from ldm_jax.sampling.grid import make_grid, to_pixels
@@ -167,9 +168,9 @@ def _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, sca
     labels = parallel.global_array(labels, sharding)
     keys = parallel.global_array(np.asarray(image_keys(jax.random.fold_in(key, 2), jnp.arange(n))), sharding)
     latent = (preset.latent_size, preset.latent_size, preset.latent_channels)
-    generate = parallel.compile_together(jax.jit(make_generate(
-        unet, autoencoder, schedule, latent, num_steps=cfg.log.sample_steps, prediction=cfg.diffusion.prediction,
-        guidance_scale=cfg.log.guidance_scale)))
+    sampling = SamplerConfig(num_steps=cfg.log.sample_steps, prediction=cfg.diffusion.prediction,
+                             guidance_scale=cfg.log.guidance_scale)
+    generate = parallel.compile_together(jax.jit(make_generate(unet, autoencoder, schedule, latent, sampling)))
 
     def on_sample(state, step):
         images = to_pixels(parallel.to_host(generate(state.ema_params["unet"], ae_params, scale, labels, keys)), 255,
