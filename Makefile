@@ -14,6 +14,8 @@ $(STAMP): requirements.txt requirements-test.txt
 
 demo: $(STAMP)
 	$(PY) train.py --config configs/phantom_tiny.py --workdir runs/demo
+	@echo "== the numbers to compare with README's demo table =="
+	$(PY) evaluate.py --workdir runs/demo --headline
 
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n 2 --dist loadscope --durations=15 tests

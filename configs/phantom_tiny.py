@@ -8,8 +8,10 @@ def get_config():
     cfg.model = "phantom_tiny"
     cfg.data.config = "64"
     cfg.data.num_records = 4096
-    cfg.autoencoder.update(dict(steps=450, batch_size=16, learning_rate=1e-3, warmup_steps=20, gan_start=100000,
-                                b1=0.9, b2=0.99))
+    # L1 alone, cosine decay, batch 8: robust over seeds (README "Demo recipe"); the SSIM term's
+    # gradients spike in the black background and left the held-out PSNR at 21-28 dB by seed.
+    cfg.autoencoder.update(dict(steps=900, batch_size=8, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=20,
+                                ssim_weight=0.0, gan_start=100000, b1=0.9, b2=0.99))
     cfg.diffusion.update(dict(steps=700, batch_size=32, learning_rate=2e-3, warmup_steps=30, lr_schedule="cosine",
                               ema_decay=0.99, scale_factor_batches=2))
     cfg.checkpoint.every = 200

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ldm_jax.evaluation.headline import headline, mean_grey_by_density
 from ldm_jax.evaluation.run import Options, evaluate, threshold_filter
 
 
@@ -23,6 +24,13 @@ def test_threshold_filter_flattens_dense_tissue_but_keeps_fine_detail():
     assert abs(out[0, 2, 14, 0] - level) < 0.02  # dense tissue pulled down to the level
     assert out[0, 16, 5, 0] - out[0, 16, 7, 0] > 0.5  # the speck still stands out
     np.testing.assert_array_equal(out[0, :, 20:], x[0, :, 20:])  # outside the breast untouched
+
+
+def test_mean_grey_by_density_is_the_8_bit_mean_per_class():
+    images = np.stack([np.full((4, 4, 1), v, np.float32) for v in (-1.0, 1.0, 0.0, 0.0)])
+    grey = mean_grey_by_density(images, np.array([0, 0, 2, 3]))
+    assert grey[0] == 127.5 and grey[2] == grey[3] == 128.0  # (0 + 255) / 2; rint(127.5) = 128
+    assert np.isnan(grey[1])
 
 
 class _Images(html.parser.HTMLParser):
@@ -54,6 +62,12 @@ def test_evaluate_writes_every_section_and_a_self_contained_report(two_processes
     assert saved["memorization"]["training_images_searched"] == 16
     assert 0.0 <= saved["memorization"]["fraction_above_threshold"] <= 1.0
     assert np.isfinite(saved["generation"]["phantom_classifier_features"]["frechet_distance"])
+
+    # The headline numbers (evaluate.py --headline) are the same measurements as the full evaluation's.
+    head = headline(two_processes, options, tmp_path / "eval")
+    assert head["reconstruction_psnr"] == pytest.approx(saved["reconstruction"]["psnr"]["mean"], rel=1e-6)
+    assert head["density_accuracy"] == pytest.approx(saved["conditioning"]["accuracy"]["density"])
+    assert json.loads((tmp_path / "eval" / "headline.json").read_text())["grey_by_density"] == head["grey_by_density"]
 
     parser = _Images()
     parser.feed((tmp_path / "eval" / "report.html").read_text())
