@@ -331,7 +331,9 @@ def test_edit_at_strength_zero_writes_the_reconstruction(trained, tmp_path):
     expected = np.clip(ae.apply({"params": model.ae_params}, z, method=ae.decode), -1, 1)[..., 0]
     for i in range(3):
         got = writers.decode_image((tmp_path / "edit" / f"{i:06d}.npz").read_bytes(), "npz")
-        np.testing.assert_allclose(got, expected[i], atol=2e-5)
+        # Round-off only: sample.py encodes and decodes a padded batch of 8 over 8 devices;
+        # measured 2.2e-4 at most on the micro model, against a mean |input − reconstruction| of 0.89.
+        np.testing.assert_allclose(got, expected[i], atol=1e-3)
     record = json.loads((tmp_path / "edit" / "manifest.jsonl").read_text().splitlines()[0])
     assert record["condition"] == "density=A" and record["method"] == "sdedit" and len(record["source_sha256"]) == 64
     assert "scan0" not in (tmp_path / "edit" / "manifest.jsonl").read_text()
