@@ -5,7 +5,8 @@
 
 Each seed trains both stages with ``train.py`` (one phantom data set shared by all seeds:
 its contents do not depend on the seed), then ``evaluate.py --headline`` measures it with
-one phantom classifier trained once for all seeds. Floors (issue 17): held-out
+one phantom classifier trained once for all seeds; both run as their own processes, as a
+user runs them. Floors (issue 17): held-out
 reconstruction PSNR ≥ 24 dB, density accuracy of ``density=X`` samples ≥ 50%, and a mean grey
 that rises from A to D. Writes ``<root>/seeds.json`` and prints a table with mean and range;
 exits 1 when a seed misses a floor. A seed whose run is complete is measured, not retrained.
@@ -41,12 +42,11 @@ def floors_missed(result: dict) -> list[str]:
     return missed
 
 
-def _train(seed: int, workdir: pathlib.Path, data_dir: pathlib.Path, config: str, extra: list[str]) -> float:
-    command = [sys.executable, str(ROOT / "train.py"), "--config", config, "--workdir", str(workdir),
-               f"--config.seed={seed}", f"--config.data.data_dir={data_dir}", "--config.log.progress=False", *extra]
+def _run(command: list[str], log_path: pathlib.Path) -> float:
+    """Run one CLI with its output in ``log_path``; the seconds it took."""
     start = time.perf_counter()
-    with open(workdir.with_suffix(".log"), "w") as log:
-        subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
+    with open(log_path, "w") as log:
+        subprocess.run([sys.executable, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
     return time.perf_counter() - start
 
 
@@ -65,8 +65,6 @@ def main(argv=None) -> int:
     import jax
 
     from ldm_jax.evaluation import classifier as clf
-    from ldm_jax.evaluation.headline import headline
-    from ldm_jax.evaluation.run import Options
 
     root = pathlib.Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -78,12 +76,16 @@ def main(argv=None) -> int:
         seconds = None
         if not (workdir / "eval" / "headline.json").exists():
             print(f"[demo_seeds] seed {seed}: training {workdir}", flush=True)
-            seconds = _train(seed, workdir, root / "data", args.config, extra)
+            seconds = _run(["train.py", "--config", args.config, "--workdir", str(workdir), f"--config.seed={seed}",
+                            f"--config.data.data_dir={root / 'data'}", "--config.log.progress=False", *extra],
+                           workdir.with_suffix(".log"))
         if not classifier_file.exists():
             print(f"[demo_seeds] training the phantom classifier ({classifier_file})", flush=True)
             config = clf.ClassifierConfig(image_size=64)
             clf.save_classifier(classifier_file, clf.train_on_phantoms(config), config)
-        result = headline(workdir, Options(classifier=str(classifier_file)))
+        _run(["evaluate.py", "--workdir", str(workdir), "--headline", "--classifier", str(classifier_file)],
+             workdir.with_suffix(".headline.log"))
+        result = json.loads((workdir / "eval" / "headline.json").read_text())
         result.update(seed=seed, train_seconds=seconds, floors_missed=floors_missed(result))
         rows.append(result)
         print(f"[demo_seeds] seed {seed}: PSNR {result['reconstruction_psnr']:.2f} dB, density accuracy "
