@@ -1,4 +1,4 @@
-"""CPU demo: 64×64 phantoms, tiny autoencoder (f = 4 → 16×16×4 latents) and UNet; ~10 min on 2 cores."""
+"""CPU demo: 64×64 phantoms, tiny autoencoder (f = 4 → 16×16×4 latents) and UNet; README gives its time and numbers."""
 
 from ldm_jax.training.config import default_config
 
