@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import subprocess
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
 
     summary = {
         "seeds": rows, "config": args.config, "extra_flags": extra, "machine": platform.processor() or platform.machine(),
-        "cpus": __import__("os").cpu_count(), "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
     }
     (root / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
