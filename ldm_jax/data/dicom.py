@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-MAX_VALUE = 4095
+from ldm_jax.data.imageio import MAX_VALUE
 
 
 class DicomError(ValueError):

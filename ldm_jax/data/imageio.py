@@ -10,6 +10,8 @@ import tempfile
 
 import numpy as np
 
+MAX_VALUE = 4095  # stored mammograms are 12-bit: 0..4095 in uint16 (phantoms, DICOM data sets)
+
 
 def _as_2d(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)

@@ -28,6 +28,7 @@ import scipy.fft
 from scipy import ndimage
 
 from ldm_jax import labels as labels_lib
+from ldm_jax.data.imageio import MAX_VALUE
 
 # Linear attenuation coefficients at 20 keV, 1/mm (Johns & Yaffe 1987, Phys Med Biol 32:675;
 # hydroxyapatite of the order of 2/mm).
@@ -42,7 +43,6 @@ MU_PER_MM = {
 SKIN_MM = 1.5
 A_MAX = 5.0  # log attenuation stored as 4095
 GAMMA = 1.6  # presentation look-up table: value = 4095 (A / A_MAX)^GAMMA
-MAX_VALUE = 4095  # 12-bit detector range
 FIELD_OF_VIEW_MM = 200.0  # default: pixel_size_mm = FIELD_OF_VIEW_MM / size
 DETECTOR_PSF_MM = 0.1  # Gaussian sigma of the detector point spread function
 QUANTA_PER_MM2 = 5e5  # unattenuated quanta per mm^2 reaching the detector

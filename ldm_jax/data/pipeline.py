@@ -22,10 +22,10 @@ import grain
 import numpy as np
 
 from ldm_jax import labels as labels_lib
-from ldm_jax.data.imageio import decode_png, to_model_range
+from ldm_jax.data.imageio import MAX_VALUE, decode_png, to_model_range
 
 BUILDER_MODULES = ("ldm_jax.data.builders.mammo_phantoms", "ldm_jax.data.builders.mammo_dicom")
-_DEFAULT_MAX_VALUE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 4095}  # uint16: 12-bit convention
+_DEFAULT_MAX_VALUE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): MAX_VALUE}
 _STATE_VERSION = 2
 
 

@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from ldm_jax.data.imageio import encode_png, write_atomic
+from ldm_jax.data.imageio import MAX_VALUE, encode_png, write_atomic
 
 SECTIONS = ("curves", "sample_grids", "forward_diffusion", "trajectory", "editing", "metrics")
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
@@ -66,7 +66,7 @@ def _as_uint8(image) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.uint16:
-        return np.round(np.clip(image, 0, 4095) * (255.0 / 4095.0)).astype(np.uint8)
+        return np.round(np.clip(image, 0, MAX_VALUE) * (255.0 / MAX_VALUE)).astype(np.uint8)
     if np.issubdtype(image.dtype, np.floating):
         return np.round((np.clip(np.nan_to_num(image, nan=-1.0), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
     raise ValueError(f"unsupported image dtype {image.dtype} (uint8, uint16 or float)")

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 ATTENTION_IMPLS = (None, "xla", "cudnn")
-_PAD1 = ((1, 1), (1, 1))
 
 
 def check_attention_impl(implementation) -> None:
