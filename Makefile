@@ -4,11 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# XLA:CPU (jaxlib 0.10-0.11) sends convolutions to YNNPACK by default; naming the YNN fusion
+# XLA:CPU (jaxlib 0.10.2) sends convolutions to YNNPACK by default; naming the YNN fusion
 # types explicitly (here: none) keeps them on Eigen, which ran the demo's training steps 1.3-1.7x
 # faster on the 2-core AMD EPYC (BENCHMARKS.md, "CPU convolutions"). Empty it to compare:
 # `make demo CPU_XLA_FLAGS=`.
 CPU_XLA_FLAGS ?= --xla_cpu_experimental_ynn_fusion_type=
+ON_CPU := XLA_FLAGS="$(CPU_XLA_FLAGS) $$XLA_FLAGS"
 
 .PHONY: demo demo-seeds test clean
 
@@ -19,13 +20,13 @@ $(STAMP): requirements.txt requirements-test.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	XLA_FLAGS="$(CPU_XLA_FLAGS) $$XLA_FLAGS" $(PY) train.py --config configs/phantom_tiny.py --workdir runs/demo
+	$(ON_CPU) $(PY) train.py --config configs/phantom_tiny.py --workdir runs/demo
 	@echo "== the numbers to compare with README's demo table =="
-	XLA_FLAGS="$(CPU_XLA_FLAGS) $$XLA_FLAGS" $(PY) evaluate.py --workdir runs/demo --headline
+	$(ON_CPU) $(PY) evaluate.py --workdir runs/demo --headline
 
 # The demo recipe over seeds 0, 1, 2, each checked against its floors (README "The demo recipe").
 demo-seeds: $(STAMP)
-	XLA_FLAGS="$(CPU_XLA_FLAGS) $$XLA_FLAGS" $(PY) benchmarks/demo_seeds.py
+	$(ON_CPU) $(PY) benchmarks/demo_seeds.py
 
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n 2 --dist loadscope --durations=15 tests

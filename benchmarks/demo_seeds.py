@@ -87,7 +87,8 @@ def main(argv=None) -> int:
         headline_seconds = _run(["evaluate.py", "--workdir", str(workdir), "--headline", "--classifier",
                                  str(classifier_file)], workdir.with_suffix(".headline.log"))
         result = json.loads((workdir / "eval" / "headline.json").read_text())
-        result.update(seed=seed, train_seconds=seconds, headline_seconds=headline_seconds, floors_missed=floors_missed(result))
+        result.update(seed=seed, train_seconds=seconds, headline_seconds=headline_seconds,
+                      floors_missed=floors_missed(result))
         rows.append(result)
         print(f"[demo_seeds] seed {seed}: PSNR {result['reconstruction_psnr']:.2f} dB, density accuracy "
               f"{result['density_accuracy']:.1%} (reconstructions {result['reconstruction_density_accuracy']:.1%}), "
