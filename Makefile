@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 
 # XLA:CPU (jaxlib 0.10.2) sends convolutions to YNNPACK by default; naming the YNN fusion
 # types explicitly (here: none) keeps them on Eigen, which ran the demo's training steps 1.3-1.7x
-# faster on the 2-core AMD EPYC (BENCHMARKS.md, "CPU convolutions"). Empty it to compare:
-# `make demo CPU_XLA_FLAGS=`.
-CPU_XLA_FLAGS ?= --xla_cpu_experimental_ynn_fusion_type=
+# faster on the 2-core AMD EPYC. LLVM at -O1 instead of -O2 halves the compile time (90 s of
+# the demo's 10 minutes) at the same step time (BENCHMARKS.md, "CPU convolutions" and "CPU
+# compile time"). Empty it to compare: `make demo CPU_XLA_FLAGS=`.
+CPU_XLA_FLAGS ?= --xla_cpu_experimental_ynn_fusion_type= --xla_backend_optimization_level=1
 ON_CPU := XLA_FLAGS="$(CPU_XLA_FLAGS) $$XLA_FLAGS"
 
 .PHONY: demo demo-seeds test clean

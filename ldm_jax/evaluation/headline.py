@@ -56,7 +56,7 @@ def headline(workdir, options: Options = Options(), out=None) -> dict:
     samples, targets = ev.samples(list(DENSITY_CONDITIONS))
     result = {
         "checkpoint_step": ev.model.step, "autoencoder_step": ev.model.autoencoder_step,
-        "reconstruction_psnr": float(np.mean(metrics.reconstruction_metrics(real["image"], recon)["psnr"])),
+        "reconstruction_psnr": float(np.mean(metrics.psnr(real["image"], recon, np.ptp(metrics.MODEL_RANGE)))),
         "grey_by_density": {"samples": mean_grey_by_density(samples, targets[:, 0]),
                             "held_out": mean_grey_by_density(real["image"], real["labels"][:, 0]),
                             "reconstructions": mean_grey_by_density(recon, real["labels"][:, 0])},
