@@ -243,6 +243,24 @@ def _files(folder):
 GEN = ("--num", "10", "--batch", "8", "--condition", "density=A;density=D", "--guidance", "2")
 
 
+def test_run_saved_before_the_architecture_sections_still_loads(trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained / "diffusion" / "checkpoints", tmp_path / "diffusion" / "checkpoints")
+    for path in (tmp_path / "diffusion" / "checkpoints").glob("*/meta/metadata"):
+        meta = json.loads(path.read_text())  # as written before: the networks named only by model
+        for section in ("unet", "autoencoder_net", "discriminator_net"):
+            del meta["config"][section]
+        del meta["config"]["data"]["resize"]
+        meta["config"]["data"]["image_size"] = 0
+        path.write_text(json.dumps(meta))
+    old, new = load_model(tmp_path), load_model(trained)
+    assert old.config.to_dict() == new.config.to_dict() and old.unet == new.unet
+    assert old.image_size == 64 and old.latent_shape == (16, 16, 4)
+    for a, b in zip(jax.tree.leaves(old.unet_params), jax.tree.leaves(new.unet_params)):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 def test_shards_and_resume_reproduce_the_unsharded_job(trained, tmp_path, monkeypatch):
     assert _sample(trained, tmp_path / "whole", *GEN) == 0

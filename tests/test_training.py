@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from micro import ROOT, micro_config
+from micro import MICRO_OVERRIDES, ROOT, micro_config
 
 from ldm_jax import labels as labels_lib
 from ldm_jax import parallel
@@ -19,7 +19,7 @@ from ldm_jax.checkpoint.checkpointer import Checkpointer
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.diffusion.schedule import make_schedule
-from ldm_jax.models import presets
+from ldm_jax.models import architecture, presets
 from ldm_jax.training import diffusion_step, loop, run, run_info
 from ldm_jax.training.state import make_optimizer
 
@@ -72,6 +72,65 @@ def test_incompatible_workdir_is_refused(tmp_path):
     cfg.diffusion.prediction = "v"
     with pytest.raises(run_info.IncompatibleRunError, match="diffusion.prediction: saved 'eps', now 'v'"):
         run_info.record_run(cfg, tmp_path)
+
+
+def test_config_saved_before_the_architecture_sections_is_resumable(tmp_path):
+    old = json.loads(json.dumps(architecture.resolve(micro_config()).to_dict()))
+    for section in architecture.SECTIONS:  # an old run recorded only model="phantom_micro"
+        del old[section]
+    del old["data"]["resize"]
+    old["data"]["image_size"] = 0
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    run_info.record_run(micro_config(), tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["unet"]["model_channels"] == 16
+    cfg = micro_config()
+    cfg.unet.model_channels = 8
+    with pytest.raises(run_info.IncompatibleRunError, match="unet.model_channels: saved 16, now 8"):
+        run_info.record_run(cfg, tmp_path)
+
+
+def _parse_config(*overrides):
+    """The config ``train.py --config configs/phantom_tiny.py`` parses with ``--config.<key>=<value>`` overrides."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["train.py", "--config", str(ROOT / "configs" / "phantom_tiny.py"),
+            *[f"--config.{k}={v}" for k, v in overrides]]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    return flag_values.config
+
+
+def test_unet_override_on_the_command_line_is_trained_recorded_and_loaded(trained_micro, tmp_path):
+    from ldm_jax.sampling.model import load_model
+
+    cfg = _parse_config(("unet.model_channels", 8), *MICRO_OVERRIDES.items(), ("stages", "diffusion"),
+                        ("diffusion.steps", 2), ("log.sample_conditions", ""),
+                        ("data.data_dir", trained_micro / "data"),
+                        ("diffusion.autoencoder_checkpoint", trained_micro / "autoencoder" / "checkpoints"))
+    run.train(cfg, tmp_path)
+    recorded = json.loads((tmp_path / "config.json").read_text())["unet"]
+    meta = json.loads((tmp_path / "diffusion" / "checkpoints" / "2" / "meta" / "metadata").read_text())
+    assert recorded == meta["config"]["unet"]
+    assert recorded["model_channels"] == 8 and recorded["channel_mult"] == [1, 2]  # phantom_micro's otherwise
+    model = load_model(tmp_path)
+    assert model.unet.model_channels == 8 and model.unet.channel_mult == (1, 2)
+    assert model.unet_params["time_embed_0"]["kernel"].shape == (8, 32)  # 16 → 64 in the micro preset
+    assert sum(x.size for x in jax.tree.leaves(model.unet_params)) < sum(
+        x.size for x in jax.tree.leaves(load_model(trained_micro).unet_params)) // 3
+
+
+def test_data_set_of_another_image_size_is_refused_before_any_work(trained_micro, tmp_path):
+    cfg = micro_config()
+    cfg.data.data_dir = str(trained_micro / "data")
+    cfg.data.image_size = 32
+    with pytest.raises(ValueError, match=r"'mammo_phantoms' \(config '64'\) stores 64x64 images, but "
+                                         r"data.image_size=32: .* data.resize=True to resize"):
+        run.train(cfg, tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    cfg.data.resize = True
+    run.check_image_size(architecture.resolve(cfg), [{"image": np.zeros((64, 64), np.uint16)}])
 
 
 def _diffusion_parts(cfg):

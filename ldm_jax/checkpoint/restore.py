@@ -11,7 +11,7 @@ import numpy as np
 from ldm_jax import parallel
 from ldm_jax.checkpoint.checkpointer import Checkpointer, abstract_with_shardings
 from ldm_jax.diffusion.schedule import DEFAULT_BETA_RANGE, Schedule, make_schedule
-from ldm_jax.models import presets
+from ldm_jax.models import architecture, presets
 from ldm_jax.models.init import init_autoencoder_params
 
 
@@ -36,9 +36,8 @@ def label_distribution(label_rows: np.ndarray) -> np.ndarray:
 def load_autoencoder(cfg, directory, step: int | None, mesh, fsdp_min_size: int = parallel.FSDP_MIN_SIZE):
     """``(autoencoder, params, step)`` from an autoencoder checkpoint directory (newest step
     when ``step`` is None); only the autoencoder weights are read, placed on ``mesh`` by
-    ``parallel.param_sharding``."""
-    preset = presets.get_preset(cfg.model)
-    autoencoder = presets.build_autoencoder(preset.autoencoder, dtype=jax.numpy.dtype(cfg.compute_dtype))
+    ``parallel.param_sharding``. ``cfg`` is a resolved run config (``architecture.resolve``)."""
+    autoencoder = presets.build_autoencoder(cfg.autoencoder_net, dtype=jax.numpy.dtype(cfg.compute_dtype))
     checkpointer = Checkpointer(directory, async_save=False)
     try:
         step = checkpointer.latest_step() if step is None else step
@@ -47,7 +46,7 @@ def load_autoencoder(cfg, directory, step: int | None, mesh, fsdp_min_size: int 
                                     f"in {directory}: run the autoencoder stage first or set "
                                     f"diffusion.autoencoder_checkpoint")
         key = jax.random.PRNGKey(0)
-        shape = (1, preset.image_size, preset.image_size, preset.image_channels)
+        shape = (1, *architecture.image_shape(cfg))
         abstract = jax.eval_shape(lambda: init_autoencoder_params(key, key, autoencoder, shape))
         shardings = parallel.param_sharding(mesh, abstract, fsdp_min_size)
         tree = {"params": {"autoencoder": abstract_with_shardings(abstract, shardings)}}

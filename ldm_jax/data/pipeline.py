@@ -175,6 +175,14 @@ def _max_value(source) -> float:
     return float(_DEFAULT_MAX_VALUE[dtype])
 
 
+def stored_image_size(source) -> int | None:
+    """The side of the source's square images as stored (its metadata, else its first image);
+    None when the sizes vary or the images are not square."""
+    info = getattr(source, "dataset_info", None)
+    height, width = (info.features["image"].shape if info is not None else _as_image(source[0]["image"]).shape)[:2]
+    return height if height == width and height is not None else None
+
+
 def _as_image(value) -> np.ndarray:
     """``[H, W]`` array from PNG bytes or an array ``[H, W]``/``[H, W, 1]``."""
     image = decode_png(value) if isinstance(value, bytes) else np.asarray(value)

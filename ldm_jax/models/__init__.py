@@ -7,5 +7,7 @@
 - ``discriminator``: the PatchGAN discriminator for the autoencoder's adversarial loss.
 - ``presets``: named architecture shapes (``phantom_tiny``, ``mammo256``, ``ldm64``, ``sd15``)
   and the builders that turn them into modules.
+- ``architecture``: a run config's networks and image size: its preset, with the fields the
+  config sets (``unet``, ``autoencoder_net``, ``discriminator_net``).
 - ``init``: fresh parameter trees (``init_unet_params``, ``init_autoencoder_params``).
 """

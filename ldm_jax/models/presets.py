@@ -4,7 +4,8 @@
 ``image_channels``, ``latent_size``, ``latent_channels``, ``context_len`` (0: no
 cross-attention) and the keyword arguments of ``autoencoder`` (``AutoencoderKL``),
 ``discriminator`` (``PatchDiscriminator``) and ``unet`` (``UNet``); the compute dtype is
-chosen at build time. A UNet-only benchmark preset has ``autoencoder = None``.
+chosen at build time. A UNet-only benchmark preset has ``autoencoder = None``. A training
+run's config starts from a preset and may change any field (``ldm_jax.models.architecture``).
 
 - ``phantom_tiny``: CPU demo, 64×64×1 phantoms → f = 4 → 16×16×4 latents, small UNet.
 - ``phantom_micro``: the same shapes with the fewest layers, for tests and smoke runs.

@@ -2,7 +2,8 @@
 
 ``load_model(workdir)`` reads the newest diffusion checkpoint's UNet weights (EMA by
 default) and the autoencoder checkpoint that stage recorded, plus what sampling needs
-from the run: config, latent scale factor, schedule and the training label distribution.
+from the run: config (its networks and image size as trained: ``architecture.resolve``),
+latent scale factor, schedule and the training label distribution.
 Only the weights are read: optimizer states and the discriminator are left on disk.
 """
 
@@ -21,7 +22,7 @@ from ldm_jax import parallel
 from ldm_jax.checkpoint.checkpointer import Checkpointer, abstract_with_shardings
 from ldm_jax.checkpoint.restore import load_autoencoder, schedule_from_config
 from ldm_jax.diffusion.schedule import Schedule
-from ldm_jax.models import presets
+from ldm_jax.models import architecture, presets
 from ldm_jax.models.init import init_unet_params
 
 
@@ -51,12 +52,12 @@ class SamplingModel:
 
     @property
     def image_size(self) -> int:
-        return int(presets.get_preset(self.config.model).image_size)
+        """The side of the images the run trained on."""
+        return int(self.config.data.image_size)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        preset = presets.get_preset(self.config.model)
-        return (preset.latent_size, preset.latent_size, preset.latent_channels)
+        return architecture.latent_shape(self.config)
 
 
 def load_model(workdir, *, ema: bool = True, mesh=None) -> SamplingModel:
@@ -77,10 +78,9 @@ def load_model(workdir, *, ema: bool = True, mesh=None) -> SamplingModel:
             raise FileNotFoundError(f"no complete diffusion checkpoint in {directory}: train the diffusion "
                                     f"stage first (train.py --workdir {workdir})")
         meta = checkpointer.restore_meta(step)
-        cfg = ml_collections.ConfigDict(meta["config"])
-        preset = presets.get_preset(cfg.model)
-        unet = presets.build_unet(preset.unet, dtype=jax.numpy.dtype(cfg.compute_dtype))
-        latent = (1, preset.latent_size, preset.latent_size, preset.latent_channels)
+        cfg = architecture.resolve(meta["config"])
+        unet = presets.build_unet(cfg.unet, dtype=jax.numpy.dtype(cfg.compute_dtype))
+        latent = (1, *architecture.latent_shape(cfg))
         key, attributes = jax.random.PRNGKey(0), len(labels_lib.ATTRIBUTES)
         abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, attributes))
         field = "ema_params" if ema else "params"

@@ -2,11 +2,15 @@
 
 ``configs/*.py`` files call ``default_config()`` and change what their experiment needs;
 the result is locked, so a misspelled key (in a file or on the command line) is an error.
+``model`` names the preset that fills the architecture sections ``unet``, ``autoencoder_net``
+and ``discriminator_net`` wherever a field is left unset (``ldm_jax.models.architecture``).
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from ldm_jax.models import architecture
 
 STAGES = ("autoencoder", "diffusion")
 
@@ -20,7 +24,10 @@ def _optimizer(**overrides) -> dict:
 
 def default_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
-    cfg.model = "phantom_tiny"          # preset in ldm_jax.models.presets
+    cfg.model = "phantom_tiny"          # preset in ldm_jax.models.presets: the defaults of the sections below
+    # The networks: every field of UNet / AutoencoderKL / PatchDiscriminator, unset (None) = the
+    # preset's value, e.g. --config.unet.model_channels=48. "_net": cfg.autoencoder is the stage.
+    cfg.update(architecture.unset_sections())
     cfg.stages = "autoencoder,diffusion"  # comma-separated subset of STAGES, in this order
     cfg.seed = 0
     cfg.compute_dtype = "float32"       # "bfloat16" on accelerators; params stay float32
@@ -37,7 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
         split="train",
         build_if_missing=True,          # build mammo_phantoms on first use (DICOM data sets are built by hand)
         num_records=0,                  # mammo_phantoms only: train-split size to build (0 = config default)
-        image_size=0,                   # 0 = as stored; else resize to this
+        image_size=0,                   # the run's image size; 0 = the preset's. Must be the stored size unless resize
+        resize=False,                   # resize (pad to square, then scale) the stored images to image_size
         worker_count=0,                 # grain worker processes (0 = in the main process)
         reset_iterator=False,           # on resume: read the data from the start of a fresh order
     ))

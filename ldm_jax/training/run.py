@@ -21,7 +21,7 @@ from ldm_jax.checkpoint import restore
 from ldm_jax.checkpoint.checkpointer import Checkpointer
 from ldm_jax.data.source import open_source
 from ldm_jax.diffusion.samplers import SamplerConfig
-from ldm_jax.models import presets
+from ldm_jax.models import architecture, presets
 from ldm_jax.sampling.generate import image_keys, make_generate
 from ldm_jax.sampling.grid import make_grid, to_pixels
 from ldm_jax.training import autoencoder_step, diffusion_step
@@ -35,23 +35,25 @@ def train(cfg, workdir, devices=None) -> None:
     """Run the configured stages in ``workdir`` (resuming each from its newest checkpoint).
 
     Every process of a multi-process job calls this with the same arguments; ``devices``
-    (default: all) are the devices of the mesh.
+    (default: all) are the devices of the mesh. The architecture sections of ``cfg`` are
+    filled from its preset first (``architecture.resolve``); the run records that config.
     """
+    cfg = architecture.resolve(cfg)
     parallel.initialize_distributed()
     stages = stages_of(cfg)
     mesh = parallel.make_mesh(cfg.mesh.fsdp, devices)
     check_batch_sizes(cfg, stages, mesh)
     workdir = pathlib.Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    record_run(cfg, workdir)
-    preset = presets.get_preset(cfg.model)
     with SigtermFlag() as sigterm:  # from here on a SIGTERM means: checkpoint at the next step, then stop
         source = open_source(cfg, workdir)
+        check_image_size(cfg, source)  # before the config is recorded: a corrected config must be accepted
+        record_run(cfg, workdir)
         key = jax.random.PRNGKey(cfg.seed)
         if "autoencoder" in stages:
-            train_autoencoder(cfg, preset, mesh, workdir, source, jax.random.fold_in(key, 0), sigterm)
+            train_autoencoder(cfg, mesh, workdir, source, jax.random.fold_in(key, 0), sigterm)
         if "diffusion" in stages:
-            train_diffusion(cfg, preset, mesh, workdir, source, jax.random.fold_in(key, 1), sigterm)
+            train_diffusion(cfg, mesh, workdir, source, jax.random.fold_in(key, 1), sigterm)
 
 
 def check_batch_sizes(cfg, stages, mesh) -> None:
@@ -62,12 +64,24 @@ def check_batch_sizes(cfg, stages, mesh) -> None:
         parallel.check_batch_size(cfg[stage].batch_size, mesh, f"{stage}.batch_size")
 
 
+def check_image_size(cfg, source) -> None:
+    """The data set must store images of the run's ``data.image_size`` unless ``data.resize`` is set."""
+    from ldm_jax.data.pipeline import stored_image_size
+
+    stored = stored_image_size(source)
+    if not cfg.data.resize and stored != cfg.data.image_size:
+        found = "images of varying size" if stored is None else f"{stored}x{stored} images"
+        raise ValueError(f"data set {cfg.data.dataset!r} (config {cfg.data.config!r}) stores {found}, but "
+                         f"data.image_size={cfg.data.image_size}: choose the data config of that size, or "
+                         f"set data.image_size to the stored size, or data.resize=True to resize")
+
+
 def _pipeline(cfg, source, mesh, batch_size, *, seed_offset=0, shuffle=True):
     from ldm_jax.data.pipeline import InputPipeline
 
     parallel.check_batch_size(batch_size, mesh)
     return InputPipeline(source, global_batch_size=batch_size, mesh=mesh, seed=cfg.seed + seed_offset,
-                         shuffle=shuffle, image_size=cfg.data.image_size or None,
+                         shuffle=shuffle, image_size=cfg.data.image_size,
                          worker_count=cfg.data.worker_count)
 
 
@@ -75,9 +89,9 @@ def _dtype(cfg):
     return jnp.dtype(cfg.compute_dtype)
 
 
-def _autoencoder_parts(cfg, preset):
-    autoencoder = presets.build_autoencoder(preset.autoencoder, dtype=_dtype(cfg))
-    discriminator = presets.build_discriminator(preset.discriminator, dtype=_dtype(cfg))
+def _autoencoder_parts(cfg):
+    autoencoder = presets.build_autoencoder(cfg.autoencoder_net, dtype=_dtype(cfg))
+    discriminator = presets.build_discriminator(cfg.discriminator_net, dtype=_dtype(cfg))
     optimizers = autoencoder_step.make_optimizers(cfg.autoencoder)
     return autoencoder, discriminator, optimizers
 
@@ -86,12 +100,12 @@ def _round_up(n, multiple):
     return -(-n // multiple) * multiple
 
 
-def train_autoencoder(cfg, preset, mesh, workdir, source, key, sigterm=None):
+def train_autoencoder(cfg, mesh, workdir, source, key, sigterm=None):
     acfg = cfg.autoencoder
     lpips_module, lpips_variables = autoencoder_step.load_perceptual(acfg)  # fails early when files are missing
-    autoencoder, discriminator, optimizers = _autoencoder_parts(cfg, preset)
+    autoencoder, discriminator, optimizers = _autoencoder_parts(cfg)
     pipeline = _pipeline(cfg, source, mesh, acfg.batch_size)
-    shape = (acfg.batch_size, preset.image_size, preset.image_size, preset.image_channels)
+    shape = (acfg.batch_size, *architecture.image_shape(cfg))
     init = functools.partial(autoencoder_step.init_state, autoencoder=autoencoder, discriminator=discriminator,
                              optimizers=optimizers, image_shape=shape)
     examples = next(_pipeline(cfg, source, mesh, _round_up(cfg.log.sample_count, mesh.size), shuffle=False))["image"]
@@ -121,16 +135,16 @@ def estimate_scale_factor(autoencoder, ae_params, pipeline, num_batches, key) ->
     return diffusion_step.latent_scale_factor(np.concatenate(latents))
 
 
-def train_diffusion(cfg, preset, mesh, workdir, source, key, sigterm=None):
+def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None):
     from ldm_jax.data.pipeline import all_labels
 
     dcfg = cfg.diffusion
     ae_dir = str(pathlib.Path(dcfg.autoencoder_checkpoint or workdir / "autoencoder" / "checkpoints").absolute())
     autoencoder, ae_params, ae_step = restore.load_autoencoder(cfg, ae_dir, None, mesh, cfg.mesh.fsdp_min_size)
-    unet = presets.build_unet(preset.unet, dtype=_dtype(cfg))
+    unet = presets.build_unet(cfg.unet, dtype=_dtype(cfg))
     optimizer = make_optimizer(dcfg)
     schedule = restore.schedule_from_config(dcfg)
-    latent_shape = (dcfg.batch_size, preset.latent_size, preset.latent_size, preset.latent_channels)
+    latent_shape = (dcfg.batch_size, *architecture.latent_shape(cfg))
     init = functools.partial(diffusion_step.init_state, unet=unet, optimizer=optimizer, latent_shape=latent_shape,
                              num_attributes=len(labels_lib.ATTRIBUTES))
     stage = Stage(name="diffusion", steps=dcfg.steps, init=init,
@@ -149,12 +163,12 @@ def train_diffusion(cfg, preset, mesh, workdir, source, key, sigterm=None):
     stage.extra_args = (ae_params, np.float32(scale))
     stage.meta = {"model": cfg.model, "config": cfg.to_dict(), "scale_factor": scale,
                   "autoencoder_checkpoint": ae_dir, "autoencoder_step": ae_step, "label_distribution": distribution}
-    stage.on_sample = _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, scale, key)
+    stage.on_sample = _grid_sampler(cfg, mesh, unet, autoencoder, ae_params, schedule, scale, key)
     run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key, state=state,
               shardings=shardings, sigterm=sigterm)
 
 
-def _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, scale, key):
+def _grid_sampler(cfg, mesh, unet, autoencoder, ae_params, schedule, scale, key):
     """``on_sample``: one grid per configured condition, from the EMA weights, same noise
     every time; None (no grids, nothing compiled) when no condition is configured."""
     conditions = [c for c in cfg.log.sample_conditions.split(";") if c.strip()]
@@ -167,7 +181,7 @@ def _grid_sampler(cfg, preset, mesh, unet, autoencoder, ae_params, schedule, sca
     sharding = parallel.batch_sharding(mesh)
     labels = parallel.global_array(labels, sharding)
     keys = parallel.global_array(np.asarray(image_keys(jax.random.fold_in(key, 2), jnp.arange(n))), sharding)
-    latent = (preset.latent_size, preset.latent_size, preset.latent_channels)
+    latent = architecture.latent_shape(cfg)
     sampling = SamplerConfig(num_steps=cfg.log.sample_steps, prediction=cfg.diffusion.prediction,
                              guidance_scale=cfg.log.guidance_scale)
     generate = parallel.compile_together(jax.jit(make_generate(unet, autoencoder, schedule, latent, sampling)))

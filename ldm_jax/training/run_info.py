@@ -10,6 +10,7 @@ import sys
 import jax
 
 from ldm_jax.data.imageio import write_atomic
+from ldm_jax.models.architecture import resolve
 from ldm_jax.training.config import incompatible_keys
 
 
@@ -18,11 +19,13 @@ class IncompatibleRunError(ValueError):
 
 
 def record_run(cfg, workdir: pathlib.Path) -> None:
-    """Refuse a workdir whose saved config is incompatible; then write ``config.json`` and ``environment.json``."""
+    """Refuse a workdir whose saved config is incompatible; then write ``config.json`` (the config with
+    its architecture filled in, ``resolve``) and ``environment.json``. A config saved before the
+    architecture sections existed is compared as its preset fills it."""
     saved_path = workdir / "config.json"
-    current = cfg.to_dict()
+    current = resolve(cfg).to_dict()
     if saved_path.exists():
-        diffs = incompatible_keys(json.loads(saved_path.read_text()), current)
+        diffs = incompatible_keys(resolve(json.loads(saved_path.read_text())).to_dict(), current)
         if diffs:
             raise IncompatibleRunError(
                 f"{workdir} holds a run with a different config; use a new --workdir or the same settings:\n  "
