@@ -1,14 +1,14 @@
-"""Throughput benchmark of the ldm_jax UNet: training step, UNet forward, or a full sampling job.
+"""Throughput benchmark of the ldm_jax UNet: the training loop's step, UNet forward, or a full sampling job.
 
-    python bench.py --preset ldm64|sd15|mammo256|phantom_tiny --mode train|unet|sample --batch B \
-        [--steps 50] [--dtype bf16|f32] [--attention none|xla|cudnn] [--bf16-weights] \
+    python bench.py --preset ldm64|sd15|mammo256|phantom_tiny --mode train|unet|sample --batch B \\
+        [--steps 50] [--guidance 7.5] [--dtype bf16|f32] [--attention none|xla|cudnn] [--bf16-weights] \\
         [--peak-tflops X] [--measure-ceiling] [--json FILE]
 
 Protocol (BENCHMARKS.md): compile time (trace + lower + compile, ahead of time) and the
 warm-up calls are timed apart and kept out of the throughput; then ``--repeats`` runs of
 ``--iters`` calls, each run ended by ``jax.block_until_ready``; the step time is the median
 per-call time. Reports images/s, the peak device memory, model FLOPs per image (counted from
-the jaxpr: matmuls and convolutions; training = 3× forward), achieved TFLOP/s and MFU
+the jaxpr: matmuls and convolutions), achieved TFLOP/s and MFU
 against the device's dense bf16 peak and, with ``--measure-ceiling``, against a measured
 bf16 matmul. Progress goes to stderr, the JSON record to stdout (and ``--json FILE``).
 
@@ -17,13 +17,14 @@ Imports only jax, flax, optax, numpy and ml_collections (runs on a bare accelera
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import pathlib
 import sys
 
 import jax
 
+from ldm_jax import cli
 from ldm_jax.benchmarking import timing, workloads
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.models import presets
@@ -37,43 +38,50 @@ def _log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", required=True, choices=presets.PRESETS)
-    parser.add_argument("--mode", required=True, choices=workloads.MODES)
-    parser.add_argument("--batch", required=True, type=int, help="global batch, split over all devices")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps of --mode sample (default 50)")
-    parser.add_argument("--guidance-scale", type=float, default=7.5,
-                        help="classifier-free guidance scale of --mode sample (1 runs no unconditional branch)")
-    parser.add_argument("--dtype", choices=tuple(workloads.DTYPES), default="bf16", help="compute dtype")
-    parser.add_argument("--attention", type=str.lower, choices=tuple(ATTENTION), default="none",
-                        help="attention_impl of the UNet (none: jax picks)")
-    parser.add_argument("--bf16-weights", action="store_true", help="cast the weights to bfloat16 (unet, sample)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls after compilation")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
-    parser.add_argument("--iters", type=int, default=None, help="calls per timed run (default 5; sample: 1)")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="dense bf16 peak TFLOP/s per device (overrides the table)")
-    parser.add_argument("--measure-ceiling", action="store_true", help="time a large bf16 matmul as a second MFU base")
-    parser.add_argument("--ceiling-size", type=int, default=8192, help="M = N = K of the ceiling matmul")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the record here")
-    args = parser.parse_args(argv)
-    if args.batch < 1:
-        parser.error(f"--batch must be >= 1, got {args.batch}")
-    if args.mode != "sample" and args.steps is not None:
-        parser.error("--steps applies to --mode sample only")
-    if args.mode == "sample" and args.steps is None:
-        args.steps = 50
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
-    if args.warmup < 0 or args.repeats < 1 or (args.iters is not None and args.iters < 1) or args.ceiling_size < 1:
-        parser.error("need --warmup >= 0, --repeats >= 1, --iters >= 1 and --ceiling-size >= 1")
-    if args.mode == "train" and args.bf16_weights:
-        parser.error("--bf16-weights is for inference (--mode unet or sample); training keeps float32 params")
-    if args.iters is None:
-        args.iters = 1 if args.mode == "sample" else 5
-    return args
+@dataclasses.dataclass
+class Options:
+    preset: str = cli.flag(help="model preset", choices=presets.PRESETS)
+    mode: str = cli.flag(help="the job timed", choices=workloads.MODES)
+    batch: int = cli.flag(help="global batch, split over all devices")
+    steps: int | None = cli.flag(None, "DDIM steps of --mode sample (default 50)")
+    guidance: float = cli.flag(7.5, "classifier-free guidance scale of --mode sample (1 runs no unconditional "
+                                    "branch)")
+    dtype: str = cli.flag("bf16", "compute dtype", choices=tuple(workloads.DTYPES))
+    attention: str = cli.flag("none", "attention_impl of the UNet (none: jax picks)", choices=tuple(ATTENTION))
+    bf16_weights: bool = cli.flag(False, "cast the weights to bfloat16 (unet, sample)")
+    warmup: int = cli.flag(2, "untimed calls after compilation")
+    repeats: int = cli.flag(5, "timed runs; the median is reported")
+    iters: int | None = cli.flag(None, "calls per timed run (default 5; sample: 1)")
+    peak_tflops: float | None = cli.flag(None, "dense bf16 peak TFLOP/s per device (overrides the table)")
+    measure_ceiling: bool = cli.flag(False, "time a large bf16 matmul as a second MFU base")
+    ceiling_size: int = cli.flag(8192, "M = N = K of the ceiling matmul")
+    seed: int = cli.flag(0, "seed of the random weights and inputs")
+    json: pathlib.Path | None = cli.flag(None, "also write the record to this file")
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise ValueError(f"--batch must be >= 1, got {self.batch}")
+        if self.mode != "sample" and self.steps is not None:
+            raise ValueError("--steps applies to --mode sample only")
+        if self.mode == "sample" and self.steps is None:
+            self.steps = 50
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if self.warmup < 0 or self.repeats < 1 or (self.iters is not None and self.iters < 1) or self.ceiling_size < 1:
+            raise ValueError("need --warmup >= 0, --repeats >= 1, --iters >= 1 and --ceiling-size >= 1")
+        if self.mode == "train" and self.bf16_weights:
+            raise ValueError("--bf16-weights is for inference (--mode unet or sample); training keeps float32 params")
+        if self.iters is None:
+            self.iters = 1 if self.mode == "sample" else 5
+
+
+def parser() -> cli.Parser:
+    return cli.Parser(__doc__, "bench.py").add_options(Options)
+
+
+def parse_args(argv=None) -> Options:
+    """The ``Options`` of ``argv`` (``SystemExit`` on a bad flag, ``ValueError`` on a bad value)."""
+    return parser().parse(argv)[0]
 
 
 def _time(job: workloads.Job, args, iters: int) -> dict:
@@ -81,7 +89,7 @@ def _time(job: workloads.Job, args, iters: int) -> dict:
 
 
 def benchmark(args) -> dict:
-    """Run the benchmark ``args`` describe (see ``parse_args``) and return its result record."""
+    """Run the benchmark ``args`` (``Options``) describe and return its result record."""
     cfg = presets.get_preset(args.preset)
     mesh = make_mesh(1)
     check_batch_size(args.batch, mesh)
@@ -96,17 +104,19 @@ def benchmark(args) -> dict:
     unet_forward_s = unet_fraction = None
     if args.mode == "train":
         job = workloads.train_job(cfg, unet, args.batch, mesh, args.seed)
-        flops, flops_note = 3 * workloads.forward_flops_per_image(cfg, args.batch), "3 x UNet forward"
+        flops = workloads.train_flops_per_image(cfg, args.batch)
+        flops_note = "training step: " + ("encoder forward + " if cfg.autoencoder is not None else "") + \
+            "UNet forward and backward"
     elif args.mode == "unet":
         job = workloads.unet_job(cfg, unet, args.batch, mesh, args.seed, args.bf16_weights)
         flops, flops_note = workloads.forward_flops_per_image(cfg, args.batch), "UNet forward"
     else:
         autoencoder = presets.build_autoencoder(cfg.autoencoder, dtype=dtype)
-        sampling = SamplerConfig(sampler="ddim", num_steps=args.steps, guidance_scale=args.guidance_scale)
+        sampling = SamplerConfig(sampler="ddim", num_steps=args.steps, guidance_scale=args.guidance)
         job = workloads.sample_job(cfg, unet, autoencoder, args.batch, mesh, args.seed, sampling,
                                    bf16_weights=args.bf16_weights)
         flops = workloads.sample_flops_per_image(cfg, args.batch, sampling)
-        guided = 2 * args.batch if args.guidance_scale != 1 else args.batch
+        guided = 2 * args.batch if args.guidance != 1 else args.batch
         flops_note = f"{args.steps} DDIM steps x UNet forward at batch {guided} + autoencoder decode, per image"
     _log(f"compiled in {job.compile_s:.2f} s; {args.warmup} warm-up calls, {args.repeats} x {args.iters} timed")
     result = _time(job, args, args.iters)
@@ -136,18 +146,19 @@ def benchmark(args) -> dict:
     return timing.check_record(record)
 
 
-def main(argv=None) -> dict:
-    """CLI entry point: run, print the JSON record to stdout, write ``--json``; returns the record."""
-    args = parse_args(argv)
-    record = benchmark(args)
-    text = json.dumps(record, indent=2)
+def run(args: Options) -> None:
+    """Benchmark, print the JSON record to stdout and write it to ``--json``."""
+    text = json.dumps(benchmark(args), indent=2)
     print(text)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
         _log(f"wrote {args.json}")
-    return record
+
+
+def main(argv=None) -> int:
+    return cli.run(parser(), run, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

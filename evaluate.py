@@ -11,36 +11,39 @@ See README.md ("Evaluation") for what each number means.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 
+from ldm_jax import cli
+from ldm_jax.evaluation.run import Options
+
+
+@dataclasses.dataclass
+class Run:
+    workdir: str = cli.flag(help="training run folder")
+    out: str | None = cli.flag(None, "output folder (default <workdir>/eval)")
+    headline: bool = cli.flag(False, "only the numbers README's demo table lists (reconstruction PSNR, grey and "
+                                     "density accuracy of samples per density), printed and written to "
+                                     "<out>/headline.json")
+
+
+def parser() -> cli.Parser:
+    return cli.Parser(__doc__, "evaluate.py").add_options(Run).add_options(Options, "evaluation")
+
+
+def evaluate(run: Run, options: Options) -> None:
+    if run.headline:
+        from ldm_jax.evaluation.headline import format_headline, headline
+
+        print(format_headline(headline(run.workdir, options, run.out)))
+    else:
+        from ldm_jax.evaluation.run import evaluate as evaluate_run
+
+        evaluate_run(run.workdir, options, run.out)
+
 
 def main(argv=None) -> int:
-    from ldm_jax.evaluation.run import Options, evaluate
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="training run folder")
-    p.add_argument("--out", help="output folder (default <workdir>/eval)")
-    p.add_argument("--headline", action="store_true",
-                   help="only the numbers README's demo table lists (reconstruction PSNR, grey and density "
-                        "accuracy of samples per density), printed and written to <out>/headline.json")
-    for field in dataclasses.fields(Options):
-        flag = "--" + field.name.replace("_", "-")
-        p.add_argument(flag, type=type(field.default), default=field.default, help=f"default {field.default!r}")
-    args = p.parse_args(argv)
-    options = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
-    try:
-        if args.headline:
-            from ldm_jax.evaluation.headline import format_headline, headline
-
-            print(format_headline(headline(args.workdir, options, args.out)))
-        else:
-            evaluate(args.workdir, options, args.out)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run(parser(), evaluate, argv)
 
 
 if __name__ == "__main__":

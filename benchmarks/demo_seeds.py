@@ -1,7 +1,7 @@
 """Run the `make demo` recipe with several seeds and check each against the floors it must meet.
 
     .venv/bin/python benchmarks/demo_seeds.py [--seeds 0 1 2] [--root runs/demo_seeds] [--config configs/phantom_tiny.py]
-        [-- extra train.py flags, e.g. --config.autoencoder.learning_rate=2e-3]
+        [--config.KEY=VALUE ..., passed to train.py, e.g. --config.autoencoder.learning_rate=2e-3]
 
 Each seed trains both stages with ``train.py`` (one phantom data set shared by all seeds:
 its contents do not depend on the seed), then ``evaluate.py --headline`` measures it with
@@ -14,7 +14,7 @@ exits 1 when a seed misses a floor. A seed whose run is complete is measured, no
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -25,6 +25,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from ldm_jax import cli  # noqa: E402 (after the path)
 
 PSNR_FLOOR_DB = 24.0
 ACCURACY_FLOOR = 0.5
@@ -55,14 +57,21 @@ def _spread(values) -> str:
     return f"{sum(values) / len(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--root", default="runs/demo_seeds", help="one workdir per seed under it")
-    p.add_argument("--config", default="configs/phantom_tiny.py")
-    args, extra = p.parse_known_args(argv)
-    extra = [a for a in extra if a != "--"]
+@dataclasses.dataclass
+class Options:
+    seeds: list[int] = cli.flag([0, 1, 2], "the seeds to run")
+    root: str = cli.flag("runs/demo_seeds", "one workdir per seed under it")
+    config: str = cli.flag("configs/phantom_tiny.py", "train.py's config file; --config.KEY=VALUE overrides a key")
 
+
+def main(argv=None) -> int:
+    argv, overrides = cli.split_overrides(sys.argv[1:] if argv is None else argv)
+    extra = [f"--config.{key}={value}" for key, value in overrides]
+    return cli.run(cli.Parser(__doc__, "demo_seeds.py").add_options(Options), lambda args: run(args, extra), argv)
+
+
+def run(args: Options, extra: list[str]) -> int:
+    """Train and measure every seed, print the table; 1 when a seed misses a floor."""
     import jax
 
     from ldm_jax.evaluation import classifier as clf

@@ -47,10 +47,12 @@ class TinyAutoencoder(nn.Module):
 
 
 class TinyUNet(nn.Module):
-    """Linear in z_t, plus embeddings of t and of the labels."""
+    """Linear in z_t, plus embeddings of t and of the labels (no context)."""
+
+    num_classes: tuple = labels_lib.NUM_CLASSES
 
     @nn.compact
-    def __call__(self, z_t, t, labels, train=False):
+    def __call__(self, z_t, t, labels, context=None, train=False):
         c = z_t.shape[-1]
         h = nn.Dense(c)(z_t)
         temb = nn.Dense(c)(jnp.stack([jnp.sin(t / 100.0), jnp.cos(t / 300.0)], -1))

@@ -1,8 +1,10 @@
 """The benchmarked jobs on a model preset, compiled ahead of time and sharded over a mesh.
 
-- ``train``: one AdamW step (optax, float32 params, ``dtype`` compute) on the ε-MSE
-  denoising loss at the preset's latent shape: t ~ U{0..T-1}, ε ~ N(0, I), x_t from
-  ``q_sample`` (linear schedule, T = 1000); the state is donated.
+- ``train``: the training loop's diffusion step (``diffusion_step.make_train_step``) with the
+  diffusion defaults of ``training.config`` (AdamW after gradient clipping, EMA, label dropout,
+  min-SNR ε loss; float32 params, ``dtype`` compute) on the preset's images, encoded by its
+  autoencoder (``ldm64``, which has none: on latents); linear schedule, T = 1000; the state
+  is donated.
 - ``unet``: one UNet forward (inference), optionally with bfloat16 weights.
 - ``sample``: ``make_generate``'s whole job under a ``SamplerConfig`` (bench.py: N DDIM steps)
   with classifier-free guidance (a 2B UNet batch per step when the scale is not 1) and the
@@ -24,18 +26,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ldm_jax import labels as labels_lib
 from ldm_jax.benchmarking.flops import count_flops
 from ldm_jax.benchmarking.timing import time_runs
-from ldm_jax.diffusion.forward import q_sample
-from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.diffusion.schedule import make_schedule
 from ldm_jax.models import presets
 from ldm_jax.parallel import batch_sharding, replicated
 from ldm_jax.sampling.generate import image_keys, make_generate
+from ldm_jax.training import diffusion_step
+from ldm_jax.training.config import default_config
+from ldm_jax.training.state import TrainState, make_optimizer
 
 MODES = ("train", "unet", "sample")
 DTYPES = {"bf16": jnp.bfloat16, "f32": jnp.float32}
@@ -109,39 +111,69 @@ def forward_flops_per_image(cfg, batch: int = 1) -> float:
     return count_flops(_forward(unet), _param_shapes(unet, specs), *specs) / batch
 
 
-def train_job(cfg, unet, batch: int, mesh, seed: int, learning_rate: float = 1e-4) -> Job:
-    """One jitted AdamW step on the ε-MSE loss with donated state (see the module docstring)."""
-    schedule = make_schedule("linear", TRAIN_TIMESTEPS)
-    optimizer = optax.adamw(learning_rate)
+def _train_state(optimizer, unet_params, key) -> TrainState:
+    """A fresh diffusion train state around ``unet_params`` (EMA equal to them)."""
+    params = {"unet": unet_params}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      ema_params=jax.tree.map(jnp.copy, params), rng=key)
+
+
+def _train_step(cfg, unet):
+    """(step, optimizer, autoencoder or None): the training loop's diffusion step with the config defaults."""
+    dcfg = default_config().diffusion
+    optimizer = make_optimizer(dcfg)
+    autoencoder = None if cfg.autoencoder is None else presets.build_autoencoder(cfg.autoencoder, dtype=unet.dtype)
+    step = diffusion_step.make_train_step(unet, autoencoder, optimizer, make_schedule("linear", TRAIN_TIMESTEPS), dcfg)
+    return step, optimizer, autoencoder
+
+
+def _train_batch_specs(cfg, batch: int, dtype, autoencoder) -> dict:
+    """The step's batch: ``image`` (or ``latents`` without an autoencoder), ``labels``, ``context`` where used."""
+    x, _, labels, context = input_specs(cfg, batch, dtype)
+    if autoencoder is not None:
+        x = jax.ShapeDtypeStruct((batch, cfg.image_size, cfg.image_size, cfg.image_channels), jnp.float32)
+    specs = {"image" if autoencoder is not None else "latents": x, "labels": labels, "context": context}
+    return {k: v for k, v in specs.items() if v is not None}
+
+
+def _encoder_example(specs: dict) -> tuple:
+    return (jax.ShapeDtypeStruct((1, *specs["image"].shape[1:]), jnp.float32),)
+
+
+def train_flops_per_image(cfg, batch: int = 1) -> float:
+    """Model FLOPs per image of the training step (encoder forward, UNet forward and backward), on abstract inputs."""
+    unet = presets.build_unet(cfg.unet, dtype=jnp.bfloat16, attention_impl="xla")
+    step, optimizer, autoencoder = _train_step(cfg, unet)
+    specs = _train_batch_specs(cfg, batch, jnp.bfloat16, autoencoder)
+    unet_params = _param_shapes(unet, input_specs(cfg, 1, jnp.bfloat16))
+    state = jax.eval_shape(lambda p: _train_state(optimizer, p, jax.random.PRNGKey(0)), unet_params)
+    ae_params = {} if autoencoder is None else _param_shapes(autoencoder, _encoder_example(specs),
+                                                            method=autoencoder.encode)
+    return count_flops(step, state, specs, ae_params, jnp.float32(1.0)) / batch
+
+
+def train_job(cfg, unet, batch: int, mesh, seed: int) -> Job:
+    """The training loop's diffusion step on random images (or latents), labels and context; the state is donated."""
+    step, optimizer, autoencoder = _train_step(cfg, unet)
     rng = np.random.default_rng(seed)
-    params = random_params(unet, input_specs(cfg, 1, unet.dtype), rng, mesh)
-    opt_state = jax.jit(optimizer.init, out_shardings=replicated(mesh))(params)
-    state = {"params": params, "opt_state": opt_state, "rng": jax.device_put(jax.random.key(seed), replicated(mesh))}
-    x0, _, labels, context = jax.device_put(random_inputs(cfg, input_specs(cfg, batch, unet.dtype), rng),
-                                            batch_sharding(mesh))
-
-    def step(state, x0, labels, context):
-        rng, k_t, k_noise, k_dropout = jax.random.split(state["rng"], 4)
-        t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_steps)
-        noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
-
-        def loss_fn(params):
-            out = unet.apply({"params": params}, q_sample(schedule, x0, t, noise), t, labels, context, train=True,
-                             rngs={"dropout": k_dropout})
-            return diffusion_loss(schedule, out, x0, noise, t)
-
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state, "rng": rng}, loss
-
-    state_sharding = jax.tree.map(lambda _: replicated(mesh), state)
-    compiled, compile_s = _compile(step, state, x0, labels, context, donate_argnums=0,
-                                   out_shardings=(state_sharding, replicated(mesh)))
+    unet_params = random_params(unet, input_specs(cfg, 1, unet.dtype), rng, mesh)
+    state = jax.jit(lambda p: _train_state(optimizer, p, jax.random.PRNGKey(seed)),
+                    out_shardings=replicated(mesh))(unet_params)
+    specs = _train_batch_specs(cfg, batch, unet.dtype, autoencoder)
+    ae_params = {} if autoencoder is None else random_params(autoencoder, _encoder_example(specs), rng, mesh,
+                                                            method=autoencoder.encode)
+    _, _, labels, _ = random_inputs(cfg, input_specs(cfg, batch, unet.dtype), rng)
+    data = {k: labels if k == "labels" else rng.standard_normal(v.shape, np.float32).astype(v.dtype)
+            for k, v in specs.items()}
+    data = jax.device_put(data, batch_sharding(mesh))
+    scale = jax.device_put(np.float32(1.0), replicated(mesh))
+    compiled, compile_s = _compile(step, state, data, ae_params, scale, donate_argnums=0,
+                                   out_shardings=replicated(mesh))
 
     def call():
         nonlocal state
-        state, loss = compiled(state, x0, labels, context)
-        return state, loss
+        state, metrics = compiled(state, data, ae_params, scale)
+        return state, metrics
 
     return Job(call, compile_s)
 

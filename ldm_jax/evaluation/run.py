@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from ldm_jax import labels as labels_lib
+from ldm_jax.cli import flag
 from ldm_jax.data.imageio import write_atomic
 from ldm_jax.diffusion import samplers
 from ldm_jax.diffusion.samplers import SamplerConfig
@@ -51,20 +52,23 @@ TEST_SEED_OFFSET = 2_000_000_000  # mammo_phantoms' test split (never trained on
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    num: int = 128                 # generated samples (spread over the density classes)
-    held_out: int = 256            # held-out real images
-    train_images: int = 2048       # training images searched by the memorization audit
-    edits: int = 32                # dense phantoms edited to density A
-    steps: int = 50
-    guidance: float = 3.0
-    edit_strength: float = 0.6
-    edit_method: str = "sdedit"
-    batch: int = 32
-    copy_threshold: float = 0.95   # MS-SSIM above which a sample counts as a likely copy
-    classifier: str = ""           # phantom classifier file; "" → <out>/phantom_classifier.msgpack
-    classifier_steps: int = 800    # the tested recipe (density 96.8% held-out at 64×64)
-    inception_weights: str = ""
-    seed: int = 0
+    """What ``evaluate`` measures and how (``evaluate.py``'s flags)."""
+
+    num: int = flag(128, "generated samples (spread over the density classes)")
+    held_out: int = flag(256, "held-out real images")
+    train_images: int = flag(2048, "training images searched by the memorization audit")
+    edits: int = flag(32, "dense phantoms edited to density A")
+    steps: int = flag(50, "DDIM steps of samples and edits")
+    guidance: float = flag(3.0, "classifier-free guidance scale (1: none)")
+    edit_strength: float = flag(0.6, "fraction of the denoising steps the edits redo")
+    edit_method: str = flag("sdedit", "how the edits take the inputs to noise", choices=("sdedit", "ddim-inversion"))
+    batch: int = flag(32, "images per compiled call")
+    copy_threshold: float = flag(0.95, "MS-SSIM above which a sample counts as a likely copy")
+    classifier: str = flag("", "phantom classifier file (default <out>/phantom_classifier.msgpack, trained if missing)")
+    classifier_steps: int = flag(800, "training steps of a new phantom classifier (the tested recipe)")
+    inception_weights: str = flag("", f"standard FID InceptionV3 weights file (default ${FID_WEIGHTS_ENV}; none: "
+                                      "no Inception FD)")
+    seed: int = flag(0, "root seed")
 
 
 def _log(message: str) -> None:

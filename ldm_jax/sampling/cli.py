@@ -1,4 +1,4 @@
-"""``sample.py``'s work: build a generation or editing ``Job`` from the arguments and run it."""
+"""``sample.py``'s work: build a generation or editing ``Job`` from its options and run it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from ldm_jax.sampling.generate import image_keys, make_edit, make_generate
 from ldm_jax.sampling.model import load_model
 
 
-def run(args) -> job.Summary:
+def run(args, edit) -> job.Summary:
+    """The job ``sample.py``'s ``Options`` (``args``) and ``EditOptions`` (``edit``) describe."""
     shard = job.parse_shard(args.shard)
     parallel.initialize_distributed()
     mesh = parallel.make_mesh(1)
@@ -41,7 +42,7 @@ def run(args) -> job.Summary:
     common = {"seed": args.seed, "sampler": sampling.sampler, "steps": args.steps, "guidance": args.guidance,
               "checkpoint_step": model.step, "ema": model.ema}
     out = pathlib.Path(args.out)
-    if args.edit_input is None:
+    if edit.edit_input is None:
         conditions = Conditions(args.condition, model.label_distribution, args.seed)
         generate = parallel.compile_together(jax.jit(
             make_generate(model.unet, model.autoencoder, model.schedule, model.latent_shape, sampling),
@@ -59,17 +60,17 @@ def run(args) -> job.Summary:
                        num=args.num, fmt=args.format, compute=compute,
                        labels=lambda i: conditions.labels([i])[0], record=record)
     else:
-        task = _edit_job(args, model, sampling, settings, common, keys, out, replicated, batch_sharding, scale)
+        task = _edit_job(args, edit, model, sampling, settings, common, keys, out, replicated, batch_sharding, scale)
     return job.run(task, batch_size=batch, shard=shard, progress=args.progress)
 
 
-def _edit_job(args, model, sampling, settings, common, keys, out, replicated, batch_sharding, scale) -> job.Job:
-    inputs = edit_inputs.list_inputs(args.edit_input)
-    source = Conditions(args.edit_from, model.label_distribution, args.seed)
-    target = Conditions(args.edit_to, model.label_distribution, args.seed)
+def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicated, batch_sharding, scale) -> job.Job:
+    inputs = edit_inputs.list_inputs(edit.edit_input)
+    source = Conditions(edit.edit_from, model.label_distribution, args.seed)
+    target = Conditions(edit.edit_to, model.label_distribution, args.seed)
     edit = parallel.compile_together(jax.jit(
-        make_edit(model.unet, model.autoencoder, model.schedule, sampling, method=args.method,
-                  strength=args.strength),
+        make_edit(model.unet, model.autoencoder, model.schedule, sampling, method=edit.edit_method,
+                  strength=edit.edit_strength),
         in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4, out_shardings=batch_sharding))
     size = model.image_size
 
@@ -83,13 +84,13 @@ def _edit_job(args, model, sampling, settings, common, keys, out, replicated, ba
         return {**common, "source_sha256": edit_inputs.digest(inputs[index]),
                 "source_condition": labels_lib.format_condition(source.labels([index])[0]),
                 "condition": labels_lib.format_condition(target.labels([index])[0]),
-                "method": args.method, "strength": args.strength}
+                "method": edit.edit_method, "strength": edit.edit_strength}
 
-    root = pathlib.Path(args.edit_input).absolute()
+    root = pathlib.Path(edit.edit_input).absolute()
     names = "\n".join(str(p.absolute().relative_to(root)) if root.is_dir() else p.name for p in inputs)
     settings = {**settings, "edit_input": str(root), "inputs": len(inputs),
                 "inputs_digest": hashlib.sha256(names.encode()).hexdigest(), "edit_from": source.spec,
-                "edit_to": target.spec, "method": args.method, "strength": args.strength}
+                "edit_to": target.spec, "method": edit.edit_method, "strength": edit.edit_strength}
     return job.Job(out=out, settings=settings, num=len(inputs), fmt=args.format, compute=compute,
                    labels=lambda i: target.labels([i])[0], record=record,
                    preview=lambda i, image: [edit_inputs.read_input(inputs[i], size), image])

@@ -60,7 +60,7 @@ def check_label_dropout(cfg) -> None:
                          f"{cfg.uncond_dropout + cfg.single_attribute_rate:g} > 1: they are rates of disjoint rows")
 
 
-def drop_labels(key, labels, cfg):
+def drop_labels(key, labels, cfg, num_classes=labels_lib.NUM_CLASSES):
     """Labels ``[B, A]`` with attributes replaced by their null index for classifier-free guidance
     (Ho & Salimans 2022 drop the whole condition). Each row independently:
 
@@ -69,7 +69,8 @@ def drop_labels(key, labels, cfg):
       the others null (single-attribute conditions such as ``density=D``);
     - otherwise each attribute null with probability ``cfg.label_dropout`` (other partial rows).
 
-    ``condition_pattern_rates`` gives the resulting rate of each pattern.
+    ``condition_pattern_rates`` gives the resulting rate of each pattern. ``num_classes[a]`` is
+    attribute a's null index.
     """
     b, a = labels.shape
     k_row, k_which, k_attribute = jax.random.split(key, 3)
@@ -79,23 +80,31 @@ def drop_labels(key, labels, cfg):
     kept = jnp.arange(a)[None, :] == jax.random.randint(k_which, (b, 1), 0, a)
     per_attribute = jax.random.uniform(k_attribute, (b, a)) < cfg.label_dropout
     drop = unconditional | jnp.where(single, ~kept, per_attribute)
-    return jnp.where(drop, jnp.asarray(labels_lib.NUM_CLASSES, labels.dtype), labels)
+    return jnp.where(drop, jnp.asarray(num_classes, labels.dtype), labels)
 
 
 def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder, optimizer, schedule, cfg):
-    """One optimizer update over ``cfg.accum_steps`` micro-batches; non-finite updates are skipped."""
+    """One optimizer update over ``cfg.accum_steps`` micro-batches; non-finite updates are skipped.
+
+    ``batch`` holds ``image`` ``[B, H, W, C]`` (encoded by ``autoencoder``), or ``latents`` when
+    ``autoencoder`` is None (the benchmark's ``ldm64``), with ``labels`` ``[B, A]`` when the UNet
+    is class-conditioned and ``context`` ``[B, L, D]`` when it cross-attends (``sd15``).
+    """
     key = jax.random.fold_in(state.rng, state.step)
     k_enc, k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 5)
-    z = encode_latents(autoencoder, ae_params, batch["image"], k_enc, scale)
+    if autoencoder is None:
+        z = batch["latents"]
+    else:
+        z = encode_latents(autoencoder, ae_params, batch["image"], k_enc, scale)
     b = z.shape[0]
     t = jax.random.randint(k_t, (b,), 0, schedule.num_steps)
     noise = jax.random.normal(k_noise, z.shape, z.dtype)
     z_t = q_sample(schedule, z, t, noise)
-    labels = drop_labels(k_drop, batch["labels"], cfg)
+    labels = drop_labels(k_drop, batch["labels"], cfg, unet.num_classes) if unet.num_classes else None
 
     def loss_fn(params, micro, index):
-        z_t, t, labels, z, noise = micro
-        out = unet.apply({"params": params}, z_t, t, labels, train=True,
+        z_t, t, labels, context, z, noise = micro
+        out = unet.apply({"params": params}, z_t, t, labels, context, train=True,
                          rngs={"dropout": jax.random.fold_in(k_dropout, index)})
         return diffusion_loss(schedule, out, z, noise, t, target=cfg.prediction, weighting=cfg.weighting,
                               min_snr_gamma=cfg.min_snr_gamma, loss_type=cfg.loss_type)
@@ -108,7 +117,7 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
     grad_fn = jax.value_and_grad(loss_fn)
     loss, grads = 0.0, jax.tree.map(jnp.zeros_like, state.params["unet"])
     for j in range(accum):
-        micro = jax.tree.map(lambda a: a[j::accum], (z_t, t, labels, z, noise))
+        micro = jax.tree.map(lambda a: a[j::accum], (z_t, t, labels, batch.get("context"), z, noise))
         micro_loss, micro_grads = grad_fn(state.params["unet"], micro, j)
         loss = loss + micro_loss / accum
         grads = jax.tree.map(lambda a, g: a + g / accum, grads, micro_grads)
