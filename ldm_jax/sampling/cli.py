@@ -68,7 +68,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicat
     inputs = edit_inputs.list_inputs(edit.edit_input)
     source = Conditions(edit.edit_from, model.label_distribution, args.seed)
     target = Conditions(edit.edit_to, model.label_distribution, args.seed)
-    edit = parallel.compile_together(jax.jit(
+    edit_fn = parallel.compile_together(jax.jit(
         make_edit(model.unet, model.autoencoder, model.schedule, sampling, method=edit.edit_method,
                   strength=edit.edit_strength),
         in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4, out_shardings=batch_sharding))
@@ -77,7 +77,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicat
     def compute(indices):
         images = np.stack([edit_inputs.read_input(inputs[i], size) for i in indices])[..., None]
         batch = [images, source.labels(indices), target.labels(indices)]
-        return edit(model.unet_params, model.ae_params, scale,
+        return edit_fn(model.unet_params, model.ae_params, scale,
                     *[parallel.global_array(a, batch_sharding) for a in batch], keys(indices))
 
     def record(index):
