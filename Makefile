@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 CPU_XLA_FLAGS ?= --xla_cpu_experimental_ynn_fusion_type= --xla_backend_optimization_level=1
 ON_CPU := XLA_FLAGS="$(CPU_XLA_FLAGS) $$XLA_FLAGS"
 
-.PHONY: demo demo-seeds test clean
+.PHONY: demo demo-seeds test lint clean
 
 $(STAMP): requirements.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 # The demo recipe over seeds 0, 1, 2, each checked against its floors (README "The demo recipe").
 demo-seeds: $(STAMP)
 	$(ON_CPU) $(PY) benchmarks/demo_seeds.py
+
+# ruff's rules and line length live in pyproject.toml ([tool.ruff]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n 2 --dist loadscope --durations=15 tests

@@ -84,7 +84,7 @@ def parse_args(argv=None) -> Options:
     return parser().parse(argv)[0]
 
 
-def _time(job: workloads.Job, args, iters: int) -> dict:
+def _time(job: workloads.CompiledStep, args, iters: int) -> dict:
     return timing.time_runs(job.call, jax.block_until_ready, warmup=args.warmup, repeats=args.repeats, iters=iters)
 
 

@@ -1,6 +1,7 @@
 """Run the `make demo` recipe with several seeds and check each against the floors it must meet.
 
-    .venv/bin/python benchmarks/demo_seeds.py [--seeds 0 1 2] [--root runs/demo_seeds] [--config configs/phantom_tiny.py]
+    .venv/bin/python benchmarks/demo_seeds.py [--seeds 0 1 2] [--root runs/demo_seeds]
+        [--config configs/phantom_tiny.py]
         [--config.KEY=VALUE ..., passed to train.py, e.g. --config.autoencoder.learning_rate=2e-3]
 
 Each seed trains both stages with ``train.py`` (one phantom data set shared by all seeds:
@@ -105,7 +106,8 @@ def run(args: Options, extra: list[str]) -> int:
               + (f", trained in {seconds:.0f} s" if seconds else ""), flush=True)
 
     summary = {
-        "seeds": rows, "config": args.config, "extra_flags": extra, "machine": platform.processor() or platform.machine(),
+        "seeds": rows, "config": args.config, "extra_flags": extra,
+        "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "date": time.strftime("%Y-%m-%d"),
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
     }

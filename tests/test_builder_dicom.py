@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 from test_dicom import write_dicom
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.data import dicom
 from ldm_jax.data.builders import mammo_dicom
 from ldm_jax.data.imageio import decode_png
@@ -46,7 +46,7 @@ def dicom_set(tmp_path_factory):
                         voi_lut=np.arange(4096) * 16 if kind == "lut" else None,
                         patient_name=name, patient_id=pid, laterality=lat, view=view)
             # the CSV gives density and finding; view/laterality come from the DICOM tags
-            rows.append([rel, labels_lib.ATTRIBUTES["density"][p.density], p.finding, "", ""])
+            rows.append([rel, attributes.ATTRIBUTES["density"][p.density], p.finding, "", ""])
             expected[rel] = (p, pid)
     good = (root / "case0/LCC.dcm").read_bytes()
     (root / "bad").mkdir()
@@ -83,7 +83,7 @@ def test_build_and_read_back_without_tensorflow(built, dicom_set):
             image = decode_png(example["image"])
             assert image.dtype == np.uint16 and image.shape == (64, 64)
             np.testing.assert_array_equal(image, dicom.load_mammogram(root / rel, 64).image)
-            assert [example[a] for a in labels_lib.ATTRIBUTE_NAMES] == phantom.labels.tolist()
+            assert [example[a] for a in attributes.ATTRIBUTE_NAMES] == phantom.labels.tolist()
             assert example["patient"].decode() == dicom.salted_hash(SALT, pid)
             patients_per_split.setdefault(split, set()).add(example["patient"])
             seen.add(rel)
@@ -214,7 +214,7 @@ def test_every_record_read_back_holds_only_known_features_and_no_identifier(buil
 
     root, _, expected = dicom_set
     secrets = _secrets(root, expected)
-    keys = {"image", "id", "patient", *labels_lib.ATTRIBUTE_NAMES}
+    keys = {"image", "id", "patient", *attributes.ATTRIBUTE_NAMES}
     assert set(built.info.features) == keys
     data_dir = str(pathlib.Path(built.data_dir).parents[2])
     count = 0

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from micro import micro_config
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.diffusion.schedule import make_schedule
 from ldm_jax.training import diffusion_step, run
 from ldm_jax.training.state import make_optimizer
@@ -49,14 +49,14 @@ class TinyAutoencoder(nn.Module):
 class TinyUNet(nn.Module):
     """Linear in z_t, plus embeddings of t and of the labels (no context)."""
 
-    num_classes: tuple = labels_lib.NUM_CLASSES
+    num_classes: tuple = attributes.NUM_CLASSES
 
     @nn.compact
     def __call__(self, z_t, t, labels, context=None, train=False):
         c = z_t.shape[-1]
         h = nn.Dense(c)(z_t)
         temb = nn.Dense(c)(jnp.stack([jnp.sin(t / 100.0), jnp.cos(t / 300.0)], -1))
-        lemb = nn.Embed(max(labels_lib.NUM_CLASSES) + 1, c)(labels).sum(1)
+        lemb = nn.Embed(max(attributes.NUM_CLASSES) + 1, c)(labels).sum(1)
         return h + temb[:, None, None, :] + lemb[:, None, None, :]
 
 
@@ -73,12 +73,12 @@ def _cfg(**overrides):
 def _batch(seed=0, b=B):
     rng = np.random.default_rng(seed)
     return {"image": rng.uniform(-1, 1, (b, SIZE, SIZE, 1)).astype(np.float32),
-            "labels": rng.integers(0, 2, (b, len(labels_lib.ATTRIBUTES))).astype(np.int32)}
+            "labels": rng.integers(0, 2, (b, len(attributes.ATTRIBUTES))).astype(np.int32)}
 
 
 def _state(cfg, optimizer, b=B):
     return diffusion_step.init_state(jax.random.PRNGKey(7), UNET, optimizer, (b, SIZE // 2, SIZE // 2, C),
-                                     len(labels_lib.ATTRIBUTES))
+                                     len(attributes.ATTRIBUTES))
 
 
 def _step(cfg, optimizer):

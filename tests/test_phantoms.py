@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.data import phantoms
 
 NOISE_FREE = 1e12  # quanta per mm^2: quantum noise far below one 12-bit step
@@ -18,7 +18,7 @@ def test_deterministic_per_seed_and_attributes_honoured():
     p = phantoms.generate_phantom(7, 64, density="C", finding="mass", view=1, laterality="R")
     assert p.labels.dtype == np.int32
     assert p.labels.tolist() == [2, 1, 1, 1]
-    assert labels_lib.ATTRIBUTE_NAMES == ("density", "finding", "view", "laterality")
+    assert attributes.ATTRIBUTE_NAMES == ("density", "finding", "view", "laterality")
     assert p.image.dtype == np.uint16 and p.image.shape == (64, 64) and p.image.max() <= 4095
     assert p.pixel_size_mm == pytest.approx(200 / 64)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.data import pipeline
 from ldm_jax.data.imageio import decode_png, encode_png
 from ldm_jax.parallel import batch_sharding, make_mesh
@@ -220,11 +220,11 @@ def test_load_source_reads_prepared_phantoms(phantom_dir, mesh):
                                    decode_png(record["image"]) / MAX * 2 - 1, atol=1e-6)
         np.testing.assert_allclose(np.asarray(batch["counterfactual"][i, ..., 0]),
                                    decode_png(record["counterfactual"]) / MAX * 2 - 1, atol=1e-6)
-    labels = np.array([[r[a] for a in labels_lib.ATTRIBUTE_NAMES] for r in records])
+    labels = np.array([[r[a] for a in attributes.ATTRIBUTE_NAMES] for r in records])
     np.testing.assert_array_equal(np.asarray(batch["labels"]), labels)
     counts = pipeline.label_counts(source)
-    for j, name in enumerate(labels_lib.ATTRIBUTE_NAMES):
-        np.testing.assert_array_equal(counts[name], np.bincount(labels[:, j], minlength=labels_lib.NUM_CLASSES[j] + 1))
+    for j, name in enumerate(attributes.ATTRIBUTE_NAMES):
+        np.testing.assert_array_equal(counts[name], np.bincount(labels[:, j], minlength=attributes.NUM_CLASSES[j] + 1))
 
 
 def test_load_source_from_a_folder_without_registered_code(phantom_dir, tmp_path):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ldm_jax import labels
+from ldm_jax import attributes
 from ldm_jax.models import presets
 
 
@@ -94,7 +94,7 @@ def test_sd15_parameter_counts():
 
 def test_phantom_tiny_size_and_labels():
     cfg = presets.get_preset("phantom_tiny")
-    assert tuple(cfg.unet.num_classes) == labels.NUM_CLASSES
+    assert tuple(cfg.unet.num_classes) == attributes.NUM_CLASSES
     assert (cfg.image_size, cfg.latent_size, cfg.latent_channels) == (64, 16, 4)
     assert presets.build_autoencoder(cfg.autoencoder).downsample_factor == 4
     params, _ = _unet_shapes("phantom_tiny")
@@ -106,7 +106,7 @@ def test_phantom_tiny_jitted_forward_runs_on_cpu():
     model = presets.build_unet(cfg.unet)
     x = jax.random.normal(jax.random.key(0), (4, 16, 16, 4))
     t = jnp.array([0, 10, 500, 999])
-    y = labels.null_labels(4)
+    y = attributes.null_labels(4)
     y[0] = [2, 1, 0, 1]
     params = jax.jit(model.init)(jax.random.key(1, impl="rbg"), x, t)
     out = jax.jit(model.apply)(params, x, t, jnp.asarray(y))

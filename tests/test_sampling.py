@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from micro import ROOT
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.data.imageio import encode_png
 from ldm_jax.data.phantoms import generate_phantom
 from ldm_jax.diffusion import samplers
@@ -48,7 +48,7 @@ def test_fixed_and_listed_conditions():
     assert fixed.labels([0, 7]).tolist() == [[3, 1, 2, 2]] * 2
     listed = Conditions("density=A;density=D", None, seed=0)
     assert listed.labels([0, 1, 2, 5]).tolist() == [[0, 3, 2, 2], [3, 3, 2, 2], [0, 3, 2, 2], [3, 3, 2, 2]]
-    assert Conditions("unconditional", None, 0).labels([3]).tolist() == [list(labels_lib.NUM_CLASSES)]
+    assert Conditions("unconditional", None, 0).labels([3]).tolist() == [list(attributes.NUM_CLASSES)]
 
 
 def test_random_conditions_follow_the_training_distribution_per_image():
@@ -169,7 +169,7 @@ def _toy_edit(method, strength, images, source, target, num_steps=50):
     edit = jax.jit(make_edit(unet, _IdentityAutoencoder(), schedule, SamplerConfig(num_steps=num_steps),
                              method=method, strength=strength))
     b = images.shape[0]
-    labels = (np.tile(labels_lib.parse_condition(source), (b, 1)), np.tile(labels_lib.parse_condition(target), (b, 1)))
+    labels = (np.tile(attributes.parse_condition(source), (b, 1)), np.tile(attributes.parse_condition(target), (b, 1)))
     return np.asarray(edit({}, {}, 1.0, images, *labels, image_keys(jax.random.PRNGKey(0), jnp.arange(b))))
 
 

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from micro import MICRO_OVERRIDES, ROOT, micro_config
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax import parallel
 from ldm_jax.checkpoint.checkpointer import Checkpointer
 from ldm_jax.diffusion.forward import q_sample
@@ -160,7 +160,7 @@ def test_label_dropout_trains_every_sampled_condition_pattern_at_its_stated_rate
     n = 200_000
     labels = jnp.tile(jnp.asarray([[2, 1, 0, 1]], jnp.int32), (n, 1))
     null = np.asarray(diffusion_step.drop_labels(jax.random.PRNGKey(0), labels, cfg)) == np.asarray(
-        labels_lib.NUM_CLASSES)
+        attributes.NUM_CLASSES)
     kept = ~null
     rates = diffusion_step.condition_pattern_rates(cfg)
     measured = {"unconditional": [null.all(1).mean()], "full": [kept.all(1).mean()],
@@ -194,7 +194,7 @@ def test_training_optimises_the_unconditional_branch():
 
     @jax.jit
     def unconditional_loss(params):
-        out = unet.apply({"params": params["unet"]}, z_t, t, jnp.asarray(labels_lib.null_labels(16)))
+        out = unet.apply({"params": params["unet"]}, z_t, t, jnp.asarray(attributes.null_labels(16)))
         return diffusion_loss(schedule, out, z, noise, t)
 
     state = init(jax.random.PRNGKey(0))

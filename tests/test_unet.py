@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from ldm_jax.models import layers
-from ldm_jax.models.unet import UNet, check_labels, null_labels
+from ldm_jax.attributes import null_labels
+from ldm_jax.models.unet import UNet, check_labels
 
 TINY = dict(out_channels=2, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
             num_head_channels=8, num_classes=(3, 2), norm_groups=4, use_scale_shift_norm=True)

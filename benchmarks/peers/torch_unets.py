@@ -40,7 +40,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from ldm_jax.benchmarking import timing  # standard library only
+from ldm_jax.benchmarking import timing  # noqa: E402 (standard library only; after the path set-up)
 
 DEFAULT_BATCH = {("ldm64", "train"): 64, ("ldm64", "unet"): 128, ("sd15", "train"): 16, ("sd15", "unet"): 32}
 EXPECTED_PARAMS = {"ldm64": 274_075_428, "sd15": 859_520_964}  # ldm_jax's presets (tests/test_presets.py)

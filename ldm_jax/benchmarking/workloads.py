@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.benchmarking.flops import count_flops
 from ldm_jax.benchmarking.timing import time_runs
 from ldm_jax.diffusion.samplers import SamplerConfig
@@ -45,8 +45,8 @@ TRAIN_TIMESTEPS = 1000
 
 
 @dataclasses.dataclass
-class Job:
-    """A compiled job: ``call()`` launches one step and returns its outputs (pass them to
+class CompiledStep:
+    """A compiled benchmark step: ``call()`` launches one step and returns its outputs (pass them to
     ``jax.block_until_ready``); ``compile_s`` is the trace + lower + compile time."""
 
     call: Callable[[], Any]
@@ -152,7 +152,7 @@ def train_flops_per_image(cfg, batch: int = 1) -> float:
     return count_flops(step, state, specs, ae_params, jnp.float32(1.0)) / batch
 
 
-def train_job(cfg, unet, batch: int, mesh, seed: int) -> Job:
+def train_job(cfg, unet, batch: int, mesh, seed: int) -> CompiledStep:
     """The training loop's diffusion step on random images (or latents), labels and context; the state is donated."""
     step, optimizer, autoencoder = _train_step(cfg, unet)
     rng = np.random.default_rng(seed)
@@ -175,25 +175,25 @@ def train_job(cfg, unet, batch: int, mesh, seed: int) -> Job:
         state, metrics = compiled(state, data, ae_params, scale)
         return state, metrics
 
-    return Job(call, compile_s)
+    return CompiledStep(call, compile_s)
 
 
-def unet_job(cfg, unet, batch: int, mesh, seed: int, bf16_weights: bool = False) -> Job:
+def unet_job(cfg, unet, batch: int, mesh, seed: int, bf16_weights: bool = False) -> CompiledStep:
     """One jitted UNet forward at ``batch`` on random inputs."""
     rng = np.random.default_rng(seed)
     params = random_params(unet, input_specs(cfg, 1, unet.dtype), rng, mesh,
                            jnp.bfloat16 if bf16_weights else jnp.float32)
     inputs = jax.device_put(random_inputs(cfg, input_specs(cfg, batch, unet.dtype), rng), batch_sharding(mesh))
     compiled, compile_s = _compile(_forward(unet), params, *inputs, out_shardings=batch_sharding(mesh))
-    return Job(lambda: compiled(params, *inputs), compile_s)
+    return CompiledStep(lambda: compiled(params, *inputs), compile_s)
 
 
 def check_sample_preset(name: str, cfg) -> None:
     """Raise unless ``make_generate`` can run preset ``cfg``: it decodes with the autoencoder
     and conditions on the mammography labels only (no context)."""
-    if cfg.autoencoder is None or cfg.context_len or tuple(cfg.unet.get("num_classes", ())) != labels_lib.NUM_CLASSES:
+    if cfg.autoencoder is None or cfg.context_len or tuple(cfg.unet.get("num_classes", ())) != attributes.NUM_CLASSES:
         raise ValueError(f"--mode sample runs ldm_jax.sampling.generate.make_generate, which needs an autoencoder "
-                         f"and the mammography labels {labels_lib.NUM_CLASSES} without context; preset {name!r} "
+                         f"and the mammography labels {attributes.NUM_CLASSES} without context; preset {name!r} "
                          f"has autoencoder={'yes' if cfg.autoencoder else 'none'}, "
                          f"num_classes={tuple(cfg.unet.get('num_classes', ()))}, context_len={cfg.context_len}")
 
@@ -208,7 +208,7 @@ def _latent_spec(cfg) -> jax.ShapeDtypeStruct:
 
 def _generate_args(batch: int, key):
     """``generate``'s data arguments: (scale 1, labels [B, A] all class 0, per-image keys [B])."""
-    return (jnp.float32(1.0), jnp.zeros((batch, len(labels_lib.NUM_CLASSES)), jnp.int32),
+    return (jnp.float32(1.0), jnp.zeros((batch, len(attributes.NUM_CLASSES)), jnp.int32),
             image_keys(key, jnp.arange(batch)))
 
 
@@ -217,7 +217,7 @@ def _make_generate(cfg, unet, autoencoder, sampling: SamplerConfig):
 
 
 def sample_job(cfg, unet, autoencoder, batch: int, mesh, seed: int, sampling: SamplerConfig, *,
-               bf16_weights: bool = False) -> Job:
+               bf16_weights: bool = False) -> CompiledStep:
     """``make_generate``'s job (``sampling``'s steps and guidance, then the decode) on ``batch`` images."""
     rng = np.random.default_rng(seed)
     weight_dtype = jnp.bfloat16 if bf16_weights else jnp.float32
@@ -228,7 +228,7 @@ def sample_job(cfg, unet, autoencoder, batch: int, mesh, seed: int, sampling: Sa
     args = (unet_params, ae_params, scale, labels, keys)
     compiled, compile_s = _compile(_make_generate(cfg, unet, autoencoder, sampling), *args,
                                    out_shardings=batch_sharding(mesh))
-    return Job(lambda: compiled(*args), compile_s)
+    return CompiledStep(lambda: compiled(*args), compile_s)
 
 
 def sample_flops_per_image(cfg, batch: int, sampling: SamplerConfig) -> float:

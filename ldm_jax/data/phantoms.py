@@ -27,7 +27,7 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.data.imageio import MAX_VALUE
 
 # Linear attenuation coefficients at 20 keV, 1/mm (Johns & Yaffe 1987, Phys Med Biol 32:675;
@@ -69,7 +69,7 @@ class Phantom:
 
     @property
     def labels(self) -> np.ndarray:
-        """int32 [4] in the order of ``ldm_jax.labels.ATTRIBUTE_NAMES``."""
+        """int32 [4] in the order of ``ldm_jax.attributes.ATTRIBUTE_NAMES``."""
         return np.array([self.density, self.finding, self.view, self.laterality], np.int32)
 
 
@@ -128,7 +128,7 @@ def _check(name, value, low, high):
 
 
 def _attribute(rng_value: int, attribute: str, given) -> int:
-    return rng_value if given is None else labels_lib.encode_value(attribute, given)
+    return rng_value if given is None else attributes.encode_value(attribute, given)
 
 
 def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -235,9 +235,9 @@ def generate_phantom(
     attr_rng, anat, find, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
 
     # Attributes: always drawn, so a given one does not shift the others.
-    drawn = [int(attr_rng.integers(n)) for n in labels_lib.NUM_CLASSES]
+    drawn = [int(attr_rng.integers(n)) for n in attributes.NUM_CLASSES]
     density, finding, view, laterality = (
-        _attribute(v, a, g) for v, a, g in zip(drawn, labels_lib.ATTRIBUTE_NAMES, (density, finding, view, laterality)))
+        _attribute(v, a, g) for v, a, g in zip(drawn, attributes.ATTRIBUTE_NAMES, (density, finding, view, laterality)))
     low, high = DENSITY_BINS[density] + _BIN_MARGIN, DENSITY_BINS[density + 1] - _BIN_MARGIN
     target = low + (high - low) * attr_rng.uniform()
     has_nipple = attr_rng.uniform() < 0.7 if nipple is None else bool(nipple)

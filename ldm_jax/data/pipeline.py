@@ -8,7 +8,7 @@ per-process parts are assembled into one ``jax.Array`` sharded over the mesh's b
 So the batches do not depend on the number of processes, devices or grain workers, and
 the state a checkpoint needs is one number: the stream position.
 
-Labels are an int32 ``[B, 4]`` array in the order of ``ldm_jax.labels.ATTRIBUTE_NAMES``;
+Labels are an int32 ``[B, 4]`` array in the order of ``ldm_jax.attributes.ATTRIBUTE_NAMES``;
 an attribute the source does not have, or an unknown (-1) value, is the null index.
 """
 
@@ -21,7 +21,7 @@ import sys
 import grain
 import numpy as np
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.data.imageio import MAX_VALUE, decode_png, to_model_range
 
 BUILDER_MODULES = ("ldm_jax.data.builders.mammo_phantoms", "ldm_jax.data.builders.mammo_dicom")
@@ -74,7 +74,8 @@ def load_source(dataset: str, data_dir: str, split: str, config: str | None = No
         raise ValueError(f"data set {builder.name!r} in {builder.data_dir} is stored as "
                          f"{builder.info.file_format}, not array_record: rebuild it with "
                          "--file_format=array_record to read it without TensorFlow")
-    decoders = {k: tfds.decode.SkipDecoding() for k, f in sorted(features.items()) if isinstance(f, tfds.features.Image)}
+    decoders = {k: tfds.decode.SkipDecoding() for k, f in sorted(features.items())
+                if isinstance(f, tfds.features.Image)}
     return builder.as_data_source(split, decoders=decoders)
 
 
@@ -87,7 +88,7 @@ def _keyword_finding(name: str) -> int:
         return 2
     if any(k in name for k in ("background", "normal", "negative", "no finding")):
         return 0
-    return labels_lib.NUM_CLASSES[1]
+    return attributes.NUM_CLASSES[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,17 +102,17 @@ class LabelMap:
     @classmethod
     def for_source(cls, source) -> LabelMap:
         info = getattr(source, "dataset_info", None)
-        if info is None:  # a plain sequence of dicts keyed like ldm_jax.labels.ATTRIBUTES
+        if info is None:  # a plain sequence of dicts keyed like ldm_jax.attributes.ATTRIBUTES
             first = source[0]
-            names = [a if a in first else None for a in labels_lib.ATTRIBUTE_NAMES]
+            names = [a if a in first else None for a in attributes.ATTRIBUTE_NAMES]
             tables = [np.append(np.arange(n), n).astype(np.int32) if a else None
-                      for a, n in zip(names, labels_lib.NUM_CLASSES)]
+                      for a, n in zip(names, attributes.NUM_CLASSES)]
             return cls(tuple(names), tuple(tables))
         import tensorflow_datasets as tfds
 
         features = info.features
         names, tables = [], []
-        for attribute, null in zip(labels_lib.ATTRIBUTE_NAMES, labels_lib.NUM_CLASSES):
+        for attribute, null in zip(attributes.ATTRIBUTE_NAMES, attributes.NUM_CLASSES):
             if attribute in features and isinstance(features[attribute], tfds.features.ClassLabel):
                 name, classes = attribute, [_encode_or_null(attribute, n) for n in features[attribute].names]
             elif attribute == "finding" and "label" in features and isinstance(features["label"],
@@ -126,7 +127,7 @@ class LabelMap:
         return cls(tuple(names), tuple(tables))
 
     def __call__(self, example) -> np.ndarray:
-        out = np.asarray(labels_lib.NUM_CLASSES, np.int32).copy()
+        out = attributes.null_labels(1)[0]
         for i, (name, table) in enumerate(zip(self.features, self.tables)):
             if name is not None:
                 value = int(example[name])
@@ -138,9 +139,9 @@ class LabelMap:
 
 def _encode_or_null(attribute: str, name: str) -> int:
     try:
-        return labels_lib.encode_value(attribute, name)
+        return attributes.encode_value(attribute, name)
     except ValueError:
-        return len(labels_lib.ATTRIBUTES[attribute])
+        return len(attributes.ATTRIBUTES[attribute])
 
 
 def all_labels(source) -> np.ndarray:
@@ -151,14 +152,14 @@ def all_labels(source) -> np.ndarray:
         keys = list(range(start, min(start + chunk, len(source))))
         examples = source.__getitems__(keys) if hasattr(source, "__getitems__") else [source[k] for k in keys]
         rows.extend(label_map(example) for example in examples)
-    return np.asarray(rows, np.int32).reshape(-1, len(labels_lib.ATTRIBUTES))
+    return np.asarray(rows, np.int32).reshape(-1, len(attributes.ATTRIBUTES))
 
 
 def label_counts(source) -> dict[str, np.ndarray]:
     """Per attribute, counts ``[num_classes + 1]`` over the whole source (last entry: null)."""
     rows = all_labels(source)
     return {a: np.bincount(rows[:, i], minlength=n + 1)
-            for i, (a, n) in enumerate(zip(labels_lib.ATTRIBUTE_NAMES, labels_lib.NUM_CLASSES))}
+            for i, (a, n) in enumerate(zip(attributes.ATTRIBUTE_NAMES, attributes.NUM_CLASSES))}
 
 
 def _max_value(source) -> float:

@@ -21,7 +21,8 @@ attenuation. Even an observer told where the mass is separates a phantom with a 
 same breast without one at AUC 0.94 in fatty (A) and 0.76 in extremely dense (D) breasts
 (tests/test_phantoms.py); searching for it (the largest multi-scale difference of Gaussians over
 the breast) scored AUC 0.49-0.52 at every density (200 seeds). Finding-conditioning accuracies
-from this classifier are therefore not meaningful at 64×64; masses are judged on the fat-only counterfactuals instead (dense-tissue removal).
+from this classifier are therefore not meaningful at 64×64; masses are judged on the fat-only
+counterfactuals instead (dense-tissue removal).
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.data.imageio import to_model_range, write_atomic
+from ldm_jax.evaluation.metrics import pad_batch
 from ldm_jax.data.phantoms import generate_phantom
 
-HEADS: tuple[str, ...] = labels_lib.ATTRIBUTE_NAMES[:3]  # density, finding, view
-HEAD_CLASSES: tuple[int, ...] = labels_lib.NUM_CLASSES[:3]
+HEADS: tuple[str, ...] = attributes.ATTRIBUTE_NAMES[:3]  # density, finding, view
+HEAD_CLASSES: tuple[int, ...] = attributes.NUM_CLASSES[:3]
 _FORMAT = "ldm_jax.phantom_classifier/1"
 
 
@@ -121,7 +123,7 @@ def _check_images(images, config: ClassifierConfig) -> np.ndarray:
 def _check_labels(labels, n: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] != n or labels.shape[1] < len(HEADS):
-        raise ValueError(f"expected labels [{n}, >= {len(HEADS)}] in the order {labels_lib.ATTRIBUTE_NAMES}, "
+        raise ValueError(f"expected labels [{n}, >= {len(HEADS)}] in the order {attributes.ATTRIBUTE_NAMES}, "
                          f"got shape {labels.shape}")
     for i, (name, k) in enumerate(zip(HEADS, HEAD_CLASSES)):
         if labels[:, i].min() < 0 or labels[:, i].max() >= k:
@@ -138,7 +140,7 @@ def phantom_training_set(num: int, size: int = 64, seed: int = 0) -> tuple[np.nd
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
     images = np.empty((num, size, size, 1), np.float32)
-    labels = np.empty((num, len(labels_lib.ATTRIBUTE_NAMES)), np.int32)
+    labels = np.empty((num, len(attributes.ATTRIBUTE_NAMES)), np.int32)
     for i in range(num):
         phantom = generate_phantom(seed + i, size)
         images[i, ..., 0] = to_model_range(phantom.image)
@@ -221,9 +223,7 @@ def predict(params, config: ClassifierConfig, images, batch_size: int = 256) -> 
     for start in range(0, len(images), batch):
         x = images[start:start + batch]
         n = len(x)
-        if n < batch:
-            x = np.concatenate([x, np.repeat(x[:1], batch - n, axis=0)])
-        out = apply(params, x)
+        out = apply(params, pad_batch(x, batch))
         chunks.append({k: np.asarray(v)[:n] for k, v in out.items()})
     out = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     result = {"features": out["features"]}
@@ -269,22 +269,22 @@ def _label_pair(pred_labels, target_labels):
     pred, target = np.asarray(pred_labels), np.asarray(target_labels)
     if pred.ndim != 2 or target.ndim != 2 or len(pred) != len(target) or target.shape[1] < pred.shape[1]:
         raise ValueError(f"expected pred [N, K] and target [N, >= K] label arrays, got {pred.shape}, {target.shape}")
-    if pred.shape[1] > len(labels_lib.ATTRIBUTE_NAMES):
-        raise ValueError(f"at most {len(labels_lib.ATTRIBUTE_NAMES)} attributes, got {pred.shape[1]}")
+    if pred.shape[1] > len(attributes.ATTRIBUTE_NAMES):
+        raise ValueError(f"at most {len(attributes.ATTRIBUTE_NAMES)} attributes, got {pred.shape[1]}")
     return pred, target
 
 
 def confusion_matrices(pred_labels, target_labels) -> dict[str, np.ndarray]:
     """Per attribute, ``C[i, j]`` = number of items of target class i predicted as j (int64 ``[K, K]``).
 
-    Columns of both arrays follow ``ldm_jax.labels.ATTRIBUTE_NAMES`` (``pred`` may have fewer, e.g.
+    Columns of both arrays follow ``ldm_jax.attributes.ATTRIBUTE_NAMES`` (``pred`` may have fewer, e.g.
     the classifier's 3 heads; extra target columns are ignored). Null targets (index K,
     "attribute not given") are left out.
     """
     pred, target = _label_pair(pred_labels, target_labels)
     out = {}
     for i in range(pred.shape[1]):
-        name, k = labels_lib.ATTRIBUTE_NAMES[i], labels_lib.NUM_CLASSES[i]
+        name, k = attributes.ATTRIBUTE_NAMES[i], attributes.NUM_CLASSES[i]
         given = target[:, i] < k
         if np.any((pred[:, i] < 0) | (pred[:, i] >= k)) or np.any(target[:, i] < 0):
             raise ValueError(f"{name} labels out of range [0, {k})")

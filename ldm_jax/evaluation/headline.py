@@ -25,14 +25,14 @@ import pathlib
 
 import numpy as np
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.data.imageio import write_atomic
 from ldm_jax.evaluation import classifier as clf
 from ldm_jax.evaluation import metrics
 from ldm_jax.evaluation.run import DENSITY_CONDITIONS, Evaluator, Options, _batched, held_out_phantoms
 from ldm_jax.sampling.grid import to_pixels
 
-DENSITIES = labels_lib.ATTRIBUTES["density"]
+DENSITIES = attributes.ATTRIBUTES["density"]
 
 
 def mean_grey_by_density(images: np.ndarray, density: np.ndarray) -> list[float]:

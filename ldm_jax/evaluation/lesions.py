@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from ldm_jax.data.imageio import to_model_range
 
-MASS, CALCIFICATION = 1, 2  # finding indices (ldm_jax.labels.ATTRIBUTES["finding"])
+MASS, CALCIFICATION = 1, 2  # finding indices (ldm_jax.attributes.ATTRIBUTES["finding"])
 
 
 def phantom_arrays(phantoms) -> dict[str, np.ndarray]:

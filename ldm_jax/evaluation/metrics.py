@@ -265,9 +265,13 @@ def _ms_ssim_table(queries, references, max_val):
     return ms_ssim(x, y, max_val=max_val).reshape(q, r)
 
 
-def _pad_to(x, n):
-    """Pad a batch along axis 0 to ``n`` items by repeating its first item (fixed shapes for jit)."""
-    return x if len(x) == n else jnp.concatenate([x, jnp.repeat(x[:1], n - len(x), axis=0)])
+def pad_batch(x, n: int):
+    """``x`` (NumPy or JAX) padded along axis 0 to ``n`` rows by repeating its first row, so that
+    every batch a jitted function sees has one shape; the caller drops the padded rows."""
+    if len(x) == n:
+        return x
+    xp = jnp if isinstance(x, jax.Array) else np
+    return xp.concatenate([x, xp.repeat(x[:1], n - len(x), axis=0)])
 
 
 def _check_images(images, name):
@@ -293,9 +297,9 @@ def nearest_by_ms_ssim(samples, references, value_range=MODEL_RANGE, query_batch
     best = np.full(len(samples), -np.inf)
     index = np.zeros(len(samples), np.int64)
     for qs in _blocks(len(samples), qb):
-        q = _pad_to(samples[qs], qb)
+        q = pad_batch(samples[qs], qb)
         for rs in _blocks(len(references), rb):
-            table = np.asarray(_ms_ssim_table(q, _pad_to(references[rs], rb), width))
+            table = np.asarray(_ms_ssim_table(q, pad_batch(references[rs], rb), width))
             table = table[: qs.stop - qs.start, : rs.stop - rs.start]
             arg = np.argmax(table, axis=1)
             score = table[np.arange(len(table)), arg]
@@ -330,7 +334,7 @@ def ms_ssim_diversity(images, num_pairs: int = 1000, seed: int = 0, value_range=
     batch = min(batch_size, num_pairs)
     scores = []
     for rows in _blocks(num_pairs, batch):
-        x, y = _pad_to(images[first[rows]], batch), _pad_to(images[second[rows]], batch)
+        x, y = pad_batch(images[first[rows]], batch), pad_batch(images[second[rows]], batch)
         scores.append(np.asarray(_ms_ssim_jit(x, y, width))[: rows.stop - rows.start])
     return float(np.mean(np.concatenate(scores)))
 

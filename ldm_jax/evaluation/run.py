@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.cli import flag
 from ldm_jax.data.imageio import write_atomic
 from ldm_jax.diffusion import samplers
@@ -46,7 +46,7 @@ from ldm_jax.sampling.generate import decode, denoiser, image_keys, make_edit, m
 from ldm_jax.sampling.grid import make_grid, to_pixels
 from ldm_jax.sampling.model import load_model
 
-DENSITY_CONDITIONS = tuple(f"density={d}" for d in labels_lib.ATTRIBUTES["density"])
+DENSITY_CONDITIONS = tuple(f"density={d}" for d in attributes.ATTRIBUTES["density"])
 TEST_SEED_OFFSET = 2_000_000_000  # mammo_phantoms' test split (never trained on)
 
 
@@ -81,9 +81,8 @@ def _batched(fn, arrays: tuple, batch: int) -> np.ndarray:
     out = []
     for start in range(0, n, batch):
         chunk = [a[start:start + batch] for a in arrays]
-        pad = batch - len(chunk[0])
-        chunk = [np.concatenate([c, np.repeat(c[-1:], pad, axis=0)]) if pad else c for c in chunk]
-        out.append(np.asarray(fn(*chunk))[:batch - pad])
+        rows = len(chunk[0])
+        out.append(np.asarray(fn(*[metrics.pad_batch(c, batch) for c in chunk]))[:rows])
     return np.concatenate(out)
 
 
@@ -138,7 +137,7 @@ class Evaluator:
     def samples(self, conditions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``num`` images cycling over ``conditions``, and their labels."""
         n = self.options.num
-        labels = np.stack([labels_lib.parse_condition(conditions[i % len(conditions)]) for i in range(n)])
+        labels = np.stack([attributes.parse_condition(conditions[i % len(conditions)]) for i in range(n)])
         keys = np.asarray(image_keys(jax.random.PRNGKey(self.options.seed), jnp.arange(n)))
         m = self.model
         images = _batched(lambda lab, k: self.generate(m.unet_params, m.ae_params, m.scale, lab, k),
@@ -278,7 +277,7 @@ def _dense_tissue_removal(ev: Evaluator, params, config):
                      "predicted_density_fraction": (np.bincount(density, minlength=4) / len(images)).tolist(),
                      "lesions_kept": lesions.lesion_preservation(data["counterfactual"], images, data["mask"],
                                                                  data["breast_mask"], data["labels"][:, 1])}
-    rows = [{"caption": f"held-out phantom {i}: {labels_lib.format_condition(source[i])} → density=A",
+    rows = [{"caption": f"held-out phantom {i}: {attributes.format_condition(source[i])} → density=A",
              "images": [("input", data["image"][i]), ("edit", edited[i]),
                         ("ground truth (fat only)", data["counterfactual"][i]),
                         ("threshold filter", candidates["threshold_filter"][i])]} for i in range(min(6, o.edits))]
@@ -307,7 +306,7 @@ def _forward_frames(model, image: np.ndarray, count: int = 11) -> dict:
 def _trajectory(ev: Evaluator, frames: int = 8) -> dict:
     """One sample's latents from x_T to x_0 (density D, unguided), decoded, at ``frames`` points."""
     m, o = ev.model, ev.options
-    labels = jnp.asarray(labels_lib.parse_condition("density=D"))[None]
+    labels = jnp.asarray(attributes.parse_condition("density=D"))[None]
     keys = image_keys(jax.random.PRNGKey(o.seed), jnp.arange(1))
     x_T = jax.random.normal(keys[0], (1, *m.latent_shape))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ml_collections
 import jax.numpy as jnp
 
-from ldm_jax import labels
+from ldm_jax import attributes
 from ldm_jax.models.autoencoder import AutoencoderKL
 from ldm_jax.models.discriminator import PatchDiscriminator
 from ldm_jax.models.unet import UNet
@@ -35,7 +35,7 @@ def _phantom_tiny() -> dict:
                          attn_mid=False, norm_groups=8, out_norm=False),
         discriminator=dict(ch=32, num_layers=2, norm_groups=8),
         unet=dict(out_channels=4, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                  attention_resolutions=(2,), num_head_channels=32, num_classes=labels.NUM_CLASSES,
+                  attention_resolutions=(2,), num_head_channels=32, num_classes=attributes.NUM_CLASSES,
                   use_scale_shift_norm=True, resblock_updown=False, norm_groups=8))
 
 
@@ -47,7 +47,7 @@ def _phantom_micro() -> dict:
                          attn_mid=False, norm_groups=4, out_norm=False),
         discriminator=dict(ch=8, num_layers=1, norm_groups=4),
         unet=dict(out_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                  attention_resolutions=(2,), num_head_channels=16, num_classes=labels.NUM_CLASSES,
+                  attention_resolutions=(2,), num_head_channels=16, num_classes=attributes.NUM_CLASSES,
                   use_scale_shift_norm=True, resblock_updown=False, norm_groups=4))
 
 
@@ -58,7 +58,7 @@ def _phantom128() -> dict:
                          attn_mid=True, norm_groups=32, out_norm=False),
         discriminator=dict(ch=64, num_layers=3, norm_groups=32),
         unet=dict(out_channels=4, model_channels=128, channel_mult=(1, 2, 3), num_res_blocks=2,
-                  attention_resolutions=(2, 4), num_head_channels=32, num_classes=labels.NUM_CLASSES,
+                  attention_resolutions=(2, 4), num_head_channels=32, num_classes=attributes.NUM_CLASSES,
                   use_scale_shift_norm=True, resblock_updown=False, dropout=0.1, norm_groups=32))
 
 
@@ -69,7 +69,7 @@ def _mammo256() -> dict:
                          attn_mid=True, norm_groups=32, out_norm=False),
         discriminator=dict(ch=64, num_layers=3, norm_groups=32),
         unet=dict(out_channels=4, model_channels=160, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
-                  attention_resolutions=(2, 4, 8), num_head_channels=32, num_classes=labels.NUM_CLASSES,
+                  attention_resolutions=(2, 4, 8), num_head_channels=32, num_classes=attributes.NUM_CLASSES,
                   use_scale_shift_norm=True, resblock_updown=False, dropout=0.1, norm_groups=32))
 
 
@@ -93,7 +93,8 @@ def _sd15() -> dict:
                   use_scale_shift_norm=False, resblock_updown=False, norm_groups=32))
 
 
-_BUILDERS = {"phantom_tiny": _phantom_tiny, "phantom_micro": _phantom_micro, "phantom128": _phantom128, "mammo256": _mammo256, "ldm64": _ldm64, "sd15": _sd15}
+_BUILDERS = {"phantom_tiny": _phantom_tiny, "phantom_micro": _phantom_micro, "phantom128": _phantom128,
+             "mammo256": _mammo256, "ldm64": _ldm64, "sd15": _sd15}
 PRESETS: tuple[str, ...] = tuple(_BUILDERS)
 
 

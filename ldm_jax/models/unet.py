@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ldm_jax import attributes
 from ldm_jax.models.layers import (AttentionBlock, Downsample, ResBlock, SpatialTransformer, Upsample,
                                    check_attention_impl, conv, group_norm, output_conv, timestep_embedding)
 
@@ -45,11 +46,6 @@ def check_labels(labels, num_classes: Sequence[int]) -> np.ndarray:
             raise ValueError(f"label {labels[bad.argmax(), a]} of attribute {a} out of range: "
                              f"expected 0..{n - 1}, or {n} for null")
     return labels.astype(np.int32)
-
-
-def null_labels(batch_size: int, num_classes: Sequence[int]) -> jnp.ndarray:
-    """The all-null labels ``[B, A]`` (row ``num_classes[a]`` of every table)."""
-    return jnp.broadcast_to(jnp.asarray(num_classes, jnp.int32), (batch_size, len(num_classes)))
 
 
 class UNet(nn.Module):
@@ -153,7 +149,9 @@ class UNet(nn.Module):
             timestep_embedding(t, self.model_channels))
         emb = nn.Dense(dim, dtype=self.dtype, param_dtype=jnp.float32, name="time_embed_1")(nn.silu(emb))
         if self.num_classes:
-            labels = null_labels(batch, self.num_classes) if labels is None else jnp.asarray(labels, jnp.int32)
+            if labels is None:
+                labels = attributes.null_labels(batch, self.num_classes)
+            labels = jnp.asarray(labels, jnp.int32)
             for a, n in enumerate(self.num_classes):
                 # Out-of-range ids (only possible when traced) look up past the table: NaN, never a wrap.
                 ids = jnp.where((labels[:, a] < 0) | (labels[:, a] > n), n + 1, labels[:, a])

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax import parallel
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.sampling import edit_inputs, job
@@ -54,7 +54,7 @@ def run(args, edit) -> job.Summary:
             return generate(model.unet_params, model.ae_params, scale, labels, keys(indices))
 
         def record(index):
-            return {**common, "condition": labels_lib.format_condition(conditions.labels([index])[0])}
+            return {**common, "condition": attributes.format_condition(conditions.labels([index])[0])}
 
         task = job.Job(out=out, settings={**settings, "condition": conditions.spec, "num": args.num},
                        num=args.num, fmt=args.format, compute=compute,
@@ -82,8 +82,8 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicat
 
     def record(index):
         return {**common, "source_sha256": edit_inputs.digest(inputs[index]),
-                "source_condition": labels_lib.format_condition(source.labels([index])[0]),
-                "condition": labels_lib.format_condition(target.labels([index])[0]),
+                "source_condition": attributes.format_condition(source.labels([index])[0]),
+                "condition": attributes.format_condition(target.labels([index])[0]),
                 "method": edit.edit_method, "strength": edit.edit_strength}
 
     root = pathlib.Path(edit.edit_input).absolute()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 
 RANDOM = "random"
 
@@ -36,7 +36,7 @@ class Conditions:
             counts = distribution[:, -1].astype(np.float64)
             self._rows, self._p = distribution[:, :-1].astype(np.int32), counts / counts.sum()
         else:
-            self._fixed = np.stack([labels_lib.parse_condition(part) for part in self.spec.split(";")])
+            self._fixed = np.stack([attributes.parse_condition(part) for part in self.spec.split(";")])
             for row in self._fixed:
                 self._check_trained(row)
 
@@ -44,10 +44,10 @@ class Conditions:
         if self._distribution is None:
             return
         seen = self._distribution[:, :-1]
-        for a, (name, value) in enumerate(zip(labels_lib.ATTRIBUTE_NAMES, row)):
-            null = labels_lib.NUM_CLASSES[a]
+        for a, (name, value) in enumerate(zip(attributes.ATTRIBUTE_NAMES, row)):
+            null = attributes.NUM_CLASSES[a]
             if value != null and not np.any(seen[:, a] == value):
-                raise ValueError(f"{name}={labels_lib.ATTRIBUTES[name][value]} never occurs in this model's "
+                raise ValueError(f"{name}={attributes.ATTRIBUTES[name][value]} never occurs in this model's "
                                  f"training data, so the model was not trained with it")
 
     def labels(self, indices) -> np.ndarray:

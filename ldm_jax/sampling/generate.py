@@ -14,10 +14,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.diffusion import samplers
 from ldm_jax.diffusion.samplers import SamplerConfig
-from ldm_jax.models.unet import null_labels
 
 EDIT_METHODS = ("sdedit", "ddim-inversion")
 
@@ -55,7 +54,7 @@ def make_generate(unet, autoencoder, schedule, latent_shape, sampling: SamplerCo
 
     def generate(unet_params, ae_params, scale, labels, keys):
         x_T = initial_noise(keys, latent_shape)
-        null = null_labels(labels.shape[0], labels_lib.NUM_CLASSES)
+        null = attributes.null_labels(labels.shape[0])
         z = samplers.sample(denoiser(unet, unet_params), schedule, x_T, keys, sampling, cond=labels, null_cond=null)
         return decode(autoencoder, ae_params, z, scale)
 
@@ -93,7 +92,7 @@ def make_edit(unet, autoencoder, schedule, sampling: SamplerConfig = SamplerConf
         else:
             unguided = dataclasses.replace(sampling, guidance_scale=1.0)
             z_t = samplers.ddim_invert(denoise, schedule, z0, unguided, cond=source_labels, start_step=start)
-        null = null_labels(images.shape[0], labels_lib.NUM_CLASSES)
+        null = attributes.null_labels(images.shape[0])
         z = samplers.sample(denoise, schedule, z_t, keys, sampling, cond=target_labels, null_cond=null,
                             start_step=start)
         return decode(autoencoder, ae_params, z, scale)

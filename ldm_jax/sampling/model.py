@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax import parallel
 from ldm_jax.checkpoint.checkpointer import Checkpointer, abstract_with_shardings
 from ldm_jax.checkpoint.restore import load_autoencoder, schedule_from_config
@@ -81,8 +81,8 @@ def load_model(workdir, *, ema: bool = True, mesh=None) -> SamplingModel:
         cfg = architecture.resolve(meta["config"])
         unet = presets.build_unet(cfg.unet, dtype=jax.numpy.dtype(cfg.compute_dtype))
         latent = (1, *architecture.latent_shape(cfg))
-        key, attributes = jax.random.PRNGKey(0), len(labels_lib.ATTRIBUTES)
-        abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, attributes))
+        key, num_attributes = jax.random.PRNGKey(0), len(attributes.ATTRIBUTES)
+        abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, num_attributes))
         field = "ema_params" if ema else "params"
         tree = {field: {"unet": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))}}
         unet_params = checkpointer.restore_subtree(step, tree)[field]["unet"]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.models.init import init_unet_params
@@ -41,7 +41,7 @@ def condition_pattern_rates(cfg) -> dict[str, float]:
     ``"unconditional"`` (all null), ``"single"`` (one given attribute, each of them; e.g.
     ``density=D``) and ``"full"`` (every attribute given)."""
     p_u, p_s, p = cfg.uncond_dropout, cfg.single_attribute_rate, cfg.label_dropout
-    a = len(labels_lib.ATTRIBUTES)
+    a = len(attributes.ATTRIBUTES)
     rest = 1.0 - p_u - p_s
     return {"unconditional": p_u + rest * p ** a,
             "single": p_s / a + rest * (1 - p) * p ** (a - 1),
@@ -60,7 +60,7 @@ def check_label_dropout(cfg) -> None:
                          f"{cfg.uncond_dropout + cfg.single_attribute_rate:g} > 1: they are rates of disjoint rows")
 
 
-def drop_labels(key, labels, cfg, num_classes=labels_lib.NUM_CLASSES):
+def drop_labels(key, labels, cfg, num_classes=attributes.NUM_CLASSES):
     """Labels ``[B, A]`` with attributes replaced by their null index for classifier-free guidance
     (Ho & Salimans 2022 drop the whole condition). Each row independently:
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax import parallel
 from ldm_jax.checkpoint import restore
 from ldm_jax.checkpoint.checkpointer import Checkpointer
@@ -146,7 +146,7 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None):
     schedule = restore.schedule_from_config(dcfg)
     latent_shape = (dcfg.batch_size, *architecture.latent_shape(cfg))
     init = functools.partial(diffusion_step.init_state, unet=unet, optimizer=optimizer, latent_shape=latent_shape,
-                             num_attributes=len(labels_lib.ATTRIBUTES))
+                             num_attributes=len(attributes.ATTRIBUTES))
     stage = Stage(name="diffusion", steps=dcfg.steps, init=init,
                   step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg))
     pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size)
@@ -175,9 +175,9 @@ def _grid_sampler(cfg, mesh, unet, autoencoder, ae_params, schedule, scale, key)
     if not conditions:
         return None
     per_grid = cfg.log.sample_count
-    labels = np.concatenate([np.tile(labels_lib.parse_condition(c), (per_grid, 1)) for c in conditions])
+    labels = np.concatenate([np.tile(attributes.parse_condition(c), (per_grid, 1)) for c in conditions])
     n = _round_up(len(labels), mesh.size)
-    labels = np.concatenate([labels, labels_lib.null_labels(n - len(labels))])
+    labels = np.concatenate([labels, attributes.null_labels(n - len(labels))])
     sharding = parallel.batch_sharding(mesh)
     labels = parallel.global_array(labels, sharding)
     keys = parallel.global_array(np.asarray(image_keys(jax.random.fold_in(key, 2), jnp.arange(n))), sharding)

@@ -35,7 +35,7 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.data import dicom
 from ldm_jax.data.imageio import encode_png
 
@@ -107,7 +107,7 @@ def _label(attribute: str, value: str, ref: str) -> int | None:
     if value == "" or value.lower() in ("nan", "none_given", "unknown"):
         return None
     try:
-        return labels_lib.encode_value(attribute, int(value) if value.isdigit() else value)
+        return attributes.encode_value(attribute, int(value) if value.isdigit() else value)
     except ValueError as e:
         raise ValueError(f"{ref}: {e}") from None
 
@@ -194,7 +194,7 @@ def _parse_rows(fmt: str, csv_path: pathlib.Path, rows, dicom_dir: pathlib.Path)
         else:
             candidates = [row["path"]]
             parsed = ImageRow(ref, "", row.get("patient") or None,
-                              *(_label(a, row.get(a, ""), ref) for a in labels_lib.ATTRIBUTE_NAMES))
+                              *(_label(a, row.get(a, ""), ref) for a in attributes.ATTRIBUTE_NAMES))
         yield parsed, candidates
 
 
@@ -305,7 +305,7 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
         features = {
             "image": tfds.features.Image(shape=(size, size, 1), dtype=np.uint16, encoding_format="png"),
             **{name: tfds.features.ClassLabel(names=list(values))
-               for name, values in labels_lib.ATTRIBUTES.items()},
+               for name, values in attributes.ATTRIBUTES.items()},
             "id": tfds.features.Text(),
             "patient": tfds.features.Text(),
         }
@@ -384,10 +384,10 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
             key = dicom.salted_hash(self._salt, "path:" + row.path)
             tags = {"view": result.view, "laterality": result.laterality}
             example = {"image": encode_png(result.image[..., None]), "id": key, "patient": patient}
-            for name in labels_lib.ATTRIBUTE_NAMES:
+            for name in attributes.ATTRIBUTE_NAMES:
                 value = getattr(row, name)
                 if value is None and tags.get(name) is not None:
-                    value = labels_lib.encode_value(name, tags[name])
+                    value = attributes.encode_value(name, tags[name])
                 example[name] = -1 if value is None else value
             self.report["written"][split] += 1
             yield key, example

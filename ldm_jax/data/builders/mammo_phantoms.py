@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ldm_jax import labels as labels_lib
+from ldm_jax import attributes
 from ldm_jax.data import imageio, phantoms
 
 SPLIT_SEED_OFFSET = {"train": 0, "validation": 1_000_000_000, "test": 2_000_000_000}
@@ -83,7 +83,7 @@ class MammoPhantoms(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         s = self.builder_config.size
         classes = {name: tfds.features.ClassLabel(names=list(values))
-                   for name, values in labels_lib.ATTRIBUTES.items()}
+                   for name, values in attributes.ATTRIBUTES.items()}
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({
                 "image": Png16Image(shape=(s, s, 1), dtype=np.uint16, encoding_format="png"),
@@ -111,7 +111,7 @@ class MammoPhantoms(tfds.core.GeneratorBasedBuilder):
                 "image": imageio.encode_png(p.image),
                 "counterfactual": imageio.encode_png(p.counterfactual),
                 "mask": imageio.encode_png(p.mask.astype(np.uint8)),
-                **dict(zip(labels_lib.ATTRIBUTE_NAMES, map(int, p.labels))),
+                **dict(zip(attributes.ATTRIBUTE_NAMES, map(int, p.labels))),
                 "glandular_fraction": np.float32(p.glandular_fraction),
                 "id": f"seed{seed}",
             }

@@ -19,9 +19,9 @@ ATTRIBUTE_NAMES: tuple[str, ...] = tuple(ATTRIBUTES)
 NUM_CLASSES: tuple[int, ...] = tuple(len(v) for v in ATTRIBUTES.values())
 
 
-def null_labels(batch_size: int) -> np.ndarray:
-    """The all-null label array ``[B, A]`` (every attribute "not given")."""
-    return np.tile(np.asarray(NUM_CLASSES, np.int32), (batch_size, 1))
+def null_labels(batch_size: int, num_classes: tuple[int, ...] = NUM_CLASSES) -> np.ndarray:
+    """The all-null label array ``[B, A]``: every attribute "not given" (index ``num_classes[a]``)."""
+    return np.tile(np.asarray(num_classes, np.int32), (batch_size, 1))
 
 
 def encode_value(attribute: str, value: str | int) -> int:
@@ -45,7 +45,7 @@ def parse_condition(text: str) -> np.ndarray:
 
     An empty string (or ``"none"``) is the unconditional, all-null condition.
     """
-    labels = np.asarray(NUM_CLASSES, np.int32).copy()
+    labels = null_labels(1)[0]
     text = text.strip()
     if text.lower() in ("", "none", "unconditional"):
         return labels
