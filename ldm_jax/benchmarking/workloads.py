@@ -37,7 +37,7 @@ from ldm_jax.parallel import batch_sharding, replicated
 from ldm_jax.sampling.generate import image_keys, make_generate
 from ldm_jax.training import diffusion_step
 from ldm_jax.training.config import default_config
-from ldm_jax.training.state import TrainState, make_optimizer
+from ldm_jax.training.state import make_optimizer
 
 MODES = ("train", "unet", "sample")
 DTYPES = {"bf16": jnp.bfloat16, "f32": jnp.float32}
@@ -111,13 +111,6 @@ def forward_flops_per_image(cfg, batch: int = 1) -> float:
     return count_flops(_forward(unet), _param_shapes(unet, specs), *specs) / batch
 
 
-def _train_state(optimizer, unet_params, key) -> TrainState:
-    """A fresh diffusion train state around ``unet_params`` (EMA equal to them)."""
-    params = {"unet": unet_params}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      ema_params=jax.tree.map(jnp.copy, params), rng=key)
-
-
 def _train_step(cfg, unet):
     """(step, optimizer, autoencoder or None): the training loop's diffusion step with the config defaults."""
     dcfg = default_config().diffusion
@@ -146,7 +139,7 @@ def train_flops_per_image(cfg, batch: int = 1) -> float:
     step, optimizer, autoencoder = _train_step(cfg, unet)
     specs = _train_batch_specs(cfg, batch, jnp.bfloat16, autoencoder)
     unet_params = _param_shapes(unet, input_specs(cfg, 1, jnp.bfloat16))
-    state = jax.eval_shape(lambda p: _train_state(optimizer, p, jax.random.PRNGKey(0)), unet_params)
+    state = jax.eval_shape(lambda p: diffusion_step.state_around(p, optimizer, jax.random.PRNGKey(0)), unet_params)
     ae_params = {} if autoencoder is None else _param_shapes(autoencoder, _encoder_example(specs),
                                                             method=autoencoder.encode)
     return count_flops(step, state, specs, ae_params, jnp.float32(1.0)) / batch
@@ -157,7 +150,7 @@ def train_job(cfg, unet, batch: int, mesh, seed: int) -> CompiledStep:
     step, optimizer, autoencoder = _train_step(cfg, unet)
     rng = np.random.default_rng(seed)
     unet_params = random_params(unet, input_specs(cfg, 1, unet.dtype), rng, mesh)
-    state = jax.jit(lambda p: _train_state(optimizer, p, jax.random.PRNGKey(seed)),
+    state = jax.jit(lambda p: diffusion_step.state_around(p, optimizer, jax.random.PRNGKey(seed)),
                     out_shardings=replicated(mesh))(unet_params)
     specs = _train_batch_specs(cfg, batch, unet.dtype, autoencoder)
     ae_params = {} if autoencoder is None else random_params(autoencoder, _encoder_example(specs), rng, mesh,

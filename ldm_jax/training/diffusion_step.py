@@ -25,7 +25,12 @@ from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update
 
 def init_state(key, unet, optimizer, latent_shape, num_attributes: int) -> TrainState:
     """Fresh UNet state for latents ``[B, h, w, c]``; EMA starts equal to the weights."""
-    params = {"unet": init_unet_params(key, unet, latent_shape, num_attributes)}
+    return state_around(init_unet_params(key, unet, latent_shape, num_attributes), optimizer, key)
+
+
+def state_around(unet_params, optimizer, key) -> TrainState:
+    """A step-0 state around ``unet_params``: fresh optimizer state, EMA equal to the weights."""
+    params = {"unet": unet_params}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
                       ema_params=jax.tree.map(jnp.copy, params), rng=key)
 
