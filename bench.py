@@ -44,8 +44,7 @@ class Options:
     mode: str = cli.flag(help="the job timed", choices=workloads.MODES)
     batch: int = cli.flag(help="global batch, split over all devices")
     steps: int | None = cli.flag(None, "DDIM steps of --mode sample (default 50)")
-    guidance: float = cli.flag(7.5, "classifier-free guidance scale of --mode sample (1 runs no unconditional "
-                                    "branch)")
+    guidance: float = cli.flag(7.5, "classifier-free guidance scale of --mode sample (1 runs no unconditional branch)")
     dtype: str = cli.flag("bf16", "compute dtype", choices=tuple(workloads.DTYPES))
     attention: str = cli.flag("none", "attention_impl of the UNet (none: jax picks)", choices=tuple(ATTENTION))
     bf16_weights: bool = cli.flag(False, "cast the weights to bfloat16 (unet, sample)")
@@ -105,16 +104,20 @@ def benchmark(args) -> dict:
     if args.mode == "train":
         job = workloads.train_job(cfg, unet, args.batch, mesh, args.seed)
         flops = workloads.train_flops_per_image(cfg, args.batch)
-        flops_note = "training step: " + ("encoder forward + " if cfg.autoencoder is not None else "") + \
-            "UNet forward and backward"
+        flops_note = (
+            "training step: "
+            + ("encoder forward + " if cfg.autoencoder is not None else "")
+            + "UNet forward and backward"
+        )
     elif args.mode == "unet":
         job = workloads.unet_job(cfg, unet, args.batch, mesh, args.seed, args.bf16_weights)
         flops, flops_note = workloads.forward_flops_per_image(cfg, args.batch), "UNet forward"
     else:
         autoencoder = presets.build_autoencoder(cfg.autoencoder, dtype=dtype)
         sampling = SamplerConfig(sampler="ddim", num_steps=args.steps, guidance_scale=args.guidance)
-        job = workloads.sample_job(cfg, unet, autoencoder, args.batch, mesh, args.seed, sampling,
-                                   bf16_weights=args.bf16_weights)
+        job = workloads.sample_job(
+            cfg, unet, autoencoder, args.batch, mesh, args.seed, sampling, bf16_weights=args.bf16_weights
+        )
         flops = workloads.sample_flops_per_image(cfg, args.batch, sampling)
         guided = 2 * args.batch if args.guidance != 1 else args.batch
         flops_note = f"{args.steps} DDIM steps x UNet forward at batch {guided} + autoencoder decode, per image"
@@ -134,13 +137,30 @@ def benchmark(args) -> dict:
         ceiling = workloads.matmul_ceiling_tflops(args.ceiling_size, device)
     memory, memory_note = timing.peak_memory(jax.local_devices())
     record = {
-        "framework": "jax", "preset": args.preset, "mode": args.mode, "batch": args.batch, "steps": args.steps,
-        "dtype": args.dtype, "attention": args.attention, "bf16_weights": args.bf16_weights,
-        "device_count": mesh.size, "device_kind": device.device_kind, "platform": device.platform,
-        "versions": timing.versions(VERSION_PACKAGES), "date": timing.utc_now(), "compile_s": job.compile_s,
-        **result, "peak_memory_bytes": memory, "peak_memory_note": memory_note,
-        "flops_per_image": flops, "flops_note": flops_note, "peak_tflops": peak, "peak_tflops_source": peak_source,
-        "ceiling_tflops": ceiling, "unet_forward_s": unet_forward_s, "unet_fraction": unet_fraction,
+        "framework": "jax",
+        "preset": args.preset,
+        "mode": args.mode,
+        "batch": args.batch,
+        "steps": args.steps,
+        "dtype": args.dtype,
+        "attention": args.attention,
+        "bf16_weights": args.bf16_weights,
+        "device_count": mesh.size,
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "versions": timing.versions(VERSION_PACKAGES),
+        "date": timing.utc_now(),
+        "compile_s": job.compile_s,
+        **result,
+        "peak_memory_bytes": memory,
+        "peak_memory_note": memory_note,
+        "flops_per_image": flops,
+        "flops_note": flops_note,
+        "peak_tflops": peak,
+        "peak_tflops_source": peak_source,
+        "ceiling_tflops": ceiling,
+        "unet_forward_s": unet_forward_s,
+        "unet_fraction": unet_fraction,
         **timing.throughput(args.batch, result["step_time_s"], flops, mesh.size, peak, ceiling),
     }
     return timing.check_record(record)

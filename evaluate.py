@@ -22,9 +22,12 @@ from ldm_jax.evaluation.run import Options
 class Run:
     workdir: str = cli.flag(help="training run folder")
     out: str | None = cli.flag(None, "output folder (default <workdir>/eval)")
-    headline: bool = cli.flag(False, "only the numbers README's demo table lists (reconstruction PSNR, grey and "
-                                     "density accuracy of samples per density), printed and written to "
-                                     "<out>/headline.json")
+    headline: bool = cli.flag(
+        False,
+        "only the numbers README's demo table lists (reconstruction PSNR, grey and "
+        "density accuracy of samples per density), printed and written to "
+        "<out>/headline.json",
+    )
 
 
 def parser() -> cli.Parser:

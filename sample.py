@@ -34,8 +34,11 @@ class Options:
     steps: int = cli.flag(50, "denoising steps")
     eta: float = cli.flag(0.0, "DDIM noise (0: deterministic; ddim only)")
     guidance: float = cli.flag(3.0, "classifier-free guidance scale (1: none)")
-    condition: str = cli.flag("random", "e.g. density=D,finding=mass; a ;-separated list cycled over images; "
-                                        "'random' (draws from the training label distribution); or 'unconditional'")
+    condition: str = cli.flag(
+        "random",
+        "e.g. density=D,finding=mass; a ;-separated list cycled over images; "
+        "'random' (draws from the training label distribution); or 'unconditional'",
+    )
     format: str = cli.flag("png16", "image file format", choices=("png16", "png8", "npz", "dicom"))
     shard: str = cli.flag("0/1", "k/n: do the k-th of n contiguous blocks of images")
     ema: bool = cli.flag(True, "use the EMA weights")

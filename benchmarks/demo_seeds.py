@@ -87,28 +87,50 @@ def run(args: Options, extra: list[str]) -> int:
         seconds = None
         if not (workdir / "eval" / "headline.json").exists():
             print(f"[demo_seeds] seed {seed}: training {workdir}", flush=True)
-            seconds = _run(["train.py", "--config", args.config, "--workdir", str(workdir), f"--config.seed={seed}",
-                            f"--config.data.data_dir={root / 'data'}", "--config.log.progress=False", *extra],
-                           workdir.with_suffix(".log"))
+            seconds = _run(
+                [
+                    "train.py",
+                    "--config",
+                    args.config,
+                    "--workdir",
+                    str(workdir),
+                    f"--config.seed={seed}",
+                    f"--config.data.data_dir={root / 'data'}",
+                    "--config.log.progress=False",
+                    *extra,
+                ],
+                workdir.with_suffix(".log"),
+            )
         if not classifier_file.exists():
             print(f"[demo_seeds] training the phantom classifier ({classifier_file})", flush=True)
             config = clf.ClassifierConfig(image_size=64)
             clf.save_classifier(classifier_file, clf.train_on_phantoms(config), config)
-        headline_seconds = _run(["evaluate.py", "--workdir", str(workdir), "--headline", "--classifier",
-                                 str(classifier_file)], workdir.with_suffix(".headline.log"))
+        headline_seconds = _run(
+            ["evaluate.py", "--workdir", str(workdir), "--headline", "--classifier", str(classifier_file)],
+            workdir.with_suffix(".headline.log"),
+        )
         result = json.loads((workdir / "eval" / "headline.json").read_text())
-        result.update(seed=seed, train_seconds=seconds, headline_seconds=headline_seconds,
-                      floors_missed=floors_missed(result))
+        result.update(
+            seed=seed, train_seconds=seconds, headline_seconds=headline_seconds, floors_missed=floors_missed(result)
+        )
         rows.append(result)
-        print(f"[demo_seeds] seed {seed}: PSNR {result['reconstruction_psnr']:.2f} dB, density accuracy "
-              f"{result['density_accuracy']:.1%} (reconstructions {result['reconstruction_density_accuracy']:.1%}), "
-              "grey " + " / ".join(f"{g:.1f}" for g in result["grey_by_density"]["samples"])
-              + (f", trained in {seconds:.0f} s" if seconds else ""), flush=True)
+        print(
+            f"[demo_seeds] seed {seed}: PSNR {result['reconstruction_psnr']:.2f} dB, density accuracy "
+            f"{result['density_accuracy']:.1%} (reconstructions {result['reconstruction_density_accuracy']:.1%}), "
+            "grey "
+            + " / ".join(f"{g:.1f}" for g in result["grey_by_density"]["samples"])
+            + (f", trained in {seconds:.0f} s" if seconds else ""),
+            flush=True,
+        )
 
     summary = {
-        "seeds": rows, "config": args.config, "extra_flags": extra,
+        "seeds": rows,
+        "config": args.config,
+        "extra_flags": extra,
         "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "date": time.strftime("%Y-%m-%d"),
         "versions": {"jax": jax.__version__, "python": platform.python_version()},
     }
     (root / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")

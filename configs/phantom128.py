@@ -9,8 +9,7 @@ def get_config():
     cfg.compute_dtype = "bfloat16"
     cfg.data.config = "128"
     cfg.autoencoder.update(dict(steps=20000, batch_size=32, learning_rate=1e-4, warmup_steps=500, gan_start=10000))
-    cfg.diffusion.update(dict(steps=50000, batch_size=128, learning_rate=2e-4, warmup_steps=1000,
-                              ema_decay=0.9999))
+    cfg.diffusion.update(dict(steps=50000, batch_size=128, learning_rate=2e-4, warmup_steps=1000, ema_decay=0.9999))
     cfg.checkpoint.every = 2500
     cfg.log.update(dict(every=100, sample_every=5000))
     return cfg

@@ -10,15 +10,42 @@ def get_config():
     cfg.data.num_records = 4096
     # L1 alone, cosine decay, batch 8: robust over seeds (README "The demo recipe"); the SSIM term's
     # gradients spike in the black background and left the held-out PSNR at 21-28 dB by seed.
-    cfg.autoencoder.update(dict(steps=900, batch_size=8, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=20,
-                                ssim_weight=0.0, gan_start=100000, b1=0.9, b2=0.99))
+    cfg.autoencoder.update(
+        dict(
+            steps=900,
+            batch_size=8,
+            learning_rate=1e-3,
+            lr_schedule="cosine",
+            warmup_steps=20,
+            ssim_weight=0.0,
+            gan_start=100000,
+            b1=0.9,
+            b2=0.99,
+        )
+    )
     # Batch 16 x 1100 updates: more, smaller updates separate the density classes better than
     # batch 32 x 700 (density accuracy 57% against 50% on the same autoencoder).
-    cfg.diffusion.update(dict(steps=1100, batch_size=16, learning_rate=2e-3, warmup_steps=50, lr_schedule="cosine",
-                              ema_decay=0.995, scale_factor_batches=4))
+    cfg.diffusion.update(
+        dict(
+            steps=1100,
+            batch_size=16,
+            learning_rate=2e-3,
+            warmup_steps=50,
+            lr_schedule="cosine",
+            ema_decay=0.995,
+            scale_factor_batches=4,
+        )
+    )
     cfg.checkpoint.every = 200
     # Grids per density with the other attributes given: full label rows are the pattern the
     # model is trained on most (46% of rows; README "Which conditions are trained").
-    cfg.log.update(dict(every=20, sample_every=0, sample_count=8, sample_steps=25, sample_conditions=";".join(
-        f"density={d},finding=none,view=CC,laterality=L" for d in "ABCD")))
+    cfg.log.update(
+        dict(
+            every=20,
+            sample_every=0,
+            sample_count=8,
+            sample_steps=25,
+            sample_conditions=";".join(f"density={d},finding=none,view=CC,laterality=L" for d in "ABCD"),
+        )
+    )
     return cfg

@@ -60,6 +60,9 @@ def parse_condition(text: str) -> np.ndarray:
 
 def format_condition(labels) -> str:
     """Inverse of ``parse_condition``: ``"density=D,finding=mass"`` (null attributes left out)."""
-    parts = [f"{name}={ATTRIBUTES[name][int(v)]}" for name, v in zip(ATTRIBUTE_NAMES, labels)
-             if int(v) < len(ATTRIBUTES[name])]
+    parts = [
+        f"{name}={ATTRIBUTES[name][int(v)]}"
+        for name, v in zip(ATTRIBUTE_NAMES, labels)
+        if int(v) < len(ATTRIBUTES[name])
+    ]
     return ",".join(parts) or "unconditional"

@@ -75,8 +75,11 @@ class Parser(argparse.ArgumentParser):
         for field in dataclasses.fields(cls):
             kind, many = _flag_type(hints[field.name])
             required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-            default = None if required else (field.default_factory() if field.default is dataclasses.MISSING
-                                              else field.default)
+            default = (
+                None
+                if required
+                else (field.default_factory() if field.default is dataclasses.MISSING else field.default)
+            )
             kwargs = dict(dest=field.name, default=default, required=required, help=field.metadata.get("help", ""))
             if kind is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
@@ -89,8 +92,9 @@ class Parser(argparse.ArgumentParser):
     def parse(self, argv=None) -> list:
         """The options of ``argv``, one instance per ``add_options`` class (``ValueError`` from their checks)."""
         namespace = self.parse_args(argv)
-        return [cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)})
-                for cls in self.option_classes]
+        return [
+            cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)}) for cls in self.option_classes
+        ]
 
     def fail(self, error: Exception, status: int = USAGE_ERROR) -> int:
         """Report ``error`` in the one-line style; returns ``status`` (the exit status)."""
@@ -114,9 +118,9 @@ def split_overrides(argv, name: str = "config") -> tuple[list[str], list[tuple[s
     while argv:
         arg = argv.pop(0)
         if arg.startswith(prefix) and "=" in arg:
-            overrides.append(tuple(arg[len(prefix):].split("=", 1)))
+            overrides.append(tuple(arg[len(prefix) :].split("=", 1)))
         elif arg.startswith(prefix) and argv:
-            overrides.append((arg[len(prefix):], argv.pop(0)))
+            overrides.append((arg[len(prefix) :], argv.pop(0)))
         else:
             rest.append(arg)
     return rest, overrides

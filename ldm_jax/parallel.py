@@ -42,8 +42,10 @@ def initialize_distributed() -> None:
     if given:
         missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
         if missing:
-            raise ValueError(f"{', '.join(given)} set but {', '.join(missing)} missing: a multi-process launch "
-                             f"needs all of {', '.join(LAUNCH_VARIABLES)}")
+            raise ValueError(
+                f"{', '.join(given)} set but {', '.join(missing)} missing: a multi-process launch "
+                f"needs all of {', '.join(LAUNCH_VARIABLES)}"
+            )
         address = os.environ["JAX_COORDINATOR_ADDRESS"]
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
@@ -53,11 +55,12 @@ def initialize_distributed() -> None:
         if index >= count:
             raise ValueError(f"JAX_PROCESS_ID={index} must be below JAX_NUM_PROCESSES={count}")
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes talk over TCP
-        jax.distributed.initialize(address, num_processes=count, process_id=index,
-                                   heartbeat_timeout_seconds=timeout)
+        jax.distributed.initialize(address, num_processes=count, process_id=index, heartbeat_timeout_seconds=timeout)
         if jax.process_count() != count or jax.process_index() != index:
-            raise RuntimeError(f"JAX reports process {jax.process_index()} of {jax.process_count()}, the "
-                               f"environment says {index} of {count}")
+            raise RuntimeError(
+                f"JAX reports process {jax.process_index()} of {jax.process_count()}, the "
+                f"environment says {index} of {count}"
+            )
     elif any(marker in os.environ for marker in _CLUSTER_MARKERS):
         jax.distributed.initialize(heartbeat_timeout_seconds=timeout)
 
@@ -79,8 +82,10 @@ def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
     """A ``('data', 'fsdp')`` mesh over ``devices`` (default: all), ``fsdp`` devices per group."""
     devices = list(jax.devices() if devices is None else devices)
     if fsdp < 1 or len(devices) % fsdp:
-        raise ValueError(f"fsdp={fsdp} must be >= 1 and divide the device count {len(devices)} "
-                         f"({jax.process_count()} process(es) × {len(devices) // jax.process_count()} devices)")
+        raise ValueError(
+            f"fsdp={fsdp} must be >= 1 and divide the device count {len(devices)} "
+            f"({jax.process_count()} process(es) × {len(devices) // jax.process_count()} devices)"
+        )
     grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
     return Mesh(grid, MESH_AXES)
 
@@ -99,8 +104,10 @@ def check_batch_size(global_batch: int, mesh: Mesh, what: str = "global batch si
     """Raise if ``global_batch`` cannot be split evenly over the mesh's devices."""
     if global_batch < 1 or global_batch % mesh.size:
         processes = len({d.process_index for d in mesh.devices.flat})
-        raise ValueError(f"{what} {global_batch} is not divisible by the {mesh.size} devices of the mesh "
-                         f"({processes} process(es) × {mesh.size // processes} devices)")
+        raise ValueError(
+            f"{what} {global_batch} is not divisible by the {mesh.size} devices of the mesh "
+            f"({processes} process(es) × {mesh.size // processes} devices)"
+        )
 
 
 def param_sharding(mesh: Mesh, params, min_size: int = FSDP_MIN_SIZE):
@@ -128,8 +135,7 @@ def param_sharding(mesh: Mesh, params, min_size: int = FSDP_MIN_SIZE):
 
 def bytes_per_device(tree, shardings) -> int:
     """Bytes one device holds of ``tree`` (arrays or ``ShapeDtypeStruct``s) placed with ``shardings``."""
-    sizes = jax.tree.map(lambda x, s: math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize,
-                         tree, shardings)
+    sizes = jax.tree.map(lambda x, s: math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize, tree, shardings)
     return int(sum(jax.tree.leaves(sizes)))
 
 
@@ -139,8 +145,9 @@ def process_rows(mesh: Mesh, global_batch: int) -> range:
     blocks = sorted({(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop) for s in index_map.values()})
     for (_, stop), (start, _) in zip(blocks, blocks[1:]):
         if stop != start:
-            raise ValueError(f"this process's devices hold non-contiguous batch rows {blocks}; order the "
-                             "mesh's devices by process")
+            raise ValueError(
+                f"this process's devices hold non-contiguous batch rows {blocks}; order the mesh's devices by process"
+            )
     return range(blocks[0][0], blocks[-1][1])
 
 

@@ -11,10 +11,22 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 MICRO_OVERRIDES = {
-    "model": "phantom_micro", "data.num_records": 64, "autoencoder.steps": 4, "autoencoder.batch_size": 8,
-    "autoencoder.gan_start": 2, "diffusion.steps": 4, "diffusion.batch_size": 8, "diffusion.warmup_steps": 2,
-    "diffusion.scale_factor_batches": 1, "checkpoint.every": 2, "log.every": 1, "log.sample_count": 2,
-    "log.sample_steps": 3, "log.sample_conditions": "density=A;density=D", "log.progress": False}
+    "model": "phantom_micro",
+    "data.num_records": 64,
+    "autoencoder.steps": 4,
+    "autoencoder.batch_size": 8,
+    "autoencoder.gan_start": 2,
+    "diffusion.steps": 4,
+    "diffusion.batch_size": 8,
+    "diffusion.warmup_steps": 2,
+    "diffusion.scale_factor_batches": 1,
+    "checkpoint.every": 2,
+    "log.every": 1,
+    "log.sample_count": 2,
+    "log.sample_steps": 3,
+    "log.sample_conditions": "density=A;density=D",
+    "log.progress": False,
+}
 
 FSDP_SPLIT = {"mesh.fsdp": 2, "mesh.fsdp_min_size": 256}  # micro arrays are small: split them anyway
 
@@ -22,8 +34,14 @@ FSDP_SPLIT = {"mesh.fsdp": 2, "mesh.fsdp_min_size": 256}  # micro arrays are sma
 def train_args(workdir, **overrides) -> list[str]:
     """``train.py`` arguments for the micro config in ``workdir``, with ``overrides``."""
     settings = {**MICRO_OVERRIDES, **overrides}
-    return ["train.py", "--config", "configs/phantom_tiny.py", "--workdir", str(workdir),
-            *[f"--config.{k}={v}" for k, v in settings.items()]]
+    return [
+        "train.py",
+        "--config",
+        "configs/phantom_tiny.py",
+        "--workdir",
+        str(workdir),
+        *[f"--config.{k}={v}" for k, v in settings.items()],
+    ]
 
 
 def micro_config():

@@ -29,20 +29,41 @@ def free_port() -> int:
 class Job:
     """Processes started together; ``wait`` returns their exit codes."""
 
-    def __init__(self, args: list[str], logdir: pathlib.Path, *, num_processes: int = 2, devices: int = 4,
-                 env: dict | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        logdir: pathlib.Path,
+        *,
+        num_processes: int = 2,
+        devices: int = 4,
+        env: dict | None = None,
+    ):
         logdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.logs = [logdir / f"process_{i}.log" for i in range(num_processes)]
         self.processes = []
         for i, log in enumerate(self.logs):
-            process_env = {**os.environ, **(env or {}), "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                           "JAX_NUM_PROCESSES": str(num_processes), "JAX_PROCESS_ID": str(i),
-                           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
-                           "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+            process_env = {
+                **os.environ,
+                **(env or {}),
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": str(num_processes),
+                "JAX_PROCESS_ID": str(i),
+                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
+                "JAX_PLATFORMS": "cpu",
+                "PYTHONUNBUFFERED": "1",
+            }
             with open(log, "wb") as out:
-                self.processes.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, env=process_env,
-                                                       stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+                self.processes.append(
+                    subprocess.Popen(
+                        [sys.executable, *args],
+                        cwd=ROOT,
+                        env=process_env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
 
     def output(self, i: int) -> str:
         return self.logs[i].read_text(errors="replace")

@@ -19,8 +19,10 @@ def split_arrays(state_dir) -> int:
 
 def flat(tree) -> dict:
     """``{"params/unet/...": leaf}`` for a train state or its saved (dict) form."""
+
     def name(key):
         return str(getattr(key, "name", getattr(key, "key", getattr(key, "idx", key))))
+
     return {"/".join(name(k) for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 

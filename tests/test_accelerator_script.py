@@ -13,8 +13,9 @@ STAGES = ("ldm64", "sd15", "sample", "variants", "peers", "train128", "eval128")
 
 def _run(*stages, out):
     env = {**os.environ, "DRY_RUN": "1", "OUT": str(out), "PY": "python3"}
-    return subprocess.run(["bash", str(SCRIPT), *stages], capture_output=True, text=True, env=env, timeout=60,
-                          check=False)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *stages], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
 
 
 def test_dry_run_lists_every_stage_with_valid_bench_flags(tmp_path):

@@ -15,8 +15,7 @@ def test_unset_sections_are_the_presets_networks():
     preset = presets.get_preset("phantom_tiny")
     assert presets.build_unet(resolved.unet) == presets.build_unet(preset.unet)
     assert presets.build_autoencoder(resolved.autoencoder_net) == presets.build_autoencoder(preset.autoencoder)
-    assert presets.build_discriminator(resolved.discriminator_net) == presets.build_discriminator(
-        preset.discriminator)
+    assert presets.build_discriminator(resolved.discriminator_net) == presets.build_discriminator(preset.discriminator)
     assert resolved.data.image_size == 64 and not resolved.data.resize
     assert architecture.image_shape(resolved) == (64, 64, 1) and architecture.latent_shape(resolved) == (16, 16, 4)
     with pytest.raises(AttributeError):

@@ -80,7 +80,8 @@ def test_bfloat16_policy():
     params = _random_params(AutoencoderKL(**TINY), x)
     f32 = jax.jit(lambda p, x: AutoencoderKL(**TINY).apply(p, x, sample_posterior=False))(params, x)
     bf16 = jax.jit(lambda p, x: AutoencoderKL(**TINY, dtype=jnp.bfloat16).apply(p, x, sample_posterior=False))(
-        params, x)
+        params, x
+    )
     assert bf16[0].dtype == bf16[1].mean.dtype == jnp.float32
     err = float(jnp.abs(bf16[0] - f32[0]).max() / jnp.abs(f32[0]).max())
     assert 0 < err < 3e-2, err  # bf16 differs, but only at bf16 precision

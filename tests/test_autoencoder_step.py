@@ -33,8 +33,9 @@ def test_kl_matches_the_closed_form_diagonal_gaussian_kl():
 def _cfg(**overrides):
     cfg = default_config().autoencoder
     with cfg.unlocked():
-        cfg.update(dict(ssim_weight=0.0, freq_weight=0.0, l1_weight=1.0, gan_weight=0.5, kl_weight=1e-2,
-                        gan_loss="hinge"))
+        cfg.update(
+            dict(ssim_weight=0.0, freq_weight=0.0, l1_weight=1.0, gan_weight=0.5, kl_weight=1e-2, gan_loss="hinge")
+        )
         cfg.update(overrides)
     return cfg
 
@@ -50,8 +51,9 @@ def test_l1_reconstruction_term_is_the_per_example_pixel_sum():
 @pytest.mark.parametrize("kind", autoencoder_step.GAN_LOSSES)
 def test_generator_loss_falls_when_the_discriminator_is_fooled(kind):
     logits = np.linspace(-2.0, 0.5, 12, dtype=np.float32).reshape(2, 2, 3, 1)
-    values = [float(autoencoder_step._generator_adversarial(jnp.asarray(logits + shift), kind))
-              for shift in (0.0, 0.25, 0.5)]  # fakes judged ever more real
+    values = [
+        float(autoencoder_step._generator_adversarial(jnp.asarray(logits + shift), kind)) for shift in (0.0, 0.25, 0.5)
+    ]  # fakes judged ever more real
     assert values[0] > values[1] > values[2], values
     expected = -logits.mean() if kind == "hinge" else ((logits - 1.0) ** 2).mean()
     np.testing.assert_allclose(values[0], expected, rtol=1e-6)

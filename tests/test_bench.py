@@ -41,15 +41,15 @@ def test_matmul_flops_are_2mnk():
     m, k, n = 3, 5, 7
     assert count_flops(jnp.matmul, _spec(m, k), _spec(k, n)) == 2 * m * n * k
     # batched einsum: batch dims multiply, contraction over two axes
-    flops = count_flops(lambda a, b: jnp.einsum("bijk,bjkl->bil", a, b),
-                        _spec(2, 3, 4, 5), _spec(2, 4, 5, 6))
+    flops = count_flops(lambda a, b: jnp.einsum("bijk,bjkl->bil", a, b), _spec(2, 3, 4, 5), _spec(2, 4, 5, 6))
     assert flops == 2 * 2 * 3 * 6 * (4 * 5)
 
 
 def test_conv_flops_are_2_out_kh_kw_cin_over_groups():
     def conv(x, w, groups=1, stride=1):
-        return lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=groups)
+        return lax.conv_general_dilated(
+            x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups
+        )
 
     out_elems = 2 * 8 * 8 * 16
     assert count_flops(conv, _spec(2, 8, 8, 6), _spec(3, 3, 6, 16)) == 2 * out_elems * 3 * 3 * 6
@@ -127,8 +127,9 @@ def test_bench_train_and_unet_records(tmp_path):
     _check_record(train, "train", 8)
     # batch 16: the same program as the sample test's guided forward (shared through the compilation cache)
     unet = bench.benchmark(bench.parse_args([*QUICK, "--mode", "unet", "--batch", "16", "--peak-tflops", "1.0"]))
-    assert unet["flops_per_image"] == pytest.approx(workloads.forward_flops_per_image(
-        presets.get_preset("phantom_tiny")))
+    assert unet["flops_per_image"] == pytest.approx(
+        workloads.forward_flops_per_image(presets.get_preset("phantom_tiny"))
+    )
     # the training loop's step: the encoder's forward, then about 3 x the UNet's forward (forward and backward)
     expected = workloads.train_flops_per_image(presets.get_preset("phantom_tiny"))
     assert train["flops_per_image"] == pytest.approx(expected)
@@ -159,9 +160,30 @@ def test_bench_sample_runs_without_forbidden_packages(tmp_path):
         assert not loaded, loaded
     """)
     out = tmp_path / "sample.json"
-    result = subprocess.run([sys.executable, "-c", script, *QUICK, "--mode", "sample", "--batch", "8", "--steps", "2",
-                             "--measure-ceiling", "--ceiling-size", "128", "--json", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            *QUICK,
+            "--mode",
+            "sample",
+            "--batch",
+            "8",
+            "--steps",
+            "2",
+            "--measure-ceiling",
+            "--ceiling-size",
+            "128",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
     assert json.loads(result.stdout) == record
@@ -172,12 +194,15 @@ def test_bench_sample_runs_without_forbidden_packages(tmp_path):
     assert record["mfu_vs_ceiling"] == pytest.approx(record["achieved_tflops"] / (8 * record["ceiling_tflops"]))
 
 
-@pytest.mark.parametrize("args, error", [
-    (["--preset", "phantom_tiny", "--mode", "train", "--batch", "8", "--bf16-weights"], "--bf16-weights is for"),
-    (["--preset", "phantom_tiny", "--mode", "unet", "--batch", "8", "--steps", "5"], "--steps applies"),
-    (["--preset", "phantom_tiny", "--mode", "unet", "--batch", "12"], "not divisible"),
-    (["--preset", "ldm64", "--mode", "sample", "--batch", "8"], "needs an autoencoder"),
-])
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--preset", "phantom_tiny", "--mode", "train", "--batch", "8", "--bf16-weights"], "--bf16-weights is for"),
+        (["--preset", "phantom_tiny", "--mode", "unet", "--batch", "8", "--steps", "5"], "--steps applies"),
+        (["--preset", "phantom_tiny", "--mode", "unet", "--batch", "12"], "not divisible"),
+        (["--preset", "ldm64", "--mode", "sample", "--batch", "8"], "needs an autoencoder"),
+    ],
+)
 def test_bench_rejects_bad_input(args, error, capsys):
     assert _bench_module().main(args) == 2
     assert error in capsys.readouterr().err

@@ -24,8 +24,14 @@ def dicom_dir(tmp_path):
     rows = []
     for i in range(4):
         p = generate_phantom(100 + i, size=64)
-        write_dicom(root / f"{i}.dcm", p.image, patient_id=f"PID-77{i // 2}", patient_name="ROE^RICHARD",
-                    laterality="LR"[p.laterality], view=("CC", "MLO")[p.view])
+        write_dicom(
+            root / f"{i}.dcm",
+            p.image,
+            patient_id=f"PID-77{i // 2}",
+            patient_name="ROE^RICHARD",
+            laterality="LR"[p.laterality],
+            view=("CC", "MLO")[p.view],
+        )
         rows.append([f"{i}.dcm", "ABCD"[p.density], ("none", "mass", "calcification")[p.finding]])
     (root / "4.dcm").write_bytes(b"garbage")
     rows.append(["4.dcm", "A", "none"])
@@ -35,8 +41,19 @@ def dicom_dir(tmp_path):
 
 
 def _dicom_args(tmp_path, dicom_dir, *extra):
-    return ["--dataset", "mammo_dicom", "--config", "64", "--data-dir", str(tmp_path / "data"),
-            "--dicom-dir", str(dicom_dir), "--labels", str(dicom_dir / "labels.csv"), *extra]
+    return [
+        "--dataset",
+        "mammo_dicom",
+        "--config",
+        "64",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--dicom-dir",
+        str(dicom_dir),
+        "--labels",
+        str(dicom_dir / "labels.csv"),
+        *extra,
+    ]
 
 
 def test_build_dicom_with_salt_file_and_report(tmp_path, dicom_dir):

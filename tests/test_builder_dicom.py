@@ -41,10 +41,17 @@ def dicom_set(tmp_path_factory):
             (root / f"case{i}").mkdir(exist_ok=True)
             kind = {(0, 0): "mono1", (1, 1): "j2k", (2, 0): "lut"}.get((i, j), "plain")
             pixels = 4095 - p.image.astype(np.int32) if kind == "mono1" else p.image
-            write_dicom(root / rel, pixels, photometric="MONOCHROME1" if kind == "mono1" else "MONOCHROME2",
-                        compress=JPEG2000Lossless if kind == "j2k" else None,
-                        voi_lut=np.arange(4096) * 16 if kind == "lut" else None,
-                        patient_name=name, patient_id=pid, laterality=lat, view=view)
+            write_dicom(
+                root / rel,
+                pixels,
+                photometric="MONOCHROME1" if kind == "mono1" else "MONOCHROME2",
+                compress=JPEG2000Lossless if kind == "j2k" else None,
+                voi_lut=np.arange(4096) * 16 if kind == "lut" else None,
+                patient_name=name,
+                patient_id=pid,
+                laterality=lat,
+                view=view,
+            )
             # the CSV gives density and finding; view/laterality come from the DICOM tags
             rows.append([rel, attributes.ATTRIBUTES["density"][p.density], p.finding, "", ""])
             expected[rel] = (p, pid)
@@ -59,8 +66,15 @@ def dicom_set(tmp_path_factory):
 
 def _build(tmp_path, dicom_set, **kwargs):
     root, labels, _ = dicom_set
-    builder = mammo_dicom.MammoDicom(data_dir=tmp_path / "data", config="64", dicom_dir=root, labels=labels,
-                                     salt=SALT, split_fractions=(0.5, 0.25, 0.25), **kwargs)
+    builder = mammo_dicom.MammoDicom(
+        data_dir=tmp_path / "data",
+        config="64",
+        dicom_dir=root,
+        labels=labels,
+        salt=SALT,
+        split_fractions=(0.5, 0.25, 0.25),
+        **kwargs,
+    )
     builder.download_and_prepare(file_format="array_record")
     return builder
 
@@ -89,7 +103,7 @@ def test_build_and_read_back_without_tensorflow(built, dicom_set):
             seen.add(rel)
     assert seen == set(expected)  # all 12 good images, none twice
     splits = list(patients_per_split.values())
-    assert all(a.isdisjoint(b) for i, a in enumerate(splits) for b in splits[i + 1:])
+    assert all(a.isdisjoint(b) for i, a in enumerate(splits) for b in splits[i + 1 :])
     assert built.info.metadata["max_value"] == dicom.MAX_VALUE
 
 
@@ -136,18 +150,36 @@ def test_vindr_layout(tmp_path):
     for study, image in [("s1", "i1"), ("s1", "i2"), ("s2", "i3")]:
         (tmp_path / "images" / study).mkdir(parents=True, exist_ok=True)
         (tmp_path / "images" / study / f"{image}.dicom").touch()
-    header = ["study_id", "series_id", "image_id", "laterality", "view_position", "height", "width",
-              "breast_birads", "breast_density", "split"]
-    labels = _write_csv(tmp_path / "breast-level_annotations.csv", header, [
-        ["s1", "x", "i1", "L", "CC", 10, 10, "BI-RADS 1", "DENSITY C", "training"],
-        ["s1", "x", "i2", "R", "MLO", 10, 10, "BI-RADS 4", "DENSITY D", "training"],
-        ["s2", "x", "i3", "R", "CC", 10, 10, "BI-RADS 2", "DENSITY A", "test"]])
+    header = [
+        "study_id",
+        "series_id",
+        "image_id",
+        "laterality",
+        "view_position",
+        "height",
+        "width",
+        "breast_birads",
+        "breast_density",
+        "split",
+    ]
+    labels = _write_csv(
+        tmp_path / "breast-level_annotations.csv",
+        header,
+        [
+            ["s1", "x", "i1", "L", "CC", 10, 10, "BI-RADS 1", "DENSITY C", "training"],
+            ["s1", "x", "i2", "R", "MLO", 10, 10, "BI-RADS 4", "DENSITY D", "training"],
+            ["s2", "x", "i3", "R", "CC", 10, 10, "BI-RADS 2", "DENSITY A", "test"],
+        ],
+    )
     rows = {r.path: r for r in mammo_dicom.read_label_csvs(labels, tmp_path)}
     assert (rows["images/s1/i1.dicom"].density, rows["images/s1/i1.dicom"].finding) == (2, 0)  # BI-RADS 1
     assert rows["images/s1/i2.dicom"].finding is None and rows["images/s2/i3.dicom"].patient == "s2"
     assert (rows["images/s1/i2.dicom"].view, rows["images/s1/i2.dicom"].laterality) == (1, 1)
-    _write_csv(tmp_path / "finding_annotations.csv", ["image_id", "finding_categories"], [
-        ["i2", "['Suspicious Calcification']"], ["i2", "['Mass', 'Asymmetry']"], ["i3", "['No Finding']"]])
+    _write_csv(
+        tmp_path / "finding_annotations.csv",
+        ["image_id", "finding_categories"],
+        [["i2", "['Suspicious Calcification']"], ["i2", "['Mass', 'Asymmetry']"], ["i3", "['No Finding']"]],
+    )
     rows = {r.path: r for r in mammo_dicom.read_label_csvs(labels, tmp_path, "vindr")}
     assert rows["images/s1/i2.dicom"].finding == 1 and rows["images/s2/i3.dicom"].finding == 0
 
@@ -156,12 +188,25 @@ def test_cbis_layout_with_nbia_folders(tmp_path):
     nbia = tmp_path / "Mass-Training_P_00001_LEFT_CC" / "07-20-2016-DDSM-1" / "1.000000-full-2"
     nbia.mkdir(parents=True)
     (nbia / "1-1.dcm").touch()
-    header = ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
-              "abnormality type", "image file path"]
-    mass = _write_csv(tmp_path / "mass.csv", header, [
-        ["P_00001", 3, "LEFT", "CC", 1, "mass", "Mass-Training_P_00001_LEFT_CC/1.3.6.1/1.3.6.2/000000.dcm\n"]])
-    calc = _write_csv(tmp_path / "calc.csv", [h.replace("breast_density", "breast density") for h in header], [
-        ["P_00001", 3, "LEFT", "CC", 1, "calcification", "Mass-Training_P_00001_LEFT_CC/1.3.6.1/9/000000.dcm"]])
+    header = [
+        "patient_id",
+        "breast_density",
+        "left or right breast",
+        "image view",
+        "abnormality id",
+        "abnormality type",
+        "image file path",
+    ]
+    mass = _write_csv(
+        tmp_path / "mass.csv",
+        header,
+        [["P_00001", 3, "LEFT", "CC", 1, "mass", "Mass-Training_P_00001_LEFT_CC/1.3.6.1/1.3.6.2/000000.dcm\n"]],
+    )
+    calc = _write_csv(
+        tmp_path / "calc.csv",
+        [h.replace("breast_density", "breast density") for h in header],
+        [["P_00001", 3, "LEFT", "CC", 1, "calcification", "Mass-Training_P_00001_LEFT_CC/1.3.6.1/9/000000.dcm"]],
+    )
     (row,) = mammo_dicom.read_label_csvs([calc, mass], tmp_path)
     assert row.path == "Mass-Training_P_00001_LEFT_CC/07-20-2016-DDSM-1/1.000000-full-2/1-1.dcm"
     assert (row.density, row.finding, row.view, row.laterality, row.patient) == (2, 1, 0, 0, "P_00001")

@@ -19,8 +19,17 @@ def test_builds_and_reads_back_without_tensorflow(tmp_path):
 
     test = tfds.data_source("mammo_phantoms/64_tiny", data_dir=str(tmp_path), split="test")
     record = test[0]
-    assert sorted(record) == ["counterfactual", "density", "finding", "glandular_fraction", "id",
-                              "image", "laterality", "mask", "view"]
+    assert sorted(record) == [
+        "counterfactual",
+        "density",
+        "finding",
+        "glandular_fraction",
+        "id",
+        "image",
+        "laterality",
+        "mask",
+        "view",
+    ]
     for key, dtype in (("image", np.uint16), ("counterfactual", np.uint16), ("mask", np.uint8)):
         assert record[key].dtype == dtype and record[key].shape == (64, 64, 1)
     p = phantoms.generate_phantom(int(record["id"].decode().removeprefix("seed")), 64)
@@ -44,4 +53,12 @@ def test_split_sizes_override_and_validation(tmp_path):
     with pytest.raises(ValueError, match="train2"):
         mammo_phantoms.MammoPhantoms(config="64", split_sizes={"train2": 3}, data_dir=str(tmp_path))
     assert [c.name for c in mammo_phantoms.MammoPhantoms.BUILDER_CONFIGS] == [
-        "64", "64_tiny", "128", "128_tiny", "256", "256_tiny", "512", "512_tiny"]
+        "64",
+        "64_tiny",
+        "128",
+        "128_tiny",
+        "256",
+        "256_tiny",
+        "512",
+        "512_tiny",
+    ]

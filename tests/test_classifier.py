@@ -39,8 +39,9 @@ def test_predict_save_load_roundtrip(tmp_path):
     classifier.save_classifier(path, params, config)
     loaded, loaded_config = classifier.load_classifier(path)
     assert loaded_config == config
-    np.testing.assert_allclose(classifier.predict(loaded, loaded_config, images)["features"], out["features"],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        classifier.predict(loaded, loaded_config, images)["features"], out["features"], atol=1e-6
+    )
 
     with pytest.raises(ValueError, match=r"\[N, 16, 16, 1\]"):
         classifier.predict(params, config, images[..., 0])

@@ -30,16 +30,31 @@ BAD = [  # (prog, arguments): one bad flag value and one bad input per CLI
     ("bench.py", ["--preset", "phantom_tiny", "--mode", "nonsense", "--batch", "8"]),
     ("bench.py", ["--preset", "ldm64", "--mode", "sample", "--batch", "8"]),
     ("python -m ldm_jax.data.build", ["--dataset", "mammo_phantoms", "--data-dir", "{tmp}/d", "--workers", "x"]),
-    ("python -m ldm_jax.data.build", ["--dataset", "mammo_dicom", "--data-dir", "{tmp}/d", "--dicom-dir", "{tmp}",
-                                      "--labels", "{tmp}/l.csv", "--split-fractions", "0.8,x"]),
+    (
+        "python -m ldm_jax.data.build",
+        [
+            "--dataset",
+            "mammo_dicom",
+            "--data-dir",
+            "{tmp}/d",
+            "--dicom-dir",
+            "{tmp}",
+            "--labels",
+            "{tmp}/l.csv",
+            "--split-fractions",
+            "0.8,x",
+        ],
+    ),
     ("demo_seeds.py", ["--seeds", "zero"]),
 ]
 
 
 def _run_all(commands) -> list[subprocess.CompletedProcess]:
     """Run the commands side by side (each pays its imports once)."""
-    procs = [subprocess.Popen([sys.executable, *c], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for c in commands]
+    procs = [
+        subprocess.Popen([sys.executable, *c], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
     return [subprocess.CompletedProcess(p.args, p.wait(timeout=300), *p.communicate()) for p in procs]
 
 
@@ -69,23 +84,34 @@ def test_bad_flags_and_bad_inputs_are_one_line_with_status_2(tmp_path):
 
 
 def test_config_overrides_take_the_type_of_the_field():
-    overrides = [("seed", "3"), ("diffusion.learning_rate", "1e-3"), ("autoencoder.learning_rate", "1"),
-                 ("log.sample_conditions", ""), ("log.progress", "false"), ("data.config", "128"),
-                 ("mesh.fsdp", "2")]
+    overrides = [
+        ("seed", "3"),
+        ("diffusion.learning_rate", "1e-3"),
+        ("autoencoder.learning_rate", "1"),
+        ("log.sample_conditions", ""),
+        ("log.progress", "false"),
+        ("data.config", "128"),
+        ("mesh.fsdp", "2"),
+    ]
     cfg = cli.load_config("configs/phantom_tiny.py", overrides)
     assert (cfg.seed, cfg.mesh.fsdp) == (3, 2)
     assert cfg.diffusion.learning_rate == 1e-3 and cfg.autoencoder.learning_rate == 1.0
     assert isinstance(cfg.autoencoder.learning_rate, float)
     assert cfg.log.sample_conditions == "" and cfg.log.progress is False and cfg.data.config == "128"
-    for key, text, error in [("diffusion.stepz", "3", "no key 'diffusion.stepz'"), ("seed.x", "1", "no key"),
-                             ("seed", "1.5", "seed=1.5"), ("log.progress", "maybe", "log.progress=maybe")]:
+    for key, text, error in [
+        ("diffusion.stepz", "3", "no key 'diffusion.stepz'"),
+        ("seed.x", "1", "no key"),
+        ("seed", "1.5", "seed=1.5"),
+        ("log.progress", "maybe", "log.progress=maybe"),
+    ]:
         with pytest.raises(ValueError, match=error):
             cli.load_config("configs/phantom_tiny.py", [(key, text)])
 
 
 def test_split_overrides_takes_both_spellings():
-    rest, overrides = cli.split_overrides(["--config", "c.py", "--config.seed=1", "--config.log.every", "5",
-                                           "--workdir", "w", "--config.seed"])
+    rest, overrides = cli.split_overrides(
+        ["--config", "c.py", "--config.seed=1", "--config.log.every", "5", "--workdir", "w", "--config.seed"]
+    )
     assert rest == ["--config", "c.py", "--workdir", "w", "--config.seed"]  # the last lacks a value
     assert overrides == [("seed", "1"), ("log.every", "5")]
 

@@ -9,9 +9,21 @@ from ldm_jax.data import dicom
 from ldm_jax.data.phantoms import generate_phantom
 
 
-def write_dicom(path, pixels, *, photometric="MONOCHROME2", compress=None, window=None, voi_lut=None,
-                rescale=None, patient_name="DOE^JANE", patient_id="PID-12345", laterality="L", view="CC",
-                with_pixels=True):
+def write_dicom(
+    path,
+    pixels,
+    *,
+    photometric="MONOCHROME2",
+    compress=None,
+    window=None,
+    voi_lut=None,
+    rescale=None,
+    patient_name="DOE^JANE",
+    patient_id="PID-12345",
+    laterality="L",
+    view="CC",
+    with_pixels=True,
+):
     """Write a 12-bit mammogram DICOM (MG, for presentation) carrying patient identifiers."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
@@ -61,8 +73,7 @@ def _display(path):
 
 def test_monochrome1_is_inverted(tmp_path, phantom):
     mono2 = _display(write_dicom(tmp_path / "m2.dcm", phantom.image))
-    mono1 = _display(write_dicom(tmp_path / "m1.dcm", 4095 - phantom.image.astype(np.int32),
-                                 photometric="MONOCHROME1"))
+    mono1 = _display(write_dicom(tmp_path / "m1.dcm", 4095 - phantom.image.astype(np.int32), photometric="MONOCHROME1"))
     lo, hi = phantom.image.min(), phantom.image.max()
     np.testing.assert_allclose(mono2, (phantom.image - lo) / (hi - lo), atol=1e-6)
     np.testing.assert_allclose(mono1, mono2, atol=1e-6)
@@ -143,14 +154,18 @@ def test_bad_files_raise_dicom_error_with_reason(tmp_path, phantom):
     from pydicom.uid import JPEG2000Lossless, MPEG2MPML
 
     good = write_dicom(tmp_path / "good.dcm", phantom.image).read_bytes()
-    (tmp_path / "trunc.dcm").write_bytes(good[:len(good) * 2 // 3])
+    (tmp_path / "trunc.dcm").write_bytes(good[: len(good) * 2 // 3])
     (tmp_path / "junk.dcm").write_bytes(b"this is not dicom" * 20)
     write_dicom(tmp_path / "sr.dcm", None, with_pixels=False)
     mpeg = dicom.read_dicom(write_dicom(tmp_path / "j2k.dcm", phantom.image, compress=JPEG2000Lossless))
     mpeg.file_meta.TransferSyntaxUID = MPEG2MPML  # a video syntax: no image decoder exists
     mpeg.save_as(tmp_path / "mpeg.dcm")
-    cases = {"trunc.dcm": "corrupt or truncated", "junk.dcm": "not a DICOM", "sr.dcm": "no pixel data",
-             "mpeg.dcm": "unsupported transfer syntax MPEG2"}
+    cases = {
+        "trunc.dcm": "corrupt or truncated",
+        "junk.dcm": "not a DICOM",
+        "sr.dcm": "no pixel data",
+        "mpeg.dcm": "unsupported transfer syntax MPEG2",
+    }
     for name, reason in cases.items():
         with pytest.raises(dicom.DicomError, match=reason):
             dicom.load_mammogram(tmp_path / name, 32)

@@ -72,13 +72,16 @@ def _cfg(**overrides):
 
 def _batch(seed=0, b=B):
     rng = np.random.default_rng(seed)
-    return {"image": rng.uniform(-1, 1, (b, SIZE, SIZE, 1)).astype(np.float32),
-            "labels": rng.integers(0, 2, (b, len(attributes.ATTRIBUTES))).astype(np.int32)}
+    return {
+        "image": rng.uniform(-1, 1, (b, SIZE, SIZE, 1)).astype(np.float32),
+        "labels": rng.integers(0, 2, (b, len(attributes.ATTRIBUTES))).astype(np.int32),
+    }
 
 
 def _state(cfg, optimizer, b=B):
-    return diffusion_step.init_state(jax.random.PRNGKey(7), UNET, optimizer, (b, SIZE // 2, SIZE // 2, C),
-                                     len(attributes.ATTRIBUTES))
+    return diffusion_step.init_state(
+        jax.random.PRNGKey(7), UNET, optimizer, (b, SIZE // 2, SIZE // 2, C), len(attributes.ATTRIBUTES)
+    )
 
 
 def _step(cfg, optimizer):
@@ -103,8 +106,9 @@ def test_one_step_loss_is_min_snr_l2_of_eps_at_z_t_built_from_that_noise():
     acp = np.cumprod(1.0 - np.asarray(SCHEDULE.betas, np.float64))[t][:, None, None, None]
     z_t = np.sqrt(acp) * z + np.sqrt(1 - acp) * noise
     labels = diffusion_step.drop_labels(k_drop, jnp.asarray(batch["labels"]), cfg)
-    out = np.asarray(UNET.apply({"params": state.params["unet"]}, jnp.asarray(z_t, jnp.float32), jnp.asarray(t),
-                                labels), np.float64)
+    out = np.asarray(
+        UNET.apply({"params": state.params["unet"]}, jnp.asarray(z_t, jnp.float32), jnp.asarray(t), labels), np.float64
+    )
     snr = acp[:, 0, 0, 0] / (1 - acp[:, 0, 0, 0])
     weight = np.minimum(1.0, 5.0 / snr)
     expected = np.mean(weight * ((out - noise) ** 2).mean((1, 2, 3)))
@@ -128,8 +132,10 @@ def test_ema_after_k_steps_follows_the_warm_up_decay_closed_form():
     assert decays[:2] == [1 / 3, 0.5] and decays[-1] == 0.6  # both branches of the min
     for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(ema)):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
-    moved = [np.abs(np.asarray(e) - np.asarray(p)).max() for e, p in
-             zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params))]
+    moved = [
+        np.abs(np.asarray(e) - np.asarray(p)).max()
+        for e, p in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params))
+    ]
     assert max(moved) > 1e-4  # the EMA lags the weights: the comparison is not trivial
 
 
@@ -148,8 +154,9 @@ def test_accumulating_two_micro_batches_equals_the_large_batch():
     np.testing.assert_allclose(norm2, norm1, rtol=1e-5)
     assert norm1 > 1e-3
     for a, b, before in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), jax.tree.leaves(p0)):
-        np.testing.assert_allclose(np.asarray(b) - np.asarray(before), np.asarray(a) - np.asarray(before),
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(b) - np.asarray(before), np.asarray(a) - np.asarray(before), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_latent_scale_factor_is_one_over_the_std_of_the_measured_latents():

@@ -55,8 +55,9 @@ def test_frechet_closed_form_diagonal():
     got = metrics.frechet_distance_from_statistics(mu1, np.diag(v1), mu2, np.diag(v2))
     np.testing.assert_allclose(got, want, rtol=1e-12)
     # a singular covariance is fine (eigenvalues clipped at 0)
-    assert metrics.frechet_distance_from_statistics(mu1, np.diag([1.0, 0.0, 0.0]), mu1, np.zeros((3, 3))) == \
-        pytest.approx(1.0)
+    assert metrics.frechet_distance_from_statistics(
+        mu1, np.diag([1.0, 0.0, 0.0]), mu1, np.zeros((3, 3))
+    ) == pytest.approx(1.0)
 
 
 def test_frechet_rejects_bad_input():
@@ -86,10 +87,12 @@ def test_kid_unbiased_and_positive_for_different_distributions():
     values = [metrics.mmd2_unbiased(rng.normal(size=(30, 8)), rng.normal(size=(30, 8))) for _ in range(400)]
     mean, standard_error = np.mean(values), np.std(values) / np.sqrt(len(values))
     assert abs(mean) < 3 * standard_error
-    same = metrics.kernel_inception_distance(rng.normal(size=(200, 8)), rng.normal(size=(200, 8)),
-                                             num_subsets=20, subset_size=100)
-    shifted = metrics.kernel_inception_distance(rng.normal(size=(200, 8)), rng.normal(0.5, 1.0, size=(200, 8)),
-                                                num_subsets=20, subset_size=100)
+    same = metrics.kernel_inception_distance(
+        rng.normal(size=(200, 8)), rng.normal(size=(200, 8)), num_subsets=20, subset_size=100
+    )
+    shifted = metrics.kernel_inception_distance(
+        rng.normal(size=(200, 8)), rng.normal(0.5, 1.0, size=(200, 8)), num_subsets=20, subset_size=100
+    )
     assert shifted[0] > 10 * max(same[0], same[1] / np.sqrt(20))
     assert shifted[0] > 0 and shifted[1] > 0
 
@@ -166,8 +169,9 @@ def test_calcification_detectability_and_mass_preservation():
     calcs = [generate_phantom(s, size, finding="calcification") for s in range(4)]
     data = lesions.phantom_arrays(calcs)
     findings = data["labels"][:, 1]
-    same = lesions.calcification_detectability(data["image"], data["image"], data["mask"], data["breast_mask"],
-                                               findings)
+    same = lesions.calcification_detectability(
+        data["image"], data["image"], data["mask"], data["breast_mask"], findings
+    )
     assert same["images"] == 4 and same["specks"] >= 4 and same["fraction"] == 1.0
     # the same breasts without the cluster (same seed, same noise): the specks are gone
     clean = lesions.phantom_arrays([generate_phantom(s, size, finding="none") for s in range(4)])["image"]
@@ -175,11 +179,21 @@ def test_calcification_detectability_and_mass_preservation():
     assert gone["specks"] == same["specks"] and gone["fraction"] < 0.25
 
     masses = lesions.phantom_arrays([generate_phantom(s, 64, finding="mass", density="A") for s in range(4)])
-    kept = lesions.lesion_preservation(masses["counterfactual"], masses["counterfactual"], masses["mask"],
-                                       masses["breast_mask"], masses["labels"][:, 1])
+    kept = lesions.lesion_preservation(
+        masses["counterfactual"],
+        masses["counterfactual"],
+        masses["mask"],
+        masses["breast_mask"],
+        masses["labels"][:, 1],
+    )
     assert kept["mass"]["detected"] == 4 and kept["mass"]["fraction"] == 1.0
     assert kept["calcification"]["lesions"] == 0
     removed = lesions.phantom_arrays([generate_phantom(s, 64, finding="none", density="A") for s in range(4)])
-    lost = lesions.lesion_preservation(masses["counterfactual"], removed["counterfactual"], masses["mask"],
-                                       masses["breast_mask"], masses["labels"][:, 1])
+    lost = lesions.lesion_preservation(
+        masses["counterfactual"],
+        removed["counterfactual"],
+        masses["mask"],
+        masses["breast_mask"],
+        masses["labels"][:, 1],
+    )
     assert lost["mass"]["preserved"] == 0

@@ -10,8 +10,11 @@ SCHEDULES = [("linear", False), ("cosine", False), ("scaled_linear", True)]
 
 def _batch(key, t, shape=(2, 3, 1)):
     k1, k2 = jax.random.split(key)
-    return (jax.random.normal(k1, (len(t),) + shape), jax.random.normal(k2, (len(t),) + shape),
-            jnp.asarray(t, jnp.int32))
+    return (
+        jax.random.normal(k1, (len(t),) + shape),
+        jax.random.normal(k2, (len(t),) + shape),
+        jnp.asarray(t, jnp.int32),
+    )
 
 
 @pytest.mark.parametrize("name,zero_snr", SCHEDULES)
@@ -44,8 +47,9 @@ def test_posterior_equals_bayes_rule(name, zero_snr):
     mean, var, log_var = forward.q_posterior(sched, x0, xt, t)
     b, a_prev = betas[t_np][:, None, None, None], ac[t_np - 1][:, None, None, None]
     precision = (1 - b) / b + 1 / (1 - a_prev)
-    expected_mean = (np.sqrt(1 - b) * np.asarray(xt, np.float64) / b
-                     + np.sqrt(a_prev) * np.asarray(x0, np.float64) / (1 - a_prev)) / precision
+    expected_mean = (
+        np.sqrt(1 - b) * np.asarray(xt, np.float64) / b + np.sqrt(a_prev) * np.asarray(x0, np.float64) / (1 - a_prev)
+    ) / precision
     assert var.shape == log_var.shape == (7, 1, 1, 1)
     np.testing.assert_allclose(np.asarray(var), 1 / precision, rtol=2e-5)
     np.testing.assert_allclose(np.asarray(log_var), -np.log(precision), rtol=2e-5, atol=2e-5)
@@ -71,12 +75,14 @@ def test_eps_x0_v_conversions_round_trip(name, zero_snr):
         x0_hat, eps_hat = forward.x0_eps_from_prediction(sched, xt, t, pred, param)
         np.testing.assert_allclose(np.asarray(eps_hat), np.asarray(noise), rtol=1e-4, atol=2e-4, err_msg=param)
         if param == "eps":  # 1/√ᾱ amplifies float32 rounding at large t
-            np.testing.assert_allclose(np.asarray(x0_hat)[identifiable], np.asarray(x0)[identifiable],
-                                       rtol=1e-3, atol=5e-3)
+            np.testing.assert_allclose(
+                np.asarray(x0_hat)[identifiable], np.asarray(x0)[identifiable], rtol=1e-3, atol=5e-3
+            )
         else:
             np.testing.assert_allclose(np.asarray(x0_hat), np.asarray(x0), rtol=1e-4, atol=2e-4, err_msg=param)
-    np.testing.assert_allclose(np.asarray(forward.eps_from_x0(sched, xt, t, x0)), np.asarray(noise), rtol=1e-4,
-                               atol=2e-4)
+    np.testing.assert_allclose(
+        np.asarray(forward.eps_from_x0(sched, xt, t, x0)), np.asarray(noise), rtol=1e-4, atol=2e-4
+    )
     if zero_snr:  # at ᾱ = 0 x_0 is not identifiable from ε: 0 by convention, with finite gradients
         x0_last = forward.x0_from_eps(sched, xt, t, noise)[-1]
         assert float(jnp.abs(x0_last).max()) == 0.0
@@ -89,8 +95,9 @@ def test_snr_and_log_snr_agree():
     t = jnp.arange(0, 1000, 37)
     ac = np.cumprod(1 - schedule.beta_schedule("linear", 1000))[np.asarray(t)]
     np.testing.assert_allclose(np.asarray(forward.snr(sched, t)), ac / (1 - ac), rtol=2e-5)
-    np.testing.assert_allclose(np.log(np.asarray(forward.snr(sched, t))), np.asarray(sched.log_snr[t]),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.log(np.asarray(forward.snr(sched, t))), np.asarray(sched.log_snr[t]), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_forward_functions_work_under_jit_with_traced_t():

@@ -19,10 +19,10 @@ PACKAGE = "ldm_jax"
 # Lowest first. Packages of one layer never import each other.
 LAYERS = (
     ("attributes", "diffusion", "parallel", "cli"),  # label vocabulary, diffusion maths, device mesh, flag parsing
-    ("models",),                              # networks and their parameter initialisation
-    ("data", "checkpoint", "perceptual"),     # data sources, checkpoint I/O, SSIM/LPIPS
+    ("models",),  # networks and their parameter initialisation
+    ("data", "checkpoint", "perceptual"),  # data sources, checkpoint I/O, SSIM/LPIPS
     ("sampling",),
-    ("training",),                            # writes sample grids with sampling
+    ("training",),  # writes sample grids with sampling
     ("evaluation", "benchmarking"),
 )
 RANK = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
@@ -50,7 +50,7 @@ def _imported_modules(tree: ast.AST, module: str, is_package: bool, root: pathli
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = module.split(".")[:len(module.split(".")) - node.level + (1 if is_package else 0)]
+                anchor = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
                 base = ".".join(anchor + ([base] if base else []))
             for alias in node.names:
                 full = f"{base}.{alias.name}"
@@ -85,15 +85,20 @@ def violations(root: pathlib.Path = ROOT, package: str = PACKAGE, rank: dict[str
             source_rank = rank.get(source_package, -1)  # the root __init__ sits below every layer
             if rank[target_package] >= source_rank:
                 how = "up" if rank[target_package] > source_rank else "sideways"
-                found.append(f"{where}:{line}: {module} imports {target} ({how}: "
-                             f"{source_package or package} is layer {source_rank + 1}, "
-                             f"{target_package} is layer {rank[target_package] + 1})")
+                found.append(
+                    f"{where}:{line}: {module} imports {target} ({how}: "
+                    f"{source_package or package} is layer {source_rank + 1}, "
+                    f"{target_package} is layer {rank[target_package] + 1})"
+                )
     return found
 
 
 def test_every_package_is_placed_in_a_layer():
-    packages = {p.stem if p.is_file() else p.name for p in (ROOT / PACKAGE).iterdir()
-                if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    packages = {
+        p.stem if p.is_file() else p.name
+        for p in (ROOT / PACKAGE).iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()
+    }
     assert packages == set(RANK), f"unplaced: {sorted(packages - set(RANK))}, gone: {sorted(set(RANK) - packages)}"
 
 

@@ -36,8 +36,7 @@ def test_uniform_l2_and_l1_closed_form(setup):
     l1 = losses.per_example_loss(sched, noise + offset, x0, noise, t, loss_type="l1")
     np.testing.assert_allclose(np.asarray(l2), [0.25, 1.0, 4.0, 0.0625], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(l1), [0.5, 1.0, 2.0, 0.25], rtol=1e-6)
-    np.testing.assert_allclose(float(losses.diffusion_loss(sched, noise + offset, x0, noise, t)), 5.3125 / 4,
-                               rtol=1e-6)
+    np.testing.assert_allclose(float(losses.diffusion_loss(sched, noise + offset, x0, noise, t)), 5.3125 / 4, rtol=1e-6)
 
 
 def test_min_snr_weight_on_x0_error_per_target(setup):
@@ -59,16 +58,19 @@ def test_min_snr_weight_on_x0_error_per_target(setup):
     assert snr.min() + 1 < gamma < snr.max()  # both sides of the clip are exercised
     x0_err = np.mean(np.asarray(x0_hat - x0, np.float64) ** 2, axis=(1, 2, 3))
     for target, pred in preds.items():
-        got = losses.per_example_loss(sched, pred, x0, noise, t, target=target, weighting="min_snr",
-                                      min_snr_gamma=gamma)
+        got = losses.per_example_loss(
+            sched, pred, x0, noise, t, target=target, weighting="min_snr", min_snr_gamma=gamma
+        )
         expected = np.minimum(snr + (target == "v"), gamma) * x0_err
         np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-3, err_msg=target)
 
 
 def test_snr_weights_at_zero_terminal_snr_are_finite(setup):
     sched, _, _, t = setup
-    w = {target: np.asarray(losses.snr_weight(sched, t, target=target, weighting="min_snr"))
-         for target in forward.PREDICTIONS}
+    w = {
+        target: np.asarray(losses.snr_weight(sched, t, target=target, weighting="min_snr"))
+        for target in forward.PREDICTIONS
+    }
     assert all(np.isfinite(v).all() for v in w.values())
     assert w["eps"][-1] == 1.0 and w["x0"][-1] == 0.0 and w["v"][-1] == 1.0  # the SNR -> 0 limits
     assert w["eps"][0] == pytest.approx(5.0 / float(forward.snr(sched, t[:1])[0]), rel=1e-6)
@@ -100,8 +102,9 @@ def test_masks_give_the_masked_mean(setup):
     # per-pixel mask [B, H, W, 1]: the mean over the unmasked pixels of the whole batch
     m = (jax.random.uniform(jax.random.key(2), (4, 3, 2, 1)) > 0.5).astype(jnp.float32).at[1].set(0.0)
     mnp = np.asarray(m, bool)
-    np.testing.assert_allclose(float(losses.diffusion_loss(sched, pred, x0, noise, t, mask=m)), err[mnp].mean(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(losses.diffusion_loss(sched, pred, x0, noise, t, mask=m)), err[mnp].mean(), rtol=1e-5
+    )
     per = np.asarray(losses.per_example_loss(sched, pred, x0, noise, t, mask=m))
     assert per[1] == 0.0  # fully masked example
     np.testing.assert_allclose(per[0], err[0][mnp[0]].mean(), rtol=1e-5)
@@ -113,8 +116,9 @@ def test_loss_is_differentiable_under_jit(setup):
 
     @jax.jit
     def loss_and_grad(pred, t):
-        return jax.value_and_grad(lambda p: losses.diffusion_loss(sched, p, x0, noise, t, target="v",
-                                                                  weighting="min_snr"))(pred)
+        return jax.value_and_grad(
+            lambda p: losses.diffusion_loss(sched, p, x0, noise, t, target="v", weighting="min_snr")
+        )(pred)
 
     pred = jnp.zeros_like(x0)
     value, grad = loss_and_grad(pred, t)

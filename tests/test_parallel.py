@@ -33,14 +33,27 @@ def test_param_sharding_splits_large_arrays_only():
     assert shard["odd"].spec == jax.sharding.PartitionSpec()
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"}, "JAX_NUM_PROCESSES, JAX_PROCESS_ID missing"),
-    ({"JAX_COORDINATOR_ADDRESS": "localhost", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "host:port"),
-    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, "must be below"),
-    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"}, "JAX_NUM_PROCESSES='two'"),
-    ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0",
-      "LDM_JAX_HEARTBEAT_TIMEOUT": "0"}, "LDM_JAX_HEARTBEAT_TIMEOUT='0'"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"}, "JAX_NUM_PROCESSES, JAX_PROCESS_ID missing"),
+        ({"JAX_COORDINATOR_ADDRESS": "localhost", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "host:port"),
+        ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, "must be below"),
+        (
+            {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+            "JAX_NUM_PROCESSES='two'",
+        ),
+        (
+            {
+                "JAX_COORDINATOR_ADDRESS": "h:1",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": "0",
+                "LDM_JAX_HEARTBEAT_TIMEOUT": "0",
+            },
+            "LDM_JAX_HEARTBEAT_TIMEOUT='0'",
+        ),
+    ],
+)
 def test_bad_launch_environment_is_named_before_joining(monkeypatch, env, message):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -50,8 +63,11 @@ def test_bad_launch_environment_is_named_before_joining(monkeypatch, env, messag
 
 
 def test_batch_and_mesh_errors_name_processes_and_devices():
-    with pytest.raises(ValueError, match=r"diffusion.batch_size 12 is not divisible by the 8 devices of the mesh "
-                                         r"\(1 process\(es\) × 8 devices\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"diffusion.batch_size 12 is not divisible by the 8 devices of the mesh "
+        r"\(1 process\(es\) × 8 devices\)",
+    ):
         parallel.check_batch_size(12, parallel.make_mesh(), "diffusion.batch_size")
     with pytest.raises(ValueError, match=r"fsdp=3 must be >= 1 and divide the device count 8"):
         parallel.make_mesh(fsdp=3)
@@ -74,13 +90,17 @@ def test_fsdp_divides_the_mammo256_train_state():
     from ldm_jax.training.state import make_optimizer
 
     preset = presets.get_preset("mammo256")
-    init = functools.partial(diffusion_step.init_state, unet=presets.build_unet(preset.unet),
-                             optimizer=make_optimizer(default_config().diffusion),
-                             latent_shape=(1, preset.latent_size, preset.latent_size, preset.latent_channels),
-                             num_attributes=4)
+    init = functools.partial(
+        diffusion_step.init_state,
+        unet=presets.build_unet(preset.unet),
+        optimizer=make_optimizer(default_config().diffusion),
+        latent_shape=(1, preset.latent_size, preset.latent_size, preset.latent_channels),
+        num_attributes=4,
+    )
     state = jax.eval_shape(init, jax.random.PRNGKey(0))
-    per_device = {f: parallel.bytes_per_device(state, parallel.param_sharding(parallel.make_mesh(f), state))
-                  for f in (1, 2, 4, 8)}
+    per_device = {
+        f: parallel.bytes_per_device(state, parallel.param_sharding(parallel.make_mesh(f), state)) for f in (1, 2, 4, 8)
+    }
     total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
     assert per_device[1] == total
     assert per_device[1] > per_device[2] > per_device[4] > per_device[8]

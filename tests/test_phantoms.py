@@ -46,8 +46,9 @@ def test_laterality_puts_chest_wall_on_the_side(laterality):
 @pytest.mark.parametrize("density", [0, 1, 2, 3])
 def test_glandular_fraction_measured_from_images_lies_in_density_bin(density):
     """Measured from the image pair: A_img - A_cf = (mu_gland - mu_fat) t_gland on the compressed plateau."""
-    p = phantoms.generate_phantom(11 + density, 128, density=density, finding=0, view="CC",
-                                  nipple=False, quanta_per_mm2=NOISE_FREE)
+    p = phantoms.generate_phantom(
+        11 + density, 128, density=density, finding=0, view="CC", nipple=False, quanta_per_mm2=NOISE_FREE
+    )
     a_img, a_cf = phantoms.attenuation(p.image), phantoms.attenuation(p.counterfactual)
     plateau = p.counterfactual == p.counterfactual[p.breast_mask].max()
     mu = phantoms.MU_PER_MM
@@ -106,8 +107,9 @@ def test_dense_tissue_masks_masses_and_the_counterfactual_reveals_them():
             without = phantoms.generate_phantom(seed, 64, density=density, finding="none")
             for kind, (pos, neg) in scores.items():
                 for phantom, out in ((with_mass, pos), (without, neg)):
-                    out.append(mass_contrast(to_model_range(getattr(phantom, kind)), with_mass.mask,
-                                             with_mass.breast_mask))
+                    out.append(
+                        mass_contrast(to_model_range(getattr(phantom, kind)), with_mass.mask, with_mass.breast_mask)
+                    )
         auc[density] = {kind: _auc(pos, neg) for kind, (pos, neg) in scores.items()}
     assert auc["A"]["image"] >= 0.9, auc
     assert auc["D"]["image"] <= 0.85, auc  # masked: well short of what a 95%-accurate reader needs
@@ -148,8 +150,9 @@ def test_glandular_texture_in_the_image_keeps_the_power_law():
     """The 64x64 centre of the breast (dense tissue minus fat) has spectrum slope about -beta."""
     slopes = []
     for seed in range(6):
-        p = phantoms.generate_phantom(seed, 256, density="C", finding=0, view="CC", laterality="L",
-                                      beta=3.0, quanta_per_mm2=NOISE_FREE)
+        p = phantoms.generate_phantom(
+            seed, 256, density="C", finding=0, view="CC", laterality="L", beta=3.0, quanta_per_mm2=NOISE_FREE
+        )
         diff = phantoms.attenuation(p.image) - phantoms.attenuation(p.counterfactual)
         roi = diff[96:160, 24:88]
         slopes.append(radial_slope((roi - roi.mean()) * np.outer(np.hanning(64), np.hanning(64))))

@@ -18,8 +18,16 @@ MAX = 4095.0
 
 def _index_source(n, shape=(8, 8)):
     """Records whose image is constant ``i`` (PNG) and whose labels derive from ``i``."""
-    return [{"image": encode_png(np.full(shape + (1,), i, np.uint16)), "density": i % 4, "finding": i % 3,
-             "view": i % 2, "laterality": -1} for i in range(n)]
+    return [
+        {
+            "image": encode_png(np.full(shape + (1,), i, np.uint16)),
+            "density": i % 4,
+            "finding": i % 3,
+            "view": i % 2,
+            "laterality": -1,
+        }
+        for i in range(n)
+    ]
 
 
 def _indices(images):
@@ -110,8 +118,9 @@ def test_resume_on_another_topology_reads_the_next_unseen_examples(mesh):
     # Two processes with batch 8 each, grain workers on: together they read on from position 32.
     resumed = []
     for process in range(2):
-        p = _pipeline(source, mesh, seed=4, global_batch_size=16, worker_count=1, process_index=process,
-                      process_count=2)
+        p = _pipeline(
+            source, mesh, seed=4, global_batch_size=16, worker_count=1, process_index=process, process_count=2
+        )
         p.set_state(state)
         resumed.append([_indices(p.next_local()["image"]) for _ in range(2)])
     assert [i for k in range(2) for part in resumed for i in part[k]] == rest
@@ -184,15 +193,20 @@ class _FakeTfdsSource(list):
 
 def test_label_map_for_other_tfds_sources(mesh):
     names = ["BENIGN_CALCIFICATION", "BENIGN_MASS", "MALIGNANT_CALCIFICATION", "MALIGNANT_MASS", "BACKGROUND"]
-    features = {"image": tfds.features.Image(shape=(8, 8, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(names=names),
-                "view": tfds.features.ClassLabel(names=["MLO", "ML", "CC"])}
-    records = [{"image": encode_png(np.full((8, 8, 1), 255 * (i % 2), np.uint8)), "label": i % 5, "view": i % 3}
-               for i in range(10)]
+    features = {
+        "image": tfds.features.Image(shape=(8, 8, 1), dtype=np.uint8),
+        "label": tfds.features.ClassLabel(names=names),
+        "view": tfds.features.ClassLabel(names=["MLO", "ML", "CC"]),
+    }
+    records = [
+        {"image": encode_png(np.full((8, 8, 1), 255 * (i % 2), np.uint8)), "label": i % 5, "view": i % 3}
+        for i in range(10)
+    ]
     source = _FakeTfdsSource(records, features)
     batch = _pipeline(source, mesh, shuffle=False).next_local()
-    np.testing.assert_array_equal(batch["labels"][:5], [[4, 2, 1, 2], [4, 1, 2, 2], [4, 2, 0, 2],
-                                                        [4, 1, 1, 2], [4, 0, 2, 2]])
+    np.testing.assert_array_equal(
+        batch["labels"][:5], [[4, 2, 1, 2], [4, 1, 2, 2], [4, 2, 0, 2], [4, 1, 1, 2], [4, 0, 2, 2]]
+    )
     np.testing.assert_array_equal(batch["image"][:2, 0, 0, 0], [-1.0, 1.0])  # uint8 scaled by 255
     counts = pipeline.label_counts(source)
     np.testing.assert_array_equal(counts["finding"], [2, 4, 4, 0])
@@ -216,10 +230,14 @@ def test_load_source_reads_prepared_phantoms(phantom_dir, mesh):
     batch = next(_pipeline(source, mesh, shuffle=False))
     assert set(batch) == {"image", "labels", "counterfactual"}
     for i, record in enumerate(records):
-        np.testing.assert_allclose(np.asarray(batch["image"][i, ..., 0]),
-                                   decode_png(record["image"]) / MAX * 2 - 1, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(batch["counterfactual"][i, ..., 0]),
-                                   decode_png(record["counterfactual"]) / MAX * 2 - 1, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(batch["image"][i, ..., 0]), decode_png(record["image"]) / MAX * 2 - 1, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            np.asarray(batch["counterfactual"][i, ..., 0]),
+            decode_png(record["counterfactual"]) / MAX * 2 - 1,
+            atol=1e-6,
+        )
     labels = np.array([[r[a] for a in attributes.ATTRIBUTE_NAMES] for r in records])
     np.testing.assert_array_equal(np.asarray(batch["labels"]), labels)
     counts = pipeline.label_counts(source)
@@ -253,8 +271,9 @@ def test_bad_arguments_are_rejected(mesh):
 def test_worker_processes_give_the_same_batches(mesh):
     source = _index_source(24)
     serial = [b["image"] for b in _drain(_pipeline(source, mesh, seed=2, num_epochs=1, random_flip=True))]
-    workers = [b["image"] for b in _drain(_pipeline(source, mesh, seed=2, num_epochs=1, random_flip=True,
-                                                     worker_count=2))]
+    workers = [
+        b["image"] for b in _drain(_pipeline(source, mesh, seed=2, num_epochs=1, random_flip=True, worker_count=2))
+    ]
     assert len(workers) == len(serial) == 3
     for a, b in zip(serial, workers):
         np.testing.assert_array_equal(a, b)

@@ -45,8 +45,16 @@ def test_unknown_preset_lists_names():
 def test_preset_keys_and_fresh_copies():
     for name in presets.PRESETS:
         cfg = presets.get_preset(name)
-        assert set(cfg) == {"image_size", "image_channels", "latent_size", "latent_channels", "context_len",
-                            "autoencoder", "discriminator", "unet"}
+        assert set(cfg) == {
+            "image_size",
+            "image_channels",
+            "latent_size",
+            "latent_channels",
+            "context_len",
+            "autoencoder",
+            "discriminator",
+            "unet",
+        }
     a = presets.get_preset("phantom_tiny")
     a.unet.model_channels = 8
     assert presets.get_preset("phantom_tiny").unet.model_channels == 32
@@ -120,7 +128,7 @@ def _conv_f64(x, kernel, bias):
     x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
     size, (h, w) = kernel.shape[0], x.shape[1:3]
     pad = np.pad(x, ((0, 0), (size // 2,) * 2, (size // 2,) * 2, (0, 0)))
-    return sum(pad[:, i:i + h, j:j + w] @ kernel[i, j] for i in range(size) for j in range(size)) + np.asarray(bias)
+    return sum(pad[:, i : i + h, j : j + w] @ kernel[i, j] for i in range(size) for j in range(size)) + np.asarray(bias)
 
 
 @pytest.mark.parametrize("network", ["unet", "encode", "decode"])

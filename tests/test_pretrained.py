@@ -44,8 +44,11 @@ class Tensor:
         return rebuild, (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict())
 
 
-STORAGE_TYPES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float16): "HalfStorage",
-                 np.dtype(np.int64): "LongStorage"}
+STORAGE_TYPES = {
+    np.dtype(np.float32): "FloatStorage",
+    np.dtype(np.float16): "HalfStorage",
+    np.dtype(np.int64): "LongStorage",
+}
 
 
 def contiguous(key, array):
@@ -58,8 +61,10 @@ def contiguous(key, array):
 def stand_in_torch():
     """``torch`` and ``torch._utils`` modules holding just the names the pickle refers to."""
     torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
-    for module, names in ((torch, ("FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage")),
-                          (utils, ("_rebuild_tensor_v2",))):
+    for module, names in (
+        (torch, ("FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage")),
+        (utils, ("_rebuild_tensor_v2",)),
+    ):
         for name in names:
             fn = lambda *args: None
             fn.__module__, fn.__name__, fn.__qualname__ = module.__name__, name, name
@@ -74,6 +79,7 @@ def torch_save(path, tensors: dict, legacy=False, prefix="archive"):
     state._metadata = collections.OrderedDict({"": {"version": 1}})
     storages = {}
     with stand_in_torch() as torch:
+
         class Pickler(pickle.Pickler):
             def persistent_id(self, obj):
                 if not isinstance(obj, Storage):
@@ -86,8 +92,11 @@ def torch_save(path, tensors: dict, legacy=False, prefix="archive"):
         Pickler(buf, protocol=2).dump(state)
     if legacy:
         with open(path, "wb") as f:
-            for header in (0x1950A86A20F9469CFC6C, 1001,
-                           {"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4}}):
+            for header in (
+                0x1950A86A20F9469CFC6C,
+                1001,
+                {"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4}},
+            ):
                 pickle.dump(header, f, protocol=2)
             f.write(buf.getvalue())
             pickle.dump(sorted(storages), f, protocol=2)
@@ -141,8 +150,9 @@ def layout_cases():
 # reading weight files
 
 
-@pytest.mark.parametrize("legacy,prefix", [(False, "archive"), (False, "pt_inception-2015-12-05-6726825d"),
-                                           (True, None)])
+@pytest.mark.parametrize(
+    "legacy,prefix", [(False, "archive"), (False, "pt_inception-2015-12-05-6726825d"), (True, None)]
+)
 def test_torch_checkpoint_reads_back_exactly(tmp_path, legacy, prefix):
     tensors, expected = layout_cases()
     path = tmp_path / "weights.pth"
@@ -160,15 +170,25 @@ def test_torch_checkpoint_reads_back_exactly(tmp_path, legacy, prefix):
 def test_hand_built_python2_legacy_checkpoint(tmp_path):
     """torch < 0.4 under Python 2 (e.g. torchvision's 2017 files): ``_rebuild_tensor`` without
     requires_grad/hooks, byte-string keys, a storage id key, data after the pickle."""
+
     def s(text):  # a Python 2 str: SHORT_BINSTRING
         return b"U" + bytes([len(text)]) + text
+
     magic = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little") + b"."
     protocol = b"\x80\x02M\xe9\x03."
     sys_info = b"\x80\x02}(" + s(b"little_endian") + b"\x88" + s(b"protocol_version") + b"M\xe9\x03u."
-    body = (b"\x80\x02ccollections\nOrderedDict\n)R"
-            + s(b"features.0.weight") + b"ctorch._utils\n_rebuild_tensor\n("
-            + b"(" + s(b"storage") + b"ctorch\nFloatStorage\n" + s(b"94034408") + s(b"cpu") + b"K\x06NtQ"
-            + b"K\x00K\x03K\x02\x86K\x01K\x03\x86tRs.")
+    body = (
+        b"\x80\x02ccollections\nOrderedDict\n)R"
+        + s(b"features.0.weight")
+        + b"ctorch._utils\n_rebuild_tensor\n("
+        + b"("
+        + s(b"storage")
+        + b"ctorch\nFloatStorage\n"
+        + s(b"94034408")
+        + s(b"cpu")
+        + b"K\x06NtQ"
+        + b"K\x00K\x03K\x02\x86K\x01K\x03\x86tRs."
+    )
     keys = b"\x80\x02]" + s(b"94034408") + b"a."
     data = struct.pack("<q", 6) + np.arange(6, dtype="<f4").tobytes()
     path = tmp_path / "vgg16-py2.pth"
@@ -179,9 +199,11 @@ def test_hand_built_python2_legacy_checkpoint(tmp_path):
 
 def test_safetensors_and_npz_round_trip(tmp_path):
     rng = np.random.default_rng(1)
-    arrays = {"a.weight": rng.normal(size=(3, 4)).astype(np.float32),
-              "b.half": rng.normal(size=(5,)).astype(np.float16),
-              "c.count": np.array([1, -2, 3], np.int64)}
+    arrays = {
+        "a.weight": rng.normal(size=(3, 4)).astype(np.float32),
+        "b.half": rng.normal(size=(5,)).astype(np.float16),
+        "c.count": np.array([1, -2, 3], np.int64),
+    }
     bf = np.array([[0.5, -1.0]], np.float32)
     blobs = [*(a.tobytes() for a in arrays.values()), to_bfloat16_bits(bf).tobytes()]
     codes = {"a.weight": "F32", "b.half": "F16", "c.count": "I64", "d.bf16": "BF16"}
@@ -233,12 +255,26 @@ def test_malicious_pickles_are_refused(tmp_path, monkeypatch):
 
 def test_pickle_cannot_alter_a_checked_tensor(tmp_path):
     """BUILD (``obj.__setstate__`` / slot assignment) on a tensor after its layout was checked is refused."""
+
     def u(text):
         return b"X" + struct.pack("<I", len(text)) + text
-    body = (b"\x80\x02}(" + u(b"w") + b"ctorch._utils\n_rebuild_tensor_v2\n("
-            + b"(" + u(b"storage") + b"ctorch\nFloatStorage\n" + u(b"0") + u(b"cpu") + b"K\x04tQ"
-            + b"K\x00K\x02K\x02\x86K\x02K\x01\x86\x89ccollections\nOrderedDict\n)RtR"
-            + b"N}" + u(b"stride") + b"K\x64K\x64\x86s\x86b" + b"u.")
+
+    body = (
+        b"\x80\x02}("
+        + u(b"w")
+        + b"ctorch._utils\n_rebuild_tensor_v2\n("
+        + b"("
+        + u(b"storage")
+        + b"ctorch\nFloatStorage\n"
+        + u(b"0")
+        + u(b"cpu")
+        + b"K\x04tQ"
+        + b"K\x00K\x02K\x02\x86K\x02K\x01\x86\x89ccollections\nOrderedDict\n)RtR"
+        + b"N}"
+        + u(b"stride")
+        + b"K\x64K\x64\x86s\x86b"
+        + b"u."
+    )
     path = tmp_path / "mutating.pth"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", body)
@@ -293,8 +329,11 @@ def fid_inception(tmp_path_factory):
     leaves = traverse_util.flatten_dict(template)
     shapes = {name: torch_shape(leaves[path].shape) for name, path in torch_names(template).items()}
     state = synthetic_state(shapes, np.random.default_rng(0))
-    extras = {"fc.weight": np.zeros((1008, 2048), np.float32), "fc.bias": np.zeros(1008, np.float32),
-              "Conv2d_1a_3x3.bn.num_batches_tracked": np.array(0, np.int64)}
+    extras = {
+        "fc.weight": np.zeros((1008, 2048), np.float32),
+        "fc.bias": np.zeros(1008, np.float32),
+        "Conv2d_1a_3x3.bn.num_batches_tracked": np.array(0, np.int64),
+    }
     path = tmp_path_factory.mktemp("fid") / inc.FID_WEIGHTS_FILE
     torch_save(path, {name: contiguous(str(i), a) for i, (name, a) in enumerate({**state, **extras}.items())})
     module, variables = inc.load_fid_inception(path)
@@ -313,8 +352,9 @@ def test_inception_names_shapes_and_mapping(fid_inception):
     assert shapes["Mixed_7c.branch_pool.bn.running_mean"] == (192,)
     got = variables["params"]["Mixed_6b"]["branch7x7_2"]["conv"]["kernel"]
     np.testing.assert_array_equal(got, state["Mixed_6b.branch7x7_2.conv.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(variables["batch_stats"]["Mixed_5b"]["branch1x1"]["bn"]["var"],
-                                  state["Mixed_5b.branch1x1.bn.running_var"])
+    np.testing.assert_array_equal(
+        variables["batch_stats"]["Mixed_5b"]["branch1x1"]["bn"]["var"], state["Mixed_5b.branch1x1.bn.running_var"]
+    )
 
     broken = dict(state)
     del broken["Mixed_7c.branch_pool.bn.running_var"]
@@ -337,16 +377,19 @@ def numpy_conv_bn_relu(x, state, prefix, stride, padding):
     out = np.zeros((x.shape[0], ho, wo, w.shape[0]))
     for i in range(kh):
         for j in range(kw):
-            out += x[:, i:i + stride * ho:stride, j:j + stride * wo:stride, :] @ w[:, :, i, j].T
+            out += x[:, i : i + stride * ho : stride, j : j + stride * wo : stride, :] @ w[:, :, i, j].T
     bn = {k: state[f"{prefix}.bn.{k}"] for k in ("weight", "bias", "running_mean", "running_var")}
     out = (out - bn["running_mean"]) / np.sqrt(bn["running_var"] + 1e-3) * bn["weight"] + bn["bias"]
     return np.maximum(out, 0)
 
 
-@pytest.mark.parametrize("path,features,kernel,stride,padding,channels", [
-    (("Mixed_6b", "branch7x7_2"), 128, (1, 7), 1, (0, 3), 128),   # asymmetric: catches an H/W swap
-    (("Conv2d_1a_3x3",), 32, (3, 3), 2, (0, 0), 3),
-])
+@pytest.mark.parametrize(
+    "path,features,kernel,stride,padding,channels",
+    [
+        (("Mixed_6b", "branch7x7_2"), 128, (1, 7), 1, (0, 3), 128),  # asymmetric: catches an H/W swap
+        (("Conv2d_1a_3x3",), 32, (3, 3), 2, (0, 0), 3),
+    ],
+)
 def test_inception_conv_bn_matches_numpy(fid_inception, path, features, kernel, stride, padding, channels):
     _, _, state, _, variables = fid_inception
     sub = {c: variables[c] for c in ("params", "batch_stats")}
@@ -372,8 +415,8 @@ def _np_avg_pool3(x):
     padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     ones = np.pad(np.ones(x.shape[1:3]), 1)
     h, w = x.shape[1:3]
-    total = sum(padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3))
-    count = sum(ones[i:i + h, j:j + w] for i in range(3) for j in range(3))
+    total = sum(padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3))
+    count = sum(ones[i : i + h, j : j + w] for i in range(3) for j in range(3))
     return total / count[None, :, :, None]
 
 
@@ -382,8 +425,9 @@ def _np_max_pool3(x, stride):
     if stride == 1:
         x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
     h, w = (x.shape[1] - 3) // stride + 1, (x.shape[2] - 3) // stride + 1
-    return np.max([x[:, i:i + stride * h:stride, j:j + stride * w:stride]
-                   for i in range(3) for j in range(3)], axis=0)
+    return np.max(
+        [x[:, i : i + stride * h : stride, j : j + stride * w : stride] for i in range(3) for j in range(3)], axis=0
+    )
 
 
 def _np_inception_a(x, state, p):
@@ -416,26 +460,40 @@ def test_inception_blocks_match_numpy_branch_by_branch(fid_inception):
     _, _, state, module, variables = fid_inception
     # 299×299 intermediate shapes (pytorch-fid / torchvision InceptionV3), traced without computing
     x299 = jax.ShapeDtypeStruct((1, inc.INPUT_SIZE, inc.INPUT_SIZE, 3), jnp.float32)
-    _, inter = jax.eval_shape(lambda v, x: module.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
-                              variables, x299)
+    _, inter = jax.eval_shape(
+        lambda v, x: module.apply(v, x, capture_intermediates=True, mutable=["intermediates"]), variables, x299
+    )
     shapes = {k: v["__call__"][0].shape[1:] for k, v in inter["intermediates"].items() if k != "__call__"}
-    assert shapes == {"Conv2d_1a_3x3": (149, 149, 32), "Conv2d_2a_3x3": (147, 147, 32),
-                      "Conv2d_2b_3x3": (147, 147, 64), "Conv2d_3b_1x1": (73, 73, 80),
-                      "Conv2d_4a_3x3": (71, 71, 192), "Mixed_5b": (35, 35, 256), "Mixed_5c": (35, 35, 288),
-                      "Mixed_5d": (35, 35, 288), "Mixed_6a": (17, 17, 768), "Mixed_6b": (17, 17, 768),
-                      "Mixed_6c": (17, 17, 768), "Mixed_6d": (17, 17, 768), "Mixed_6e": (17, 17, 768),
-                      "Mixed_7a": (8, 8, 1280), "Mixed_7b": (8, 8, 2048), "Mixed_7c": (8, 8, 2048)}
+    assert shapes == {
+        "Conv2d_1a_3x3": (149, 149, 32),
+        "Conv2d_2a_3x3": (147, 147, 32),
+        "Conv2d_2b_3x3": (147, 147, 64),
+        "Conv2d_3b_1x1": (73, 73, 80),
+        "Conv2d_4a_3x3": (71, 71, 192),
+        "Mixed_5b": (35, 35, 256),
+        "Mixed_5c": (35, 35, 288),
+        "Mixed_5d": (35, 35, 288),
+        "Mixed_6a": (17, 17, 768),
+        "Mixed_6b": (17, 17, 768),
+        "Mixed_6c": (17, 17, 768),
+        "Mixed_6d": (17, 17, 768),
+        "Mixed_6e": (17, 17, 768),
+        "Mixed_7a": (8, 8, 1280),
+        "Mixed_7b": (8, 8, 2048),
+        "Mixed_7c": (8, 8, 2048),
+    }
     # a 139×139 input keeps the last blocks at 3×3, where padding and pool type matter
     x = np.random.default_rng(12).uniform(-1, 1, (1, 139, 139, 3)).astype(np.float32)
     run = jax.jit(lambda v, x: module.apply(v, x, capture_intermediates=True, mutable=["intermediates"]))
     out, inter = run(variables, x)
-    got = {k: np.asarray(v["__call__"][0], np.float64) for k, v in inter["intermediates"].items()
-           if k != "__call__"}
+    got = {k: np.asarray(v["__call__"][0], np.float64) for k, v in inter["intermediates"].items() if k != "__call__"}
     assert got["Mixed_7c"].shape == (1, 3, 3, 2048)
-    checks = [("Mixed_5b", _np_inception_a(_np_max_pool3(got["Conv2d_4a_3x3"], 2), state, "Mixed_5b")),
-              ("Mixed_6a", _np_inception_b(got["Mixed_5d"], state, "Mixed_6a")),
-              ("Mixed_7b", _np_inception_e(got["Mixed_7a"], state, "Mixed_7b", "avg")),
-              ("Mixed_7c", _np_inception_e(got["Mixed_7b"], state, "Mixed_7c", "max"))]
+    checks = [
+        ("Mixed_5b", _np_inception_a(_np_max_pool3(got["Conv2d_4a_3x3"], 2), state, "Mixed_5b")),
+        ("Mixed_6a", _np_inception_b(got["Mixed_5d"], state, "Mixed_6a")),
+        ("Mixed_7b", _np_inception_e(got["Mixed_7a"], state, "Mixed_7b", "avg")),
+        ("Mixed_7c", _np_inception_e(got["Mixed_7b"], state, "Mixed_7c", "max")),
+    ]
     for name, want in checks:
         scale = np.abs(want).max()
         np.testing.assert_allclose(got[name] / scale, want / scale, atol=2e-5, err_msg=name)
@@ -454,9 +512,21 @@ def test_inception_missing_weights_say_what_to_get(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # LPIPS
 
-VGG16_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256),
-               (14, 256, 256), (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512),
-               (28, 512, 512)]  # torchvision vgg16().features: (index, in, out) of each 3×3 convolution
+VGG16_CONVS = [
+    (0, 3, 64),
+    (2, 64, 64),
+    (5, 64, 128),
+    (7, 128, 128),
+    (10, 128, 256),
+    (12, 256, 256),
+    (14, 256, 256),
+    (17, 256, 512),
+    (19, 512, 512),
+    (21, 512, 512),
+    (24, 512, 512),
+    (26, 512, 512),
+    (28, 512, 512),
+]  # torchvision vgg16().features: (index, in, out) of each 3×3 convolution
 
 
 @pytest.fixture(scope="module")
@@ -468,13 +538,15 @@ def lpips_net(tmp_path_factory):
         vgg[f"features.{i}.weight"] = rng.standard_normal((cout, cin, 3, 3), np.float32) * he
         vgg[f"features.{i}.bias"] = 0.01 * rng.standard_normal(cout, np.float32)
     vgg["classifier.0.weight"] = np.zeros((4, 4), np.float32)  # skipped, never read
-    lin = {f"lin{k}.model.1.weight": np.abs(rng.standard_normal((1, c, 1, 1), np.float32)) * 0.1
-           for k, c in enumerate(lpips.CHANNELS)}
+    lin = {
+        f"lin{k}.model.1.weight": np.abs(rng.standard_normal((1, c, 1, 1), np.float32)) * 0.1
+        for k, c in enumerate(lpips.CHANNELS)
+    }
     folder = tmp_path_factory.mktemp("lpips")
-    torch_save(folder / lpips.VGG16_FILE, {n: contiguous(str(i), a) for i, (n, a) in
-                                          enumerate(vgg.items())}, legacy=True)
-    torch_save(folder / lpips.LIN_FILE, {n: contiguous(str(i), a) for i, (n, a) in
-                                        enumerate(lin.items())})
+    torch_save(
+        folder / lpips.VGG16_FILE, {n: contiguous(str(i), a) for i, (n, a) in enumerate(vgg.items())}, legacy=True
+    )
+    torch_save(folder / lpips.LIN_FILE, {n: contiguous(str(i), a) for i, (n, a) in enumerate(lin.items())})
     module, variables = lpips.load_lpips(folder / lpips.VGG16_FILE, folder / lpips.LIN_FILE)
     return folder, vgg, lin, module, variables
 
@@ -506,8 +578,8 @@ def test_lpips_matches_numpy_heads(lpips_net):
     want = 0.0
     for k, (a, b) in enumerate(zip(fx, fy)):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        na = a / (np.sqrt((a ** 2).sum(-1, keepdims=True)) + 1e-10)
-        nb = b / (np.sqrt((b ** 2).sum(-1, keepdims=True)) + 1e-10)
+        na = a / (np.sqrt((a**2).sum(-1, keepdims=True)) + 1e-10)
+        nb = b / (np.sqrt((b**2).sum(-1, keepdims=True)) + 1e-10)
         want = want + (((na - nb) ** 2) @ lin[f"lin{k}.model.1.weight"].reshape(-1)).mean(axis=(1, 2))
     np.testing.assert_allclose(lpips.lpips_distance(module, variables, x, y), want, rtol=1e-4)
 
@@ -519,12 +591,12 @@ def _np_vgg16_features(x, vgg):
     for block, indices in enumerate(((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))):
         if block:
             n, h, w, c = x.shape
-            x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+            x = x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
         for i in indices:
             weight, bias = vgg[f"features.{i}.weight"].astype(np.float64), vgg[f"features.{i}.bias"]
             padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
             h, w = x.shape[1:3]
-            x = sum(padded[:, a:a + h, b:b + w] @ weight[:, :, a, b].T for a in range(3) for b in range(3))
+            x = sum(padded[:, a : a + h, b : b + w] @ weight[:, :, a, b].T for a in range(3) for b in range(3))
             x = np.maximum(x + bias, 0.0)
         outputs.append(x)
     return outputs
@@ -540,8 +612,8 @@ def test_lpips_matches_an_independent_numpy_vgg16(lpips_net):
     want = np.zeros(2)
     for k, (a, b) in enumerate(zip(_np_vgg16_features(prep(x), vgg), _np_vgg16_features(prep(y), vgg))):
         assert a.shape[1:] == ((32 >> k), (32 >> k), lpips.CHANNELS[k])
-        na = a / (np.sqrt((a ** 2).sum(-1, keepdims=True)) + 1e-10)
-        nb = b / (np.sqrt((b ** 2).sum(-1, keepdims=True)) + 1e-10)
+        na = a / (np.sqrt((a**2).sum(-1, keepdims=True)) + 1e-10)
+        nb = b / (np.sqrt((b**2).sum(-1, keepdims=True)) + 1e-10)
         want += (((na - nb) ** 2) @ lin[f"lin{k}.model.1.weight"].reshape(-1)).mean(axis=(1, 2))
     np.testing.assert_allclose(lpips.lpips_distance(module, variables, x, y), want, rtol=1e-4)
 
@@ -581,8 +653,11 @@ def test_lpips_loader_checks_names_and_shapes(lpips_net, tmp_path):
         lpips.load_lpips(folder / lpips.VGG16_FILE)
     bad = dict(lin, **{"lin2.model.1.weight": np.zeros((1, 255, 1, 1), np.float32)})
     np.savez(tmp_path / "lin.npz", **bad)
-    with pytest.raises(WeightFileError, match=r"lin2\.model\.1\.weight: file has \(1, 255, 1, 1\), "
-                                              r"expected \(1, 256, 1, 1\)"):
+    with pytest.raises(
+        WeightFileError,
+        match=r"lin2\.model\.1\.weight: file has \(1, 255, 1, 1\), "
+        r"expected \(1, 256, 1, 1\)",
+    ):
         lpips.load_lpips(folder / lpips.VGG16_FILE, tmp_path / "lin.npz")
     merged = tmp_path / "lpips_vgg16.npz"  # one file holding both, for a single config key
     np.savez(merged, **{k: v for k, v in vgg.items() if not k.startswith("classifier")}, **lin)

@@ -42,18 +42,31 @@ def _report():
     ts = [0, 250, 500, 999]
     return {
         "title": "Run <b>&</b> test",
-        "curves": {"losses": {"loss": [(0, 1.0), (10, 0.5), (20, float("nan")), (30, 0.25)],
-                              "ema <loss>": [(0, 0.9), (30, 0.3)]},
-                   "empty": {"lr": []}},
-        "sample_grids": {"density=A": rng.integers(0, 4096, (20, 30), dtype=np.uint16),
-                         "density=<D>": rng.integers(0, 256, (20, 30), dtype=np.uint8)},
+        "curves": {
+            "losses": {
+                "loss": [(0, 1.0), (10, 0.5), (20, float("nan")), (30, 0.25)],
+                "ema <loss>": [(0, 0.9), (30, 0.3)],
+            },
+            "empty": {"lr": []},
+        },
+        "sample_grids": {
+            "density=A": rng.integers(0, 4096, (20, 30), dtype=np.uint16),
+            "density=<D>": rng.integers(0, 256, (20, 30), dtype=np.uint8),
+        },
         "forward_diffusion": {"t": ts, "frames": [float_image] * len(ts)},
         "trajectory": {"captions": ["t=999", "t=0"], "frames": [float_image, float_image[..., 0]]},
-        "editing": [{"caption": "dense removal <seed 1>", "images": [("input", float_image), ("edit", float_image),
-                                                                      ("ground truth", float_image)]}],
-        "metrics": {"fid": 12.3456789, "kid": {"mean": 0.01, "std": 0.002},
-                    "classifier": {"density": {"accuracy": 0.97, "confusion": [[5, 1], [0, 4]]}},
-                    "note": "<script>alert(1)</script>"},
+        "editing": [
+            {
+                "caption": "dense removal <seed 1>",
+                "images": [("input", float_image), ("edit", float_image), ("ground truth", float_image)],
+            }
+        ],
+        "metrics": {
+            "fid": 12.3456789,
+            "kid": {"mean": 0.01, "std": 0.002},
+            "classifier": {"density": {"accuracy": 0.97, "confusion": [[5, 1], [0, 4]]}},
+            "note": "<script>alert(1)</script>",
+        },
     }
 
 
@@ -70,7 +83,7 @@ def test_report_renders_self_contained(tmp_path):
     for attrs in parser.images:
         prefix = "data:image/png;base64,"
         assert attrs["src"].startswith(prefix)
-        data = base64.b64decode(attrs["src"][len(prefix):], validate=True)
+        data = base64.b64decode(attrs["src"][len(prefix) :], validate=True)
         assert data.startswith(b"\x89PNG\r\n\x1a\n")
         assert decode_png(data).dtype == np.uint8
 
@@ -97,4 +110,4 @@ def test_report_rejects_bad_input():
         report.render_report({"sample_grids": {"a": np.zeros((4, 4, 3), np.uint8)}})
     # only the sections given are rendered; no slider, no script
     text = report.render_report({"metrics": {"a": 1}})
-    assert "<script" not in text and "<section id=\"metrics\">" in text
+    assert "<script" not in text and '<section id="metrics">' in text

@@ -11,8 +11,9 @@ from ldm_jax.diffusion.samplers import SamplerConfig
 
 # Well separated (>= 3.5 combined stds between means), so labelling a sample by its most
 # likely component is wrong with probability < 3e-4, far below the standard errors used.
-MIXTURE = toy.GaussianMixture(weights=[0.5, 0.3, 0.2], means=[[-3.0, 0.0], [3.0, 1.0], [0.0, -3.5]],
-                              stds=[[0.6, 0.6], [0.5, 0.5], [0.7, 0.5]])
+MIXTURE = toy.GaussianMixture(
+    weights=[0.5, 0.3, 0.2], means=[[-3.0, 0.0], [3.0, 1.0], [0.0, -3.5]], stds=[[0.6, 0.6], [0.5, 0.5], [0.7, 0.5]]
+)
 # Two components 10 stds apart in dim 0, each with fine detail (std 0.2) there; dim 1 is N(0, 0.5²).
 DETAIL = toy.GaussianMixture(weights=[0.5, 0.5], means=[[-1.0, 0.0], [1.0, 0.0]], stds=[[0.2, 0.5], [0.2, 0.5]])
 
@@ -54,8 +55,12 @@ def _constant_x0_chains(sampler, eta, T, num_steps, n, c):
     sched = _schedule(num_steps=T)
     x_T = jax.random.normal(jax.random.key(0), (n, 1))
     denoise = lambda x, t, cond: jnp.full_like(x, c)  # noqa: E731
-    _, traj = _run(denoise, sched, SamplerConfig(sampler=sampler, num_steps=num_steps, eta=eta, prediction="x0"),
-                   return_trajectory=True)(x_T, jax.random.key(1))
+    _, traj = _run(
+        denoise,
+        sched,
+        SamplerConfig(sampler=sampler, num_steps=num_steps, eta=eta, prediction="x0"),
+        return_trajectory=True,
+    )(x_T, jax.random.key(1))
     assert traj.shape == (num_steps + 1, n, 1)
     return sched, traj
 
@@ -114,8 +119,9 @@ def test_ddim_eta0_step_is_deterministic_eq12():
     sched = _schedule()
     x_T = jax.random.normal(jax.random.key(0), (3, 2, 2, 1))
     denoise = lambda x, t, cond: 0.5 * x
-    _, traj = _run(denoise, sched, SamplerConfig(num_steps=4, spacing="trailing"),
-                   return_trajectory=True)(x_T, jax.random.key(1))
+    _, traj = _run(denoise, sched, SamplerConfig(num_steps=4, spacing="trailing"), return_trajectory=True)(
+        x_T, jax.random.key(1)
+    )
     ac = np.cumprod(1 - schedule.beta_schedule("linear", 1000))
     a_t, a_s = ac[999], ac[749]
     x = np.asarray(x_T, np.float64)
@@ -125,23 +131,28 @@ def test_ddim_eta0_step_is_deterministic_eq12():
 
 def test_clip_x0_clips_the_prediction():
     """One step from t = 0 to clean data returns x̂_0 itself, here clipped from 5 to 1."""
-    out = _run(lambda x, t, cond: jnp.full_like(x, 5.0), _schedule(),
-               SamplerConfig(num_steps=1, prediction="x0", clip_x0=1.0))(jnp.zeros((2, 3)), jax.random.key(0))
+    out = _run(
+        lambda x, t, cond: jnp.full_like(x, 5.0), _schedule(), SamplerConfig(num_steps=1, prediction="x0", clip_x0=1.0)
+    )(jnp.zeros((2, 3)), jax.random.key(0))
     np.testing.assert_allclose(np.asarray(out), 1.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("sampler,num_steps,eta,spacing,zero_snr,prediction,n,mean_allowance,std_allowance", [
-    ("ddpm", 1000, 0.0, "leading", False, "eps", 8192, 0.0, 0.0),
-    ("ddpm", 50, 0.0, "leading", False, "eps", 16384, 0.1, 0.1),
-    ("ddim", 50, 0.0, "leading", False, "eps", 16384, 0.15, 0.06),
-    ("ddim", 50, 0.5, "leading", False, "eps", 16384, 0.15, 0.06),
-    ("dpmpp_2m", 20, 0.0, None, False, "eps", 16384, 0.05, 0.08),
-    ("dpmpp_2m", 20, 0.0, None, True, "v", 16384, 0.05, 0.08),
-    ("dpmpp_3m", 20, 0.0, None, False, "eps", 16384, 0.05, 0.03),
-    ("dpmpp_3m", 20, 0.0, None, True, "v", 16384, 0.05, 0.03),
-])
-def test_reverse_process_with_exact_denoiser_recovers_the_mixture(sampler, num_steps, eta, spacing, zero_snr,
-                                                                   prediction, n, mean_allowance, std_allowance):
+@pytest.mark.parametrize(
+    "sampler,num_steps,eta,spacing,zero_snr,prediction,n,mean_allowance,std_allowance",
+    [
+        ("ddpm", 1000, 0.0, "leading", False, "eps", 8192, 0.0, 0.0),
+        ("ddpm", 50, 0.0, "leading", False, "eps", 16384, 0.1, 0.1),
+        ("ddim", 50, 0.0, "leading", False, "eps", 16384, 0.15, 0.06),
+        ("ddim", 50, 0.5, "leading", False, "eps", 16384, 0.15, 0.06),
+        ("dpmpp_2m", 20, 0.0, None, False, "eps", 16384, 0.05, 0.08),
+        ("dpmpp_2m", 20, 0.0, None, True, "v", 16384, 0.05, 0.08),
+        ("dpmpp_3m", 20, 0.0, None, False, "eps", 16384, 0.05, 0.03),
+        ("dpmpp_3m", 20, 0.0, None, True, "v", 16384, 0.05, 0.03),
+    ],
+)
+def test_reverse_process_with_exact_denoiser_recovers_the_mixture(
+    sampler, num_steps, eta, spacing, zero_snr, prediction, n, mean_allowance, std_allowance
+):
     """Sampling with the exact E[ε | x_t] (or v) of MIXTURE from x_T ~ N(0, I).
 
     Tolerances: weight of component k within 5·√(w(1-w)/n); its per-dim mean within
@@ -155,8 +166,11 @@ def test_reverse_process_with_exact_denoiser_recovers_the_mixture(sampler, num_s
     sched = _schedule(zero_snr)
     denoise = toy.mixture_eps_fn(sched, MIXTURE, prediction)
     x_T = jax.random.normal(jax.random.key(10), (n, 2))
-    run = _run(denoise, sched, SamplerConfig(sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing,
-                                             prediction=prediction))
+    run = _run(
+        denoise,
+        sched,
+        SamplerConfig(sampler=sampler, num_steps=num_steps, eta=eta, spacing=spacing, prediction=prediction),
+    )
     x = np.asarray(run(x_T, jax.random.key(11)), np.float64)
     labels = _labels(x)
     for k, (w, mu, sd) in enumerate(zip(MIXTURE.weights, MIXTURE.means, MIXTURE.stds)):
@@ -195,8 +209,12 @@ def test_dpmpp_3m_is_third_order():
     sched = _schedule()
     denoise = toy.mixture_eps_fn(sched, mixture)
     x_T = jax.random.normal(jax.random.key(0), (4096, 2))
-    exact, *runs = (np.asarray(_run(denoise, sched, SamplerConfig(sampler="dpmpp_3m", num_steps=n))(
-        x_T, jax.random.key(1)), np.float64) for n in (1000, 20, 40, 80))
+    exact, *runs = (
+        np.asarray(
+            _run(denoise, sched, SamplerConfig(sampler="dpmpp_3m", num_steps=n))(x_T, jax.random.key(1)), np.float64
+        )
+        for n in (1000, 20, 40, 80)
+    )
     errors = [np.sqrt(np.mean((x - exact) ** 2)) for x in runs]
     assert errors[0] / errors[1] > 6 and errors[1] / errors[2] > 6, errors
 
@@ -211,8 +229,11 @@ def test_ddim_inversion_round_trip_is_first_order():
     x0, _ = mixture.sample(jax.random.key(0), 512)
     errors = []
     for num_steps in (50, 100):
-        invert = jax.jit(lambda x: samplers.ddim_invert(denoise, sched, x, SamplerConfig(num_steps=num_steps),
-                                                        return_trajectory=True))
+        invert = jax.jit(
+            lambda x: samplers.ddim_invert(
+                denoise, sched, x, SamplerConfig(num_steps=num_steps), return_trajectory=True
+            )
+        )
         x_T, traj = invert(x0)
         assert traj.shape == (num_steps + 1, 512, 2)
         np.testing.assert_array_equal(np.asarray(traj[-1]), np.asarray(x_T))
@@ -237,9 +258,17 @@ def test_guidance_scale_one_is_the_conditional_model_and_guidance_batches_2b():
     dpmpp = SamplerConfig(sampler="dpmpp_2m", num_steps=20)
     conditional = _run(denoise, sched, dpmpp, cond=cond)(x_T, jax.random.key(1))
     static_one = _run(denoise, sched, dpmpp, cond=cond, null_cond=null)(x_T, jax.random.key(1))
-    traced_one = jax.jit(lambda s: samplers.sample(denoise, sched, x_T, jax.random.key(1),
-                                                   dataclasses.replace(dpmpp, guidance_scale=s), cond=cond,
-                                                   null_cond=null))(jnp.float32(1.0))
+    traced_one = jax.jit(
+        lambda s: samplers.sample(
+            denoise,
+            sched,
+            x_T,
+            jax.random.key(1),
+            dataclasses.replace(dpmpp, guidance_scale=s),
+            cond=cond,
+            null_cond=null,
+        )
+    )(jnp.float32(1.0))
     assert batches == [64, 64, 128]  # a Python 1.0 skips the unconditional pass; a traced scale does not
     np.testing.assert_array_equal(np.asarray(static_one), np.asarray(conditional))
     np.testing.assert_allclose(np.asarray(traced_one), np.asarray(conditional), atol=1e-5)
@@ -248,11 +277,13 @@ def test_guidance_scale_one_is_the_conditional_model_and_guidance_batches_2b():
     # one step from t = 0 to x_0: x̂_0 = (x - √(1-ᾱ_0) ε̃)/√ᾱ_0 with ε̃ = u + s(c - u)
     x = x_T * 0.3
     guided = _run(denoise, sched, SamplerConfig(num_steps=1, guidance_scale=3.0), cond=cond, null_cond=null)(
-        x, jax.random.key(1))
+        x, jax.random.key(1)
+    )
     t0 = jnp.zeros(64, jnp.int32)
     u, c = mixture_fn(x, t0, null), mixture_fn(x, t0, cond)
-    np.testing.assert_allclose(np.asarray(guided), np.asarray(forward.x0_from_eps(sched, x, t0, u + 3.0 * (c - u))),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(guided), np.asarray(forward.x0_from_eps(sched, x, t0, u + 3.0 * (c - u))), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_sampler_is_deterministic_given_key_and_does_not_recompile():

@@ -64,9 +64,16 @@ def test_random_conditions_follow_the_training_distribution_per_image():
     assert not np.array_equal(Conditions("random", dist, seed=6).labels(np.arange(50)), labels[:50])
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("density=E", "unknown density value"), ("colour=red", "unknown attribute"), ("density", "attribute=value"),
-    ("density=D", "never occurs"), ("random", None)])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("density=E", "unknown density value"),
+        ("colour=red", "unknown attribute"),
+        ("density", "attribute=value"),
+        ("density=D", "never occurs"),
+        ("random", None),
+    ],
+)
 def test_bad_conditions_are_refused(spec, message):
     dist = _distribution([((0, 0, 0, 0), 10), ((1, 2, 1, 1), 5)])
     if message is None:
@@ -89,8 +96,7 @@ def test_shards_partition_the_indices():
 # ----------------------------------------------------------------------------- writers
 
 
-@pytest.mark.parametrize("fmt, tolerance", [("png16", 1 / 4095), ("png8", 1 / 255), ("npz", 0.0),
-                                            ("dicom", 1 / 4095)])
+@pytest.mark.parametrize("fmt, tolerance", [("png16", 1 / 4095), ("png8", 1 / 255), ("npz", 0.0), ("dicom", 1 / 4095)])
 def test_writers_round_trip_and_are_deterministic(fmt, tolerance):
     image = np.random.default_rng(0).uniform(-1, 1, (16, 12, 1)).astype(np.float32)
     kwargs = dict(labels=np.array([1, 2, 0, 1]), description="density=B", job_uid="abc", index=3)
@@ -166,8 +172,11 @@ class _ExactGaussianUNet(nn.Module):
 def _toy_edit(method, strength, images, source, target, num_steps=50):
     schedule = make_schedule("linear", 1000)
     unet = _ExactGaussianUNet(tuple(np.asarray(schedule.alphas_cumprod).tolist()))
-    edit = jax.jit(make_edit(unet, _IdentityAutoencoder(), schedule, SamplerConfig(num_steps=num_steps),
-                             method=method, strength=strength))
+    edit = jax.jit(
+        make_edit(
+            unet, _IdentityAutoencoder(), schedule, SamplerConfig(num_steps=num_steps), method=method, strength=strength
+        )
+    )
     b = images.shape[0]
     labels = (np.tile(attributes.parse_condition(source), (b, 1)), np.tile(attributes.parse_condition(target), (b, 1)))
     return np.asarray(edit({}, {}, 1.0, images, *labels, image_keys(jax.random.PRNGKey(0), jnp.arange(b))))
@@ -267,8 +276,11 @@ def test_run_saved_before_the_architecture_sections_still_loads(trained, tmp_pat
 def test_shards_and_resume_reproduce_the_unsharded_job(trained, tmp_path, monkeypatch):
     assert _sample(trained, tmp_path / "whole", *GEN) == 0
     whole = _files(tmp_path / "whole")
-    assert sorted(whole) == [f"{i:06d}.png" for i in range(10)] + ["contact_sheet.png", "manifest.jsonl",
-                                                                    "settings.json"]
+    assert sorted(whole) == [f"{i:06d}.png" for i in range(10)] + [
+        "contact_sheet.png",
+        "manifest.jsonl",
+        "settings.json",
+    ]
     for k in (1, 0):
         assert _sample(trained, tmp_path / "sharded", *GEN, "--shard", f"{k}/2") == 0
     assert _files(tmp_path / "sharded") == whole
@@ -306,8 +318,17 @@ def test_shards_and_resume_reproduce_the_unsharded_job(trained, tmp_path, monkey
 
     manifest = [json.loads(line) for line in whole["manifest.jsonl"].decode().splitlines()]
     assert [m["index"] for m in manifest] == list(range(10))
-    assert manifest[1] == {"file": "000001.png", "index": 1, "seed": 0, "sampler": "ddim", "steps": 3,
-                           "guidance": 2.0, "checkpoint_step": 4, "ema": True, "condition": "density=D"}
+    assert manifest[1] == {
+        "file": "000001.png",
+        "index": 1,
+        "seed": 0,
+        "sampler": "ddim",
+        "steps": 3,
+        "guidance": 2.0,
+        "checkpoint_step": 4,
+        "ema": True,
+        "condition": "density=D",
+    }
 
 
 @pytest.mark.slow
@@ -323,15 +344,23 @@ def test_batch_size_does_not_change_the_images(trained, tmp_path):
 def test_dicom_job_and_settings_guard(trained, tmp_path):
     import pydicom
 
-    assert _sample(trained, tmp_path / "dcm", "--num", "3", "--batch", "8", "--format", "dicom",
-                   "--condition", "density=C") == 0
+    assert (
+        _sample(
+            trained, tmp_path / "dcm", "--num", "3", "--batch", "8", "--format", "dicom", "--condition", "density=C"
+        )
+        == 0
+    )
     ds = pydicom.dcmread(tmp_path / "dcm" / "000002.dcm")
     assert ds.ConversionType == "SYN" and "density=C" in ds.ImageComments
     assert ds.pixel_array.shape == (64, 64)
     # the same folder with other settings is refused, nothing is written
     before = _files(tmp_path / "dcm")
-    assert _sample(trained, tmp_path / "dcm", "--num", "3", "--batch", "8", "--format", "dicom",
-                   "--condition", "density=A") == 2
+    assert (
+        _sample(
+            trained, tmp_path / "dcm", "--num", "3", "--batch", "8", "--format", "dicom", "--condition", "density=A"
+        )
+        == 2
+    )
     assert _files(tmp_path / "dcm") == before
 
 
@@ -342,8 +371,23 @@ def test_edit_at_strength_zero_writes_the_reconstruction(trained, tmp_path):
     phantoms = [generate_phantom(s, 64, density="D") for s in range(3)]
     for s, p in enumerate(phantoms):
         (inputs / f"scan{s}.png").write_bytes(encode_png(p.image))
-    assert _sample(trained, tmp_path / "edit", "--edit-input", str(inputs), "--edit-to", "density=A",
-                   "--edit-strength", "0", "--batch", "8", "--format", "npz") == 0
+    assert (
+        _sample(
+            trained,
+            tmp_path / "edit",
+            "--edit-input",
+            str(inputs),
+            "--edit-to",
+            "density=A",
+            "--edit-strength",
+            "0",
+            "--batch",
+            "8",
+            "--format",
+            "npz",
+        )
+        == 0
+    )
     model = load_model(trained)
     x = np.stack([p.image for p in phantoms]).astype(np.float32)[..., None] / 4095 * 2 - 1
     ae = model.autoencoder

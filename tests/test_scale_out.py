@@ -25,8 +25,12 @@ pytestmark = pytest.mark.slow
 
 def _diffusion_only(job_run, **overrides) -> dict:
     """Overrides that train only the diffusion stage on ``job_run``'s data and autoencoder."""
-    return {"stages": "diffusion", "data.data_dir": job_run / "data",
-            "diffusion.autoencoder_checkpoint": job_run / "autoencoder" / "checkpoints", **overrides}
+    return {
+        "stages": "diffusion",
+        "data.data_dir": job_run / "data",
+        "diffusion.autoencoder_checkpoint": job_run / "autoencoder" / "checkpoints",
+        **overrides,
+    }
 
 
 def test_two_processes_train_like_one(two_processes, trained_micro):
@@ -87,8 +91,10 @@ def test_preemption_a_lost_process_and_restarts(two_processes, tmp_path):
     assert codes[1] == -signal.SIGKILL and codes[0] != 0
     # Whichever notices first: a collective with the dead peer (our message) or JAX's heartbeat
     # check, which ends the process after LDM_JAX_HEARTBEAT_TIMEOUT seconds.
-    assert ("another process of the job stopped answering" in survivor
-            or "This most likely indicates that another task died" in survivor), survivor[-3000:]
+    assert (
+        "another process of the job stopped answering" in survivor
+        or "This most likely indicates that another task died" in survivor
+    ), survivor[-3000:]
     print(f"process 0 ended {time.monotonic() - killed:.1f} s after process 1 was killed", file=sys.stderr)
 
     multiprocess.run(args, tmp_path / "logs_second_restart", timeout=600)
@@ -102,8 +108,20 @@ def test_sample_py_on_two_processes_writes_what_one_writes(two_processes, tmp_pa
 
     from ldm_jax.data.imageio import decode_png
 
-    common = ["sample.py", "--workdir", str(two_processes), "--num", "12", "--batch", "8", "--steps", "3",
-              "--condition", "density=A;density=D", "--no-progress"]
+    common = [
+        "sample.py",
+        "--workdir",
+        str(two_processes),
+        "--num",
+        "12",
+        "--batch",
+        "8",
+        "--steps",
+        "3",
+        "--condition",
+        "density=A;density=D",
+        "--no-progress",
+    ]
     multiprocess.run([*common, "--out", str(tmp_path / "two")], tmp_path / "logs", timeout=600)
     assert sample.main([*common[1:], "--out", str(tmp_path / "one")]) == 0  # this process: 8 devices
     files = sorted(p.name for p in (tmp_path / "one").iterdir())

@@ -45,8 +45,12 @@ def test_schedule_tables_match_float64_definitions(name):
     for field in sched.__dataclass_fields__:
         assert getattr(sched, field).dtype == jnp.float32 and getattr(sched, field).shape == (300,)
     expected = {
-        "betas": betas, "alphas": 1 - betas, "alphas_cumprod": ac, "alphas_cumprod_prev": ac_prev,
-        "sqrt_alphas_cumprod": np.sqrt(ac), "sqrt_one_minus_alphas_cumprod": np.sqrt(1 - ac),
+        "betas": betas,
+        "alphas": 1 - betas,
+        "alphas_cumprod": ac,
+        "alphas_cumprod_prev": ac_prev,
+        "sqrt_alphas_cumprod": np.sqrt(ac),
+        "sqrt_one_minus_alphas_cumprod": np.sqrt(1 - ac),
         "log_snr": np.log(ac / (1 - ac)),
         "posterior_variance": betas * (1 - ac_prev) / (1 - ac),
         "posterior_mean_coef1": betas * np.sqrt(ac_prev) / (1 - ac),
@@ -56,8 +60,9 @@ def test_schedule_tables_match_float64_definitions(name):
         np.testing.assert_allclose(np.asarray(getattr(sched, field)), value, rtol=2e-6, atol=1e-30, err_msg=field)
     pv = expected["posterior_variance"]
     assert pv[0] == 0
-    np.testing.assert_allclose(np.asarray(sched.posterior_log_variance_clipped), np.log(np.append(pv[1], pv[1:])),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(sched.posterior_log_variance_clipped), np.log(np.append(pv[1], pv[1:])), rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", schedule.SCHEDULES)
@@ -89,10 +94,16 @@ def test_q_sample_equals_iterated_markov_chain(name):
         assert stats.kstest((chain[s] - a * x0) / np.sqrt(var), "norm").pvalue > 1e-3, (name, s)
 
 
-@pytest.mark.parametrize("name,beta_range,terminal_snr", [
-    ("linear", (None, None), 4.036e-5), ("scaled_linear", (None, None), 4.682e-3),
-    ("scaled_linear", (0.0015, 0.0195), 1.423e-4), ("cosine", (None, None), 2.429e-9),
-    ("sigmoid", (None, None), 3.968e-5)])
+@pytest.mark.parametrize(
+    "name,beta_range,terminal_snr",
+    [
+        ("linear", (None, None), 4.036e-5),
+        ("scaled_linear", (None, None), 4.682e-3),
+        ("scaled_linear", (0.0015, 0.0195), 1.423e-4),
+        ("cosine", (None, None), 2.429e-9),
+        ("sigmoid", (None, None), 3.968e-5),
+    ],
+)
 def test_terminal_distribution_is_close_to_standard_normal(name, beta_range, terminal_snr):
     """Terminal SNR(T-1) = ᾱ/(1-ᾱ) at T = 1000 (the parameters, as the README states them, from
     float64 ᾱ; SD's scaled_linear keeps the most signal), and the terminal distribution that
@@ -114,9 +125,11 @@ def test_terminal_distribution_is_close_to_standard_normal(name, beta_range, ter
         f = lambda t: np.cos((t / T + 0.008) / 1.008 * np.pi / 2) ** 2
         ac_T = f(T - 1) / f(0) * (1 - 0.999)
     else:
-        betas = {"linear": lambda: np.linspace(start, end, T),
-                 "scaled_linear": lambda: np.linspace(start**0.5, end**0.5, T) ** 2,
-                 "sigmoid": lambda: start + (end - start) / (1 + np.exp(-np.linspace(-6, 6, T)))}[name]()
+        betas = {
+            "linear": lambda: np.linspace(start, end, T),
+            "scaled_linear": lambda: np.linspace(start**0.5, end**0.5, T) ** 2,
+            "sigmoid": lambda: start + (end - start) / (1 + np.exp(-np.linspace(-6, 6, T))),
+        }[name]()
         ac_T = np.prod(1 - betas)
 
     x0 = np.array([-1.0, 0.5, 1.0])
@@ -142,8 +155,12 @@ def test_zero_terminal_snr_rescaling(name):
     sched = schedule.make_schedule(name, 100, zero_terminal_snr=True)
     assert float(sched.alphas_cumprod[-1]) == 0.0 and float(forward.snr(sched, jnp.array([99]))[0]) == 0.0
     assert np.isneginf(sched.log_snr[-1]) and np.isfinite(np.asarray(sched.log_snr[:-1])).all()
-    for field in ("posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1",
-                  "posterior_mean_coef2"):
+    for field in (
+        "posterior_variance",
+        "posterior_log_variance_clipped",
+        "posterior_mean_coef1",
+        "posterior_mean_coef2",
+    ):
         assert np.isfinite(np.asarray(getattr(sched, field))).all(), field
     # the last step's q(x_T | x_0) is exactly N(0, 1)
     x = forward.q_sample(sched, jnp.full((3,), 5.0), jnp.array([99] * 3), jnp.array([0.1, -0.2, 0.3]))

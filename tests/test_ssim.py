@@ -7,8 +7,10 @@ from ldm_jax.perceptual.ssim import ms_ssim, ssim
 
 def _reference_ssim(x, y, max_val=1.0):
     """Independent numpy/scipy SSIM with the same 11-tap Gaussian (σ = 1.5), valid borders."""
+
     def blur(a):
         return ndimage.gaussian_filter(a, 1.5, truncate=5 / 1.5, mode="constant")[5:-5, 5:-5]
+
     c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
     mx, my = blur(x), blur(y)
     sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
@@ -30,8 +32,10 @@ def test_ms_ssim_identity_and_monotone_in_noise():
     rng = np.random.default_rng(1)
     x = rng.uniform(size=(1, 64, 64, 1)).astype(np.float32)
     np.testing.assert_allclose(ms_ssim(x, x), 1.0, atol=1e-5)
-    values = [float(ms_ssim(x, np.clip(x + s * rng.normal(size=x.shape), 0, 1).astype(np.float32))[0])
-              for s in (0.02, 0.1, 0.3)]
+    values = [
+        float(ms_ssim(x, np.clip(x + s * rng.normal(size=x.shape), 0, 1).astype(np.float32))[0])
+        for s in (0.02, 0.1, 0.3)
+    ]
     assert values[0] > values[1] > values[2]
 
 
@@ -46,8 +50,11 @@ def _msssim_images():
     """Three fixed 176×176 pairs (x vs. noisy, dimmed, blurred x), float32 NHWC in [0, 1]."""
     rng = np.random.default_rng(2024)
     yy, xx = np.mgrid[0:176, 0:176] / 176.0
-    x = np.clip(0.5 + 0.25 * np.sin(2 * np.pi * 3 * xx) * np.cos(2 * np.pi * 2 * yy)
-                + 0.1 * rng.standard_normal((176, 176)), 0, 1)
+    x = np.clip(
+        0.5 + 0.25 * np.sin(2 * np.pi * 3 * xx) * np.cos(2 * np.pi * 2 * yy) + 0.1 * rng.standard_normal((176, 176)),
+        0,
+        1,
+    )
     noisy = np.clip(x + 0.1 * rng.standard_normal(x.shape), 0, 1)
     dimmed = np.clip(0.6 * x + 0.3 + 0.02 * rng.standard_normal(x.shape), 0, 1)
     blurred = (x + np.roll(x, 1, 0) + np.roll(x, 1, 1) + np.roll(x, (1, 1), (0, 1))) / 4

@@ -68,8 +68,14 @@ def test_diffusion_checkpoint_resumes_on_other_topologies(trained_micro, tmp_pat
     saved = saved_runs.raw_state(checkpoints / "2" / "state")
     preset = presets.get_preset(cfg.model)
     unet, optimizer = presets.build_unet(preset.unet), make_optimizer(cfg.diffusion)
-    stage = loop.Stage(name="diffusion", steps=2, step=None, init=lambda key: diffusion_step.init_state(
-        key, unet, optimizer, (8, preset.latent_size, preset.latent_size, preset.latent_channels), 4))
+    stage = loop.Stage(
+        name="diffusion",
+        steps=2,
+        step=None,
+        init=lambda key: diffusion_step.init_state(
+            key, unet, optimizer, (8, preset.latent_size, preset.latent_size, preset.latent_channels), 4
+        ),
+    )
     checkpointer = Checkpointer(checkpoints, async_save=False)
     for devices, fsdp in ((jax.devices()[:4], 2), (jax.devices(), 1), (jax.devices()[:1], 1)):
         cfg.mesh.fsdp = fsdp

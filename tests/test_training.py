@@ -55,8 +55,20 @@ def test_interrupted_checkpoint_is_never_restored(tmp_path):
 
 def test_config_typo_is_rejected_by_the_cli(tmp_path):
     result = subprocess.run(
-        [sys.executable, "train.py", "--config", "configs/phantom_tiny.py", "--workdir", str(tmp_path),
-         "--config.diffusion.stepz=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "train.py",
+            "--config",
+            "configs/phantom_tiny.py",
+            "--workdir",
+            str(tmp_path),
+            "--config.diffusion.stepz=3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "stepz" in result.stderr
     assert not (tmp_path / "config.json").exists()
@@ -94,8 +106,12 @@ def _parse_config(*overrides):
     from absl import flags
     from ml_collections import config_flags
 
-    argv = ["train.py", "--config", str(ROOT / "configs" / "phantom_tiny.py"),
-            *[f"--config.{k}={v}" for k, v in overrides]]
+    argv = [
+        "train.py",
+        "--config",
+        str(ROOT / "configs" / "phantom_tiny.py"),
+        *[f"--config.{k}={v}" for k, v in overrides],
+    ]
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
     flag_values(argv)
@@ -105,10 +121,15 @@ def _parse_config(*overrides):
 def test_unet_override_on_the_command_line_is_trained_recorded_and_loaded(trained_micro, tmp_path):
     from ldm_jax.sampling.model import load_model
 
-    cfg = _parse_config(("unet.model_channels", 8), *MICRO_OVERRIDES.items(), ("stages", "diffusion"),
-                        ("diffusion.steps", 2), ("log.sample_conditions", ""),
-                        ("data.data_dir", trained_micro / "data"),
-                        ("diffusion.autoencoder_checkpoint", trained_micro / "autoencoder" / "checkpoints"))
+    cfg = _parse_config(
+        ("unet.model_channels", 8),
+        *MICRO_OVERRIDES.items(),
+        ("stages", "diffusion"),
+        ("diffusion.steps", 2),
+        ("log.sample_conditions", ""),
+        ("data.data_dir", trained_micro / "data"),
+        ("diffusion.autoencoder_checkpoint", trained_micro / "autoencoder" / "checkpoints"),
+    )
     run.train(cfg, tmp_path)
     recorded = json.loads((tmp_path / "config.json").read_text())["unet"]
     meta = json.loads((tmp_path / "diffusion" / "checkpoints" / "2" / "meta" / "metadata").read_text())
@@ -117,16 +138,21 @@ def test_unet_override_on_the_command_line_is_trained_recorded_and_loaded(traine
     model = load_model(tmp_path)
     assert model.unet.model_channels == 8 and model.unet.channel_mult == (1, 2)
     assert model.unet_params["time_embed_0"]["kernel"].shape == (8, 32)  # 16 → 64 in the micro preset
-    assert sum(x.size for x in jax.tree.leaves(model.unet_params)) < sum(
-        x.size for x in jax.tree.leaves(load_model(trained_micro).unet_params)) // 3
+    assert (
+        sum(x.size for x in jax.tree.leaves(model.unet_params))
+        < sum(x.size for x in jax.tree.leaves(load_model(trained_micro).unet_params)) // 3
+    )
 
 
 def test_data_set_of_another_image_size_is_refused_before_any_work(trained_micro, tmp_path):
     cfg = micro_config()
     cfg.data.data_dir = str(trained_micro / "data")
     cfg.data.image_size = 32
-    with pytest.raises(ValueError, match=r"'mammo_phantoms' \(config '64'\) stores 64x64 images, but "
-                                         r"data.image_size=32: .* data.resize=True to resize"):
+    with pytest.raises(
+        ValueError,
+        match=r"'mammo_phantoms' \(config '64'\) stores 64x64 images, but "
+        r"data.image_size=32: .* data.resize=True to resize",
+    ):
         run.train(cfg, tmp_path)
     assert not (tmp_path / "config.json").exists()
     cfg.data.resize = True
@@ -139,8 +165,9 @@ def _diffusion_parts(cfg):
     autoencoder = presets.build_autoencoder(preset.autoencoder)
     optimizer = make_optimizer(cfg.diffusion)
     schedule = make_schedule("linear", 1000)
-    ae_params = autoencoder.init({"params": jax.random.PRNGKey(3), "sample": jax.random.PRNGKey(4)},
-                                 jnp.zeros((1, 64, 64, 1)))["params"]
+    ae_params = autoencoder.init(
+        {"params": jax.random.PRNGKey(3), "sample": jax.random.PRNGKey(4)}, jnp.zeros((1, 64, 64, 1))
+    )["params"]
     step = diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, cfg.diffusion)
     init = lambda key: diffusion_step.init_state(key, unet, optimizer, (8, 16, 16, 4), 4)  # noqa: E731
     return init, step, ae_params
@@ -160,18 +187,24 @@ def test_label_dropout_trains_every_sampled_condition_pattern_at_its_stated_rate
     n = 200_000
     labels = jnp.tile(jnp.asarray([[2, 1, 0, 1]], jnp.int32), (n, 1))
     null = np.asarray(diffusion_step.drop_labels(jax.random.PRNGKey(0), labels, cfg)) == np.asarray(
-        attributes.NUM_CLASSES)
+        attributes.NUM_CLASSES
+    )
     kept = ~null
     rates = diffusion_step.condition_pattern_rates(cfg)
-    measured = {"unconditional": [null.all(1).mean()], "full": [kept.all(1).mean()],
-                "single": [(kept[:, a] & (kept.sum(1) == 1)).mean() for a in range(null.shape[1])]}
+    measured = {
+        "unconditional": [null.all(1).mean()],
+        "full": [kept.all(1).mean()],
+        "single": [(kept[:, a] & (kept.sum(1) == 1)).mean() for a in range(null.shape[1])],
+    }
     for pattern, values in measured.items():
         sigma = np.sqrt(rates[pattern] * (1 - rates[pattern]) / n)
         for value in values:  # each single attribute separately
             assert abs(value - rates[pattern]) < 5 * sigma, (pattern, value, rates[pattern])
     assert rates["unconditional"] >= 0.1 and rates["single"] >= 0.05 and rates["full"] >= 0.45
-    for bad, message in (({"uncond_dropout": 1.5}, "uncond_dropout=1.5"),
-                         ({"uncond_dropout": 0.6, "single_attribute_rate": 0.6}, "= 1.2 > 1")):
+    for bad, message in (
+        ({"uncond_dropout": 1.5}, "uncond_dropout=1.5"),
+        ({"uncond_dropout": 0.6, "single_attribute_rate": 0.6}, "= 1.2 > 1"),
+    ):
         wrong = micro_config().diffusion
         wrong.update(bad)
         with pytest.raises(ValueError, match=message):
@@ -213,8 +246,15 @@ def test_one_and_eight_devices_give_the_same_losses():
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = parallel.make_mesh(devices=devices)
         state = jax.jit(init, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(0))
-        fn = jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh),
-                                         parallel.replicated(mesh), parallel.replicated(mesh)))
+        fn = jax.jit(
+            step,
+            in_shardings=(
+                parallel.replicated(mesh),
+                parallel.batch_sharding(mesh),
+                parallel.replicated(mesh),
+                parallel.replicated(mesh),
+            ),
+        )
         losses = []
         for batch in _batches(3):
             state, metrics = fn(state, parallel.global_batch_from_local(batch, mesh), ae_params, 1.0)
@@ -232,8 +272,10 @@ def test_nonfinite_update_is_skipped_counted_and_stops_the_run(tmp_path):
     batch = next(_batches(1, nan_at=(0,)))
     new_state, metrics = jax.jit(step)(state, batch, ae_params, 1.0)
     assert int(metrics["skipped"]) == 1 and int(new_state.step) == 1
-    for before, after in zip(jax.tree.leaves((state.params, state.ema_params, state.opt_state)),
-                             jax.tree.leaves((new_state.params, new_state.ema_params, new_state.opt_state))):
+    for before, after in zip(
+        jax.tree.leaves((state.params, state.ema_params, state.opt_state)),
+        jax.tree.leaves((new_state.params, new_state.ema_params, new_state.opt_state)),
+    ):
         np.testing.assert_array_equal(before, after)
 
     class NanPipeline(_JsonPipeline):
@@ -248,8 +290,14 @@ def test_nonfinite_update_is_skipped_counted_and_stops_the_run(tmp_path):
     cfg.checkpoint.every = 100
     stage = loop.Stage(name="diffusion", steps=10, init=init, step=step, extra_args=(ae_params, jnp.float32(1.0)))
     with pytest.raises(loop.NonFiniteLossError, match="3 updates in a row"):
-        loop.run_stage(stage, pipeline=NanPipeline(), mesh=parallel.make_mesh(), workdir=tmp_path, cfg=cfg,
-                       key=jax.random.PRNGKey(0))
+        loop.run_stage(
+            stage,
+            pipeline=NanPipeline(),
+            mesh=parallel.make_mesh(),
+            workdir=tmp_path,
+            cfg=cfg,
+            key=jax.random.PRNGKey(0),
+        )
     rows = [json.loads(line) for line in (tmp_path / "diffusion" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_total"] for r in rows] == [1, 2]
 
@@ -349,7 +397,7 @@ def test_preempted_and_resumed_run_equals_uninterrupted(trained_micro, tmp_path,
     monkeypatch.setattr(run, "restore_or_init", recording_restore_or_init)
     run.train(cfg, tmp_path)
     assert [p.reads for p in training_pipelines] == [1]  # only the batch after the checkpoint
-    (state, meta, position), = restored
+    ((state, meta, position),) = restored
     assert int(state.step) == int(saved["step"]) == 3 and meta is not None and meta["scale_factor"] > 0
     assert position == saved_data and saved_data["position"] == 3 * 8
     for field in ("params", "opt_state", "ema_params", "rng"):
@@ -367,8 +415,10 @@ def test_preempted_and_resumed_run_equals_uninterrupted(trained_micro, tmp_path,
     assert len(flat_resumed) == len(flat_reference) > 10
     for path, value in flat_resumed:
         np.testing.assert_array_equal(value, flat_reference[path], err_msg=jax.tree_util.keystr(path))
-    data = [json.loads((d / "diffusion" / "checkpoints" / "4" / "data" / "metadata").read_text())
-            for d in (tmp_path, trained_micro)]
+    data = [
+        json.loads((d / "diffusion" / "checkpoints" / "4" / "data" / "metadata").read_text())
+        for d in (tmp_path, trained_micro)
+    ]
     assert data[0] == data[1] and data[0]["position"] == 4 * 8  # the stream position after 4 batches of 8
 
 

@@ -8,8 +8,17 @@ from ldm_jax.models import layers
 from ldm_jax.attributes import null_labels
 from ldm_jax.models.unet import UNet, check_labels
 
-TINY = dict(out_channels=2, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-            num_head_channels=8, num_classes=(3, 2), norm_groups=4, use_scale_shift_norm=True)
+TINY = dict(
+    out_channels=2,
+    model_channels=16,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    num_head_channels=8,
+    num_classes=(3, 2),
+    norm_groups=4,
+    use_scale_shift_norm=True,
+)
 B, S = 2, 8
 
 
@@ -59,8 +68,9 @@ def test_attention_matches_einsum_reference(impl):
 def test_cudnn_attention_matches_xla():
     kq, kk, kv = jax.random.split(jax.random.key(4), 3)
     q, k, v = (jax.random.normal(key, (2, 64, 4, 32), jnp.bfloat16) for key in (kq, kk, kv))
-    np.testing.assert_allclose(np.float32(layers.attention(q, k, v, "cudnn")),
-                               np.float32(layers.attention(q, k, v, "xla")), atol=2e-2)
+    np.testing.assert_allclose(
+        np.float32(layers.attention(q, k, v, "cudnn")), np.float32(layers.attention(q, k, v, "xla")), atol=2e-2
+    )
 
 
 def test_attention_impl_rejected():
@@ -129,12 +139,15 @@ def test_out_of_range_labels_rejected(tiny):
     np.testing.assert_array_equal(check_labels([[3, 2]], (3, 2)), [[3, 2]])
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(x=jnp.zeros((B, 9, 8, 2))), "divisible by the downsampling factor 2"),
-    (dict(t=jnp.zeros((3,))), r"t must be a scalar or shape \[2\]"),
-    (dict(context=jnp.zeros((B, 4, 8))), "context_dim=None"),
-    (dict(extra=jnp.zeros((B, 4, 4, 1))), "extra must be"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(x=jnp.zeros((B, 9, 8, 2))), "divisible by the downsampling factor 2"),
+        (dict(t=jnp.zeros((3,))), r"t must be a scalar or shape \[2\]"),
+        (dict(context=jnp.zeros((B, 4, 8))), "context_dim=None"),
+        (dict(extra=jnp.zeros((B, 4, 4, 1))), "extra must be"),
+    ],
+)
 def test_bad_inputs_rejected(tiny, bad, match):
     model, params = tiny
     x, t, _ = _inputs()
@@ -190,8 +203,17 @@ def test_dropout_uses_rng_only_in_training():
 
 
 def test_cross_attention_and_resblock_updown():
-    model = UNet(**{**TINY, "num_head_channels": -1, "num_heads": 2, "context_dim": 6, "transformer_depth": 2,
-                    "resblock_updown": True, "use_scale_shift_norm": False})
+    model = UNet(
+        **{
+            **TINY,
+            "num_head_channels": -1,
+            "num_heads": 2,
+            "context_dim": 6,
+            "transformer_depth": 2,
+            "resblock_updown": True,
+            "use_scale_shift_norm": False,
+        }
+    )
     x, t, _ = _inputs()
     ctx = jax.random.normal(jax.random.key(7), (B, 3, 6))
     params = _random_params(model, x, t, context=ctx)

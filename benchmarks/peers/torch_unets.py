@@ -54,16 +54,30 @@ def build_unet(preset: str, diffusers):
     """The diffusers UNet of ``preset`` (float32 parameters, randomly initialised)."""
     if preset == "ldm64":
         return diffusers.UNet2DModel(
-            sample_size=64, in_channels=4, out_channels=4, block_out_channels=(224, 448, 672, 896), layers_per_block=2,
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(224, 448, 672, 896),
+            layers_per_block=2,
             down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
             up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=32, norm_num_groups=32, num_class_embeds=NUM_CLASS_EMBEDS,
-            resnet_time_scale_shift="default")
+            attention_head_dim=32,
+            norm_num_groups=32,
+            num_class_embeds=NUM_CLASS_EMBEDS,
+            resnet_time_scale_shift="default",
+        )
     return diffusers.UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=CONTEXT[1], attention_head_dim=8, norm_num_groups=32)
+        cross_attention_dim=CONTEXT[1],
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
 
 
 def random_inputs(preset: str, batch: int, device, torch, dtype):
@@ -97,12 +111,14 @@ def make_call(model, preset: str, mode: str, batch: int, device, torch, autocast
         def forward():
             with torch.inference_mode(), autocast():
                 return model(x0, t, **cond).sample
+
         return forward
 
     betas = torch.linspace(1e-4, 0.02, TRAIN_TIMESTEPS, dtype=torch.float64)
     alphas_cumprod = torch.cumprod(1 - betas, 0).to(device=device, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4, fused=device.type == "cuda"
+    )
 
     def step():
         t = torch.randint(0, TRAIN_TIMESTEPS, (batch,), device=device)
@@ -116,14 +132,17 @@ def make_call(model, preset: str, mode: str, batch: int, device, torch, autocast
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
+
     return step
 
 
 def make_sync(device, torch):
     """``sync(_)``: wait for the device's queued work (CUDA), a no-op on the CPU."""
+
     def sync(_):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+
     return sync
 
 
@@ -149,8 +168,11 @@ def run_one(args, preset: str, mode: str, backend: str, batch: int, torch, diffu
     model = build_unet(preset, diffusers).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     if n_params != EXPECTED_PARAMS[preset]:
-        print(f"[torch_unets] warning: {preset} has {n_params:,} parameters, ldm_jax's preset "
-              f"{EXPECTED_PARAMS[preset]:,}", file=sys.stderr)
+        print(
+            f"[torch_unets] warning: {preset} has {n_params:,} parameters, ldm_jax's preset "
+            f"{EXPECTED_PARAMS[preset]:,}",
+            file=sys.stderr,
+        )
     flops = forward_flops_per_image(model, preset, device, torch) * (3 if mode == "train" else 1)
     model.to(weight_dtype)
     model.train(mode == "train")
@@ -177,14 +199,30 @@ def run_one(args, preset: str, mode: str, backend: str, batch: int, torch, diffu
     versions = timing.versions(("torch", "diffusers", "numpy"))
     versions["torch_cuda"] = torch.version.cuda
     record = {
-        "framework": "torch.compile" if backend == "compile" else "pytorch-eager", "preset": preset, "mode": mode,
-        "batch": batch, "steps": None, "dtype": args.dtype, "attention": "sdpa", "bf16_weights": args.bf16_weights,
-        "device_count": 1, "device_kind": kind, "platform": platform_name, "versions": versions,
-        "date": timing.utc_now(), "compile_s": compile_s, **result, "peak_memory_bytes": memory,
-        "peak_memory_note": memory_note, "flops_per_image": float(flops),
+        "framework": "torch.compile" if backend == "compile" else "pytorch-eager",
+        "preset": preset,
+        "mode": mode,
+        "batch": batch,
+        "steps": None,
+        "dtype": args.dtype,
+        "attention": "sdpa",
+        "bf16_weights": args.bf16_weights,
+        "device_count": 1,
+        "device_kind": kind,
+        "platform": platform_name,
+        "versions": versions,
+        "date": timing.utc_now(),
+        "compile_s": compile_s,
+        **result,
+        "peak_memory_bytes": memory,
+        "peak_memory_note": memory_note,
+        "flops_per_image": float(flops),
         "flops_note": "FlopCounterMode, " + ("3 x UNet forward" if mode == "train" else "UNet forward"),
-        "peak_tflops": peak, "peak_tflops_source": peak_source, "ceiling_tflops": ceiling,
-        "unet_forward_s": None, "unet_fraction": None,
+        "peak_tflops": peak,
+        "peak_tflops_source": peak_source,
+        "ceiling_tflops": ceiling,
+        "unet_forward_s": None,
+        "unet_fraction": None,
         **timing.throughput(batch, result["step_time_s"], flops, 1, peak, ceiling),
     }
     del call, model
@@ -227,8 +265,10 @@ def main(argv=None) -> list[dict]:
         import diffusers
         import torch
     except ImportError as error:
-        sys.exit(f"torch_unets.py needs torch and diffusers ({error}); install them with "
-                 "`pip install torch diffusers` on the benchmark host")
+        sys.exit(
+            f"torch_unets.py needs torch and diffusers ({error}); install them with "
+            "`pip install torch diffusers` on the benchmark host"
+        )
     if torch.cuda.is_available():
         device = torch.device("cuda")
         torch.backends.cuda.matmul.allow_tf32 = True

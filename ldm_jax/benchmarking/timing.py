@@ -22,22 +22,62 @@ from collections.abc import Callable
 from typing import Any
 
 # Dense bf16 peak per device (TFLOP/s, no sparsity), from the vendors' data sheets.
-PEAK_BF16_TFLOPS = {"H100 SXM": 989.0, "H200 SXM": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5e": 197.0,
-                    "TPU v5p": 459.0, "TPU v6e": 918.0}
+PEAK_BF16_TFLOPS = {
+    "H100 SXM": 989.0,
+    "H200 SXM": 989.0,
+    "A100": 312.0,
+    "TPU v4": 275.0,
+    "TPU v5e": 197.0,
+    "TPU v5p": 459.0,
+    "TPU v6e": 918.0,
+}
 # ``device_kind`` strings (as jax and torch.cuda.get_device_name report them) -> table entry.
 # PCIe/NVL boards have lower clocks and are left out on purpose (pass --peak-tflops).
-_KIND_PATTERNS = ((r"NVIDIA H100(?!.*(PCIe|NVL)).*", "H100 SXM"), (r"NVIDIA H200(?!.*NVL).*", "H200 SXM"),
-                  (r"NVIDIA A100.*", "A100"), (r"TPU v4", "TPU v4"), (r"TPU v5( lite|e)", "TPU v5e"),
-                  (r"TPU v5p?", "TPU v5p"), (r"TPU v6( lite|e)", "TPU v6e"))
+_KIND_PATTERNS = (
+    (r"NVIDIA H100(?!.*(PCIe|NVL)).*", "H100 SXM"),
+    (r"NVIDIA H200(?!.*NVL).*", "H200 SXM"),
+    (r"NVIDIA A100.*", "A100"),
+    (r"TPU v4", "TPU v4"),
+    (r"TPU v5( lite|e)", "TPU v5e"),
+    (r"TPU v5p?", "TPU v5p"),
+    (r"TPU v6( lite|e)", "TPU v6e"),
+)
 
 # Every key of a result record (bench.py and the PyTorch peer script print the same ones).
 RESULT_FIELDS = (
-    "framework", "preset", "mode", "batch", "steps", "dtype", "attention", "bf16_weights",
-    "device_count", "device_kind", "platform", "versions", "date",
-    "compile_s", "warmup_s", "warmup_runs", "repeats", "iters_per_run", "run_times_s", "step_time_s",
-    "images_per_s", "peak_memory_bytes", "peak_memory_note",
-    "flops_per_image", "flops_note", "achieved_tflops", "peak_tflops", "peak_tflops_source", "mfu",
-    "ceiling_tflops", "mfu_vs_ceiling", "unet_forward_s", "unet_fraction",
+    "framework",
+    "preset",
+    "mode",
+    "batch",
+    "steps",
+    "dtype",
+    "attention",
+    "bf16_weights",
+    "device_count",
+    "device_kind",
+    "platform",
+    "versions",
+    "date",
+    "compile_s",
+    "warmup_s",
+    "warmup_runs",
+    "repeats",
+    "iters_per_run",
+    "run_times_s",
+    "step_time_s",
+    "images_per_s",
+    "peak_memory_bytes",
+    "peak_memory_note",
+    "flops_per_image",
+    "flops_note",
+    "achieved_tflops",
+    "peak_tflops",
+    "peak_tflops_source",
+    "mfu",
+    "ceiling_tflops",
+    "mfu_vs_ceiling",
+    "unet_forward_s",
+    "unet_fraction",
 )
 
 
@@ -59,8 +99,7 @@ def peak_tflops(device_kind: str, platform_name: str, override: float | None = N
     return None, f"device kind {device_kind!r} is not in the peak table; pass --peak-tflops"
 
 
-def time_runs(call: Callable[[], Any], sync: Callable[[Any], Any], *, warmup: int, repeats: int,
-              iters: int) -> dict:
+def time_runs(call: Callable[[], Any], sync: Callable[[Any], Any], *, warmup: int, repeats: int, iters: int) -> dict:
     """Time ``call`` (which launches one step) per the module protocol; ``sync(out)`` blocks on it.
 
     Returns ``warmup_s`` (all warm-up calls), ``run_times_s`` (seconds per call, one entry
@@ -79,12 +118,24 @@ def time_runs(call: Callable[[], Any], sync: Callable[[Any], Any], *, warmup: in
             out = call()
         sync(out)
         run_times.append((time.perf_counter() - start) / iters)
-    return {"warmup_s": warmup_s, "warmup_runs": warmup, "repeats": repeats, "iters_per_run": iters,
-            "run_times_s": run_times, "step_time_s": statistics.median(run_times)}
+    return {
+        "warmup_s": warmup_s,
+        "warmup_runs": warmup,
+        "repeats": repeats,
+        "iters_per_run": iters,
+        "run_times_s": run_times,
+        "step_time_s": statistics.median(run_times),
+    }
 
 
-def throughput(batch: int, step_time_s: float, flops_per_image: float | None, device_count: int,
-               peak: float | None, ceiling: float | None) -> dict:
+def throughput(
+    batch: int,
+    step_time_s: float,
+    flops_per_image: float | None,
+    device_count: int,
+    peak: float | None,
+    ceiling: float | None,
+) -> dict:
     """images/s = batch / step time; achieved TFLOP/s = FLOPs per image · images/s / 1e12;
     MFU = achieved / (peak · devices); ``mfu_vs_ceiling`` the same against the measured
     matmul ceiling. Unknown inputs give None."""

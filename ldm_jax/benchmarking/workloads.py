@@ -60,25 +60,30 @@ def input_specs(cfg, batch: int, dtype) -> tuple:
     UNet is class-conditioned; context: ``[B, L, context_dim]`` in ``dtype`` when it cross-attends.
     """
     num_classes = tuple(cfg.unet.get("num_classes", ()))
-    return (jax.ShapeDtypeStruct((batch, cfg.latent_size, cfg.latent_size, cfg.latent_channels), jnp.float32),
-            jax.ShapeDtypeStruct((batch,), jnp.int32),
-            jax.ShapeDtypeStruct((batch, len(num_classes)), jnp.int32) if num_classes else None,
-            jax.ShapeDtypeStruct((batch, cfg.context_len, cfg.unet.context_dim), dtype) if cfg.context_len else None)
+    return (
+        jax.ShapeDtypeStruct((batch, cfg.latent_size, cfg.latent_size, cfg.latent_channels), jnp.float32),
+        jax.ShapeDtypeStruct((batch,), jnp.int32),
+        jax.ShapeDtypeStruct((batch, len(num_classes)), jnp.int32) if num_classes else None,
+        jax.ShapeDtypeStruct((batch, cfg.context_len, cfg.unet.context_dim), dtype) if cfg.context_len else None,
+    )
 
 
 def random_inputs(cfg, specs, rng: np.random.Generator) -> tuple:
     """Host arrays for ``input_specs``: N(0, 1) latents and context, uniform t and labels (null included)."""
     x, t, labels, context = specs
     num_classes = np.asarray(tuple(cfg.unet.get("num_classes", ())), np.int32)
-    return (rng.standard_normal(x.shape, np.float32),
-            rng.integers(0, TRAIN_TIMESTEPS, t.shape, np.int32),
-            None if labels is None else rng.integers(0, num_classes + 1, labels.shape, np.int32),
-            None if context is None else rng.standard_normal(context.shape, np.float32).astype(context.dtype))
+    return (
+        rng.standard_normal(x.shape, np.float32),
+        rng.integers(0, TRAIN_TIMESTEPS, t.shape, np.int32),
+        None if labels is None else rng.integers(0, num_classes + 1, labels.shape, np.int32),
+        None if context is None else rng.standard_normal(context.shape, np.float32).astype(context.dtype),
+    )
 
 
 def _forward(unet):
     def forward(params, x, t, labels, context):
         return unet.apply({"params": params}, x, t, labels, context)
+
     return forward
 
 
@@ -140,8 +145,9 @@ def train_flops_per_image(cfg, batch: int = 1) -> float:
     specs = _train_batch_specs(cfg, batch, jnp.bfloat16, autoencoder)
     unet_params = _param_shapes(unet, input_specs(cfg, 1, jnp.bfloat16))
     state = jax.eval_shape(lambda p: diffusion_step.state_around(p, optimizer, jax.random.PRNGKey(0)), unet_params)
-    ae_params = {} if autoencoder is None else _param_shapes(autoencoder, _encoder_example(specs),
-                                                            method=autoencoder.encode)
+    ae_params = (
+        {} if autoencoder is None else _param_shapes(autoencoder, _encoder_example(specs), method=autoencoder.encode)
+    )
     return count_flops(step, state, specs, ae_params, jnp.float32(1.0)) / batch
 
 
@@ -150,18 +156,25 @@ def train_job(cfg, unet, batch: int, mesh, seed: int) -> CompiledStep:
     step, optimizer, autoencoder = _train_step(cfg, unet)
     rng = np.random.default_rng(seed)
     unet_params = random_params(unet, input_specs(cfg, 1, unet.dtype), rng, mesh)
-    state = jax.jit(lambda p: diffusion_step.state_around(p, optimizer, jax.random.PRNGKey(seed)),
-                    out_shardings=replicated(mesh))(unet_params)
+    state = jax.jit(
+        lambda p: diffusion_step.state_around(p, optimizer, jax.random.PRNGKey(seed)), out_shardings=replicated(mesh)
+    )(unet_params)
     specs = _train_batch_specs(cfg, batch, unet.dtype, autoencoder)
-    ae_params = {} if autoencoder is None else random_params(autoencoder, _encoder_example(specs), rng, mesh,
-                                                            method=autoencoder.encode)
+    ae_params = (
+        {}
+        if autoencoder is None
+        else random_params(autoencoder, _encoder_example(specs), rng, mesh, method=autoencoder.encode)
+    )
     _, _, labels, _ = random_inputs(cfg, input_specs(cfg, batch, unet.dtype), rng)
-    data = {k: labels if k == "labels" else rng.standard_normal(v.shape, np.float32).astype(v.dtype)
-            for k, v in specs.items()}
+    data = {
+        k: labels if k == "labels" else rng.standard_normal(v.shape, np.float32).astype(v.dtype)
+        for k, v in specs.items()
+    }
     data = jax.device_put(data, batch_sharding(mesh))
     scale = jax.device_put(np.float32(1.0), replicated(mesh))
-    compiled, compile_s = _compile(step, state, data, ae_params, scale, donate_argnums=0,
-                                   out_shardings=replicated(mesh))
+    compiled, compile_s = _compile(
+        step, state, data, ae_params, scale, donate_argnums=0, out_shardings=replicated(mesh)
+    )
 
     def call():
         nonlocal state
@@ -174,8 +187,9 @@ def train_job(cfg, unet, batch: int, mesh, seed: int) -> CompiledStep:
 def unet_job(cfg, unet, batch: int, mesh, seed: int, bf16_weights: bool = False) -> CompiledStep:
     """One jitted UNet forward at ``batch`` on random inputs."""
     rng = np.random.default_rng(seed)
-    params = random_params(unet, input_specs(cfg, 1, unet.dtype), rng, mesh,
-                           jnp.bfloat16 if bf16_weights else jnp.float32)
+    params = random_params(
+        unet, input_specs(cfg, 1, unet.dtype), rng, mesh, jnp.bfloat16 if bf16_weights else jnp.float32
+    )
     inputs = jax.device_put(random_inputs(cfg, input_specs(cfg, batch, unet.dtype), rng), batch_sharding(mesh))
     compiled, compile_s = _compile(_forward(unet), params, *inputs, out_shardings=batch_sharding(mesh))
     return CompiledStep(lambda: compiled(params, *inputs), compile_s)
@@ -185,10 +199,12 @@ def check_sample_preset(name: str, cfg) -> None:
     """Raise unless ``make_generate`` can run preset ``cfg``: it decodes with the autoencoder
     and conditions on the mammography labels only (no context)."""
     if cfg.autoencoder is None or cfg.context_len or tuple(cfg.unet.get("num_classes", ())) != attributes.NUM_CLASSES:
-        raise ValueError(f"--mode sample runs ldm_jax.sampling.generate.make_generate, which needs an autoencoder "
-                         f"and the mammography labels {attributes.NUM_CLASSES} without context; preset {name!r} "
-                         f"has autoencoder={'yes' if cfg.autoencoder else 'none'}, "
-                         f"num_classes={tuple(cfg.unet.get('num_classes', ()))}, context_len={cfg.context_len}")
+        raise ValueError(
+            f"--mode sample runs ldm_jax.sampling.generate.make_generate, which needs an autoencoder "
+            f"and the mammography labels {attributes.NUM_CLASSES} without context; preset {name!r} "
+            f"has autoencoder={'yes' if cfg.autoencoder else 'none'}, "
+            f"num_classes={tuple(cfg.unet.get('num_classes', ()))}, context_len={cfg.context_len}"
+        )
 
 
 def _latent_shape(cfg) -> tuple:
@@ -201,16 +217,20 @@ def _latent_spec(cfg) -> jax.ShapeDtypeStruct:
 
 def _generate_args(batch: int, key):
     """``generate``'s data arguments: (scale 1, labels [B, A] all class 0, per-image keys [B])."""
-    return (jnp.float32(1.0), jnp.zeros((batch, len(attributes.NUM_CLASSES)), jnp.int32),
-            image_keys(key, jnp.arange(batch)))
+    return (
+        jnp.float32(1.0),
+        jnp.zeros((batch, len(attributes.NUM_CLASSES)), jnp.int32),
+        image_keys(key, jnp.arange(batch)),
+    )
 
 
 def _make_generate(cfg, unet, autoencoder, sampling: SamplerConfig):
     return make_generate(unet, autoencoder, make_schedule("linear", TRAIN_TIMESTEPS), _latent_shape(cfg), sampling)
 
 
-def sample_job(cfg, unet, autoencoder, batch: int, mesh, seed: int, sampling: SamplerConfig, *,
-               bf16_weights: bool = False) -> CompiledStep:
+def sample_job(
+    cfg, unet, autoencoder, batch: int, mesh, seed: int, sampling: SamplerConfig, *, bf16_weights: bool = False
+) -> CompiledStep:
     """``make_generate``'s job (``sampling``'s steps and guidance, then the decode) on ``batch`` images."""
     rng = np.random.default_rng(seed)
     weight_dtype = jnp.bfloat16 if bf16_weights else jnp.float32
@@ -219,8 +239,9 @@ def sample_job(cfg, unet, autoencoder, batch: int, mesh, seed: int, sampling: Sa
     scale, labels, keys = _generate_args(batch, jax.random.key(seed))
     labels, keys = jax.device_put((labels, keys), batch_sharding(mesh))
     args = (unet_params, ae_params, scale, labels, keys)
-    compiled, compile_s = _compile(_make_generate(cfg, unet, autoencoder, sampling), *args,
-                                   out_shardings=batch_sharding(mesh))
+    compiled, compile_s = _compile(
+        _make_generate(cfg, unet, autoencoder, sampling), *args, out_shardings=batch_sharding(mesh)
+    )
     return CompiledStep(lambda: compiled(*args), compile_s)
 
 
@@ -240,8 +261,9 @@ def matmul_ceiling_tflops(size: int, device, *, warmup: int = 2, repeats: int = 
     if size < 1:
         raise ValueError(f"--ceiling-size must be >= 1, got {size}")
     rng = np.random.default_rng(0)
-    a, b = (jax.device_put(rng.standard_normal((size, size), np.float32).astype(jnp.bfloat16), device)
-            for _ in range(2))
+    a, b = (
+        jax.device_put(rng.standard_normal((size, size), np.float32).astype(jnp.bfloat16), device) for _ in range(2)
+    )
     compiled, _ = _compile(jnp.matmul, a, b)
     timing = time_runs(lambda: compiled(a, b), jax.block_until_ready, warmup=warmup, repeats=repeats, iters=iters)
     return 2 * size**3 / timing["step_time_s"] / 1e12

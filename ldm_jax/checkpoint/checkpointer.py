@@ -25,7 +25,8 @@ class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, keep: int = 3, async_save: bool = True):
         self.directory = pathlib.Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+            max_to_keep=keep, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+        )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
@@ -42,9 +43,13 @@ class Checkpointer:
         hold them, the JSON items by process 0."""
         self._manager.save(
             int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(pipeline.get_state()),
-                                    meta=ocp.args.JsonSave(meta)),
-            force=True)
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(pipeline.get_state()),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
 
     def restore(self, step: int, abstract_state, pipeline=None):
         """Restore ``(state, meta)`` at ``step``, and ``pipeline``'s position when given.
@@ -71,8 +76,9 @@ class Checkpointer:
         """Only the arrays of ``tree``: a nested dict of ``ShapeDtypeStruct``s (with shardings)
         mirroring part of the saved ``TrainState``, e.g. ``{"ema_params": {"unet": ...}}`` for
         inference. Nothing else (optimizer state, other networks) is read from disk."""
-        args = ocp.args.PyTreeRestore(item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree),
-                                      partial_restore=True)
+        args = ocp.args.PyTreeRestore(
+            item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree), partial_restore=True
+        )
         return dict(self._manager.restore(int(step), args=ocp.args.Composite(state=args)).state)
 
     def restore_meta(self, step: int) -> dict:

@@ -42,9 +42,11 @@ def load_autoencoder(cfg, directory, step: int | None, mesh, fsdp_min_size: int 
     try:
         step = checkpointer.latest_step() if step is None else step
         if step is None or step not in checkpointer.all_steps():
-            raise FileNotFoundError(f"no complete autoencoder checkpoint{'' if step is None else f' at step {step}'} "
-                                    f"in {directory}: run the autoencoder stage first or set "
-                                    f"diffusion.autoencoder_checkpoint")
+            raise FileNotFoundError(
+                f"no complete autoencoder checkpoint{'' if step is None else f' at step {step}'} "
+                f"in {directory}: run the autoencoder stage first or set "
+                f"diffusion.autoencoder_checkpoint"
+            )
         key = jax.random.PRNGKey(0)
         shape = (1, *architecture.image_shape(cfg))
         abstract = jax.eval_shape(lambda: init_autoencoder_params(key, key, autoencoder, shape))

@@ -41,16 +41,17 @@ class DicomOptions:
     max_fail_fraction: float = flag(0.05, "fail the build when more than this fraction of images is unusable")
     split_fractions: str = flag("0.8,0.1,0.1", "train,validation,test patient fractions")
     salt: str | None = flag(None, "secret salt (prefer --salt-file: arguments are visible to ps)")
-    salt_file: pathlib.Path | None = flag(None, "secret salt file (default DATA_DIR/mammo_dicom.salt, created if "
-                                                "missing)")
+    salt_file: pathlib.Path | None = flag(
+        None, "secret salt file (default DATA_DIR/mammo_dicom.salt, created if missing)"
+    )
     workers: int = flag(1, "processes decoding DICOMs")
-    report: pathlib.Path | None = flag(None, "build report JSON (default "
-                                             "DATA_DIR/mammo_dicom-CONFIG.build_report.json)")
+    report: pathlib.Path | None = flag(
+        None, "build report JSON (default DATA_DIR/mammo_dicom-CONFIG.build_report.json)"
+    )
 
 
 def parser() -> Parser:
-    return Parser(__doc__, "python -m ldm_jax.data.build").add_options(Options).add_options(DicomOptions,
-                                                                                          "mammo_dicom")
+    return Parser(__doc__, "python -m ldm_jax.data.build").add_options(Options).add_options(DicomOptions, "mammo_dicom")
 
 
 def _parse_mapping(text: str, flag: str) -> dict[str, int]:
@@ -72,8 +73,10 @@ def load_salt(args: DicomOptions, data_dir: pathlib.Path) -> bytes:
         return salt
     salt = secrets.token_hex(32)
     write_atomic(path, salt.encode(), mode=0o600)
-    print(f"created a new secret salt in {path}: keep it (same salt = same splits and ids) and do not share it",
-          file=sys.stderr)
+    print(
+        f"created a new secret salt in {path}: keep it (same salt = same splits and ids) and do not share it",
+        file=sys.stderr,
+    )
     return salt.encode()
 
 
@@ -104,13 +107,22 @@ def _build_dicom(options: Options, dicom: DicomOptions, parser: Parser) -> int:
     try:
         fractions = tuple(float(f) for f in dicom.split_fractions.split(","))
     except ValueError:
-        raise ValueError(f"--split-fractions {dicom.split_fractions!r}: expected three numbers like "
-                         "0.8,0.1,0.1") from None
+        raise ValueError(
+            f"--split-fractions {dicom.split_fractions!r}: expected three numbers like 0.8,0.1,0.1"
+        ) from None
     data_dir = options.data_dir
-    builder = MammoDicom(data_dir=data_dir, config=options.config, dicom_dir=dicom.dicom_dir, labels=dicom.labels,
-                         csv_format=dicom.csv_format, salt=load_salt(dicom, data_dir),
-                         max_fail_fraction=dicom.max_fail_fraction, split_fractions=fractions,
-                         num_workers=dicom.workers, progress=True)
+    builder = MammoDicom(
+        data_dir=data_dir,
+        config=options.config,
+        dicom_dir=dicom.dicom_dir,
+        labels=dicom.labels,
+        csv_format=dicom.csv_format,
+        salt=load_salt(dicom, data_dir),
+        max_fail_fraction=dicom.max_fail_fraction,
+        split_fractions=fractions,
+        num_workers=dicom.workers,
+        progress=True,
+    )
     report_path = dicom.report or data_dir / f"mammo_dicom-{builder.builder_config.name}.build_report.json"
     if builder.is_prepared():
         print(f"{builder.data_dir} is already built; delete it to rebuild", file=sys.stderr)

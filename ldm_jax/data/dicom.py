@@ -85,8 +85,9 @@ def _check_image(ds) -> None:
         raise DicomError("no pixel data (not an image DICOM)")
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise DicomError(f"unsupported photometric interpretation {photometric or 'missing'!r} "
-                         "(expected grayscale MONOCHROME1/2)")
+        raise DicomError(
+            f"unsupported photometric interpretation {photometric or 'missing'!r} (expected grayscale MONOCHROME1/2)"
+        )
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise DicomError(f"multi-frame image ({ds.NumberOfFrames} frames) not supported")
 
@@ -102,8 +103,10 @@ def _decode(ds) -> np.ndarray:
         except NotImplementedError:
             raise DicomError(f"unsupported transfer syntax {syntax.name}") from None
         if not decoder.is_available:
-            raise DicomError(f"no decoder installed for transfer syntax {syntax.name} "
-                             "(install pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-libjpeg)")
+            raise DicomError(
+                f"no decoder installed for transfer syntax {syntax.name} "
+                "(install pylibjpeg, pylibjpeg-openjpeg, pylibjpeg-libjpeg)"
+            )
     try:
         pixels = ds.pixel_array
     except Exception as e:  # pydicom raises many types for bad pixel data
@@ -145,7 +148,7 @@ def display_pixels(ds) -> np.ndarray:
 
 
 def laterality_tag(ds) -> str | None:
-    """"L"/"R" from ImageLaterality, else Laterality; None when absent or unknown."""
+    """ "L"/"R" from ImageLaterality, else Laterality; None when absent or unknown."""
     for keyword in ("ImageLaterality", "Laterality"):
         value = str(ds.get(keyword, "") or "").strip().upper()
         if value in ("L", "R"):
@@ -154,7 +157,7 @@ def laterality_tag(ds) -> str | None:
 
 
 def view_tag(ds) -> str | None:
-    """"CC"/"MLO" from ViewPosition; None for other views (ML, LM, XCCL...) or when absent."""
+    """ "CC"/"MLO" from ViewPosition; None for other views (ML, LM, XCCL...) or when absent."""
     value = str(ds.get("ViewPosition", "") or "").strip().upper()
     return value if value in ("CC", "MLO") else None
 
@@ -210,7 +213,7 @@ def breast_box(image: np.ndarray) -> tuple[int, int, int, int]:
     """
     mask = image > foreground_threshold(image)
     padded = np.pad(mask, 1)
-    neighbours = (padded[:-2, 1:-1].astype(np.int8) + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:])
+    neighbours = padded[:-2, 1:-1].astype(np.int8) + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
     mask &= neighbours >= 2
     left, right = _largest_run(mask.mean(axis=0))
     top, bottom = _largest_run(mask[:, left:right].mean(axis=1))
@@ -231,7 +234,7 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
     side = max(h, w)
     top = (side - h) // 2
     square = np.zeros((side, side), np.float32)
-    square[top:top + h, :w] = image
+    square[top : top + h, :w] = image
     resample = Image.Resampling.BILINEAR  # Pillow's resize is antialiased when shrinking
     resized = Image.fromarray(square, mode="F").resize((size, size), resample=resample)
     return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
@@ -262,5 +265,10 @@ def load_mammogram(path: str | os.PathLike, size: int, salt: bytes | None = None
     with _quiet():
         ds = read_dicom(path)
         image, flipped = preprocess(display_pixels(ds), size)
-        return Mammogram(image=image, laterality=laterality_tag(ds), view=view_tag(ds), flipped=flipped,
-                         patient_hash=patient_hash(ds, salt) if salt else None)
+        return Mammogram(
+            image=image,
+            laterality=laterality_tag(ds),
+            view=view_tag(ds),
+            flipped=flipped,
+            patient_hash=patient_hash(ds, salt) if salt else None,
+        )

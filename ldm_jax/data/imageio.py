@@ -68,7 +68,7 @@ def _square_resize(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape
     side = max(h, w)
     square = np.full((side, side), -1.0, np.float32)
-    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = image
+    square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = image
     resized = Image.fromarray(square, mode="F").resize((size, size), resample=Image.Resampling.BILINEAR)
     return np.asarray(resized, np.float32)
 

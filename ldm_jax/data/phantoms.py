@@ -237,7 +237,8 @@ def generate_phantom(
     # Attributes: always drawn, so a given one does not shift the others.
     drawn = [int(attr_rng.integers(n)) for n in attributes.NUM_CLASSES]
     density, finding, view, laterality = (
-        _attribute(v, a, g) for v, a, g in zip(drawn, attributes.ATTRIBUTE_NAMES, (density, finding, view, laterality)))
+        _attribute(v, a, g) for v, a, g in zip(drawn, attributes.ATTRIBUTE_NAMES, (density, finding, view, laterality))
+    )
     low, high = DENSITY_BINS[density] + _BIN_MARGIN, DENSITY_BINS[density + 1] - _BIN_MARGIN
     target = low + (high - low) * attr_rng.uniform()
     has_nipple = attr_rng.uniform() < 0.7 if nipple is None else bool(nipple)
@@ -292,14 +293,17 @@ def generate_phantom(
     # Fibroglandular share of the interior path: clipped power-law texture, pushed towards fat
     # under the skin (subcutaneous fat) and at the chest wall (retromammary fat).
     texture, warp = power_law_noise(anat, size, beta, float(anat.choice([1.5, 2.0, 2.5])))  # ducts run to the nipple
-    bias = (-2.0 * np.exp(-zeta / anat.uniform(5.0, 10.0)) - 1.0 * np.exp(-x / anat.uniform(6.0, 12.0))
-            + 0.4 * (1.0 - np.minimum(r, 1.0) ** 2))
+    bias = (
+        -2.0 * np.exp(-zeta / anat.uniform(5.0, 10.0))
+        - 1.0 * np.exp(-x / anat.uniform(6.0, 12.0))
+        + 0.4 * (1.0 - np.minimum(r, 1.0) ** 2)
+    )
     base = anat.uniform(0.3, 0.45) * texture + bias
     # Cooper's ligaments: thin fibrous arcs along the skin, level sets of zeta + warped noise.
     spacing, sway = anat.uniform(6.0, 12.0), anat.uniform(3.0, 6.0)
     level = (zeta + sway * warp) / spacing
     width = max(0.4, 0.6 * pixel) / spacing
-    ligament = 0.25 * np.exp(-((level - np.round(level)) / width) ** 2) * (zeta < 3.0 * spacing)
+    ligament = 0.25 * np.exp(-(((level - np.round(level)) / width) ** 2)) * (zeta < 3.0 * spacing)
 
     # Solve the offset so that the glandular fraction over the fully compressed region
     # (excluding rim, muscle) hits the target: mean(g (1 - lig) + lig) = target.
@@ -337,8 +341,7 @@ def generate_phantom(
     breast_path = interior * (1.0 - muscle) - lesion
     glandular = share * breast_path
     mu = MU_PER_MM
-    common = (mu["skin"] * skin + mu["muscle"] * muscle * interior + mu["mass"] * lesion
-              + mu["calcification"] * calc)
+    common = mu["skin"] * skin + mu["muscle"] * muscle * interior + mu["mass"] * lesion + mu["calcification"] * calc
     a_image = common + mu["fat"] * (breast_path - glandular) + mu["gland"] * glandular
     a_counter = common + mu["fat"] * breast_path
 
@@ -357,9 +360,19 @@ def generate_phantom(
     image, counterfactual = detect(a_image), detect(a_counter)
     breast = total + skin > 0
     if laterality == 1:
-        image, counterfactual, mask, breast = (np.ascontiguousarray(m[:, ::-1]) for m in
-                                               (image, counterfactual, mask, breast))
+        image, counterfactual, mask, breast = (
+            np.ascontiguousarray(m[:, ::-1]) for m in (image, counterfactual, mask, breast)
+        )
     return Phantom(
-        image=image, counterfactual=counterfactual, mask=mask, breast_mask=breast, box=_box(mask),
-        density=density_class(glandular_fraction), finding=finding, view=view, laterality=laterality,
-        glandular_fraction=glandular_fraction, pixel_size_mm=float(pixel))
+        image=image,
+        counterfactual=counterfactual,
+        mask=mask,
+        breast_mask=breast,
+        box=_box(mask),
+        density=density_class(glandular_fraction),
+        finding=finding,
+        view=view,
+        laterality=laterality,
+        glandular_fraction=glandular_fraction,
+        pixel_size_mm=float(pixel),
+    )

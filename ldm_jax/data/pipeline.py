@@ -47,13 +47,16 @@ def _prepared_builder(dataset: str, data_dir: str, config: str | None):
     except (tfds.core.registered.DatasetNotFoundError, ImportError):
         pass
     root = epath.Path(data_dir) / dataset / (config or "")
-    versions = sorted((p for p in root.glob("*") if (p / "dataset_info.json").exists()),
-                      key=lambda p: tuple(int(x) if x.isdigit() else 0 for x in p.name.split(".")))
+    versions = sorted(
+        (p for p in root.glob("*") if (p / "dataset_info.json").exists()),
+        key=lambda p: tuple(int(x) if x.isdigit() else 0 for x in p.name.split(".")),
+    )
     if not versions:
         raise FileNotFoundError(
             f"data set {name!r} is not prepared in {data_dir}: build it with "
             f"`python -m ldm_jax.data.build --dataset {dataset} --data-dir {data_dir} ...` "
-            "(or `tfds build` for a TFDS catalog data set, with --file_format=array_record)")
+            "(or `tfds build` for a TFDS catalog data set, with --file_format=array_record)"
+        )
     return tfds.builder_from_directory(str(versions[-1]))
 
 
@@ -71,11 +74,14 @@ def load_source(dataset: str, data_dir: str, split: str, config: str | None = No
     if "image" not in features or not isinstance(features["image"], tfds.features.Image):
         raise ValueError(f"data set {builder.name!r} has no 'image' Image feature; features: {list(features)}")
     if builder.info.file_format is None or builder.info.file_format.value != "array_record":
-        raise ValueError(f"data set {builder.name!r} in {builder.data_dir} is stored as "
-                         f"{builder.info.file_format}, not array_record: rebuild it with "
-                         "--file_format=array_record to read it without TensorFlow")
-    decoders = {k: tfds.decode.SkipDecoding() for k, f in sorted(features.items())
-                if isinstance(f, tfds.features.Image)}
+        raise ValueError(
+            f"data set {builder.name!r} in {builder.data_dir} is stored as "
+            f"{builder.info.file_format}, not array_record: rebuild it with "
+            "--file_format=array_record to read it without TensorFlow"
+        )
+    decoders = {
+        k: tfds.decode.SkipDecoding() for k, f in sorted(features.items()) if isinstance(f, tfds.features.Image)
+    }
     return builder.as_data_source(split, decoders=decoders)
 
 
@@ -105,8 +111,10 @@ class LabelMap:
         if info is None:  # a plain sequence of dicts keyed like ldm_jax.attributes.ATTRIBUTES
             first = source[0]
             names = [a if a in first else None for a in attributes.ATTRIBUTE_NAMES]
-            tables = [np.append(np.arange(n), n).astype(np.int32) if a else None
-                      for a, n in zip(names, attributes.NUM_CLASSES)]
+            tables = [
+                np.append(np.arange(n), n).astype(np.int32) if a else None
+                for a, n in zip(names, attributes.NUM_CLASSES)
+            ]
             return cls(tuple(names), tuple(tables))
         import tensorflow_datasets as tfds
 
@@ -115,8 +123,11 @@ class LabelMap:
         for attribute, null in zip(attributes.ATTRIBUTE_NAMES, attributes.NUM_CLASSES):
             if attribute in features and isinstance(features[attribute], tfds.features.ClassLabel):
                 name, classes = attribute, [_encode_or_null(attribute, n) for n in features[attribute].names]
-            elif attribute == "finding" and "label" in features and isinstance(features["label"],
-                                                                               tfds.features.ClassLabel):
+            elif (
+                attribute == "finding"
+                and "label" in features
+                and isinstance(features["label"], tfds.features.ClassLabel)
+            ):
                 name, classes = "label", [_keyword_finding(n) for n in features["label"].names]
             else:
                 names.append(None)
@@ -158,8 +169,10 @@ def all_labels(source) -> np.ndarray:
 def label_counts(source) -> dict[str, np.ndarray]:
     """Per attribute, counts ``[num_classes + 1]`` over the whole source (last entry: null)."""
     rows = all_labels(source)
-    return {a: np.bincount(rows[:, i], minlength=n + 1)
-            for i, (a, n) in enumerate(zip(attributes.ATTRIBUTE_NAMES, attributes.NUM_CLASSES))}
+    return {
+        a: np.bincount(rows[:, i], minlength=n + 1)
+        for i, (a, n) in enumerate(zip(attributes.ATTRIBUTE_NAMES, attributes.NUM_CLASSES))
+    }
 
 
 def _max_value(source) -> float:
@@ -227,7 +240,7 @@ class _ReadRows:
     source: object
     order: grain.MapDataset  # stream position -> record index
     preprocess: Preprocess
-    rows: range              # this process's rows of each global batch
+    rows: range  # this process's rows of each global batch
     global_batch_size: int
     start: int
     seed: int
@@ -236,10 +249,15 @@ class _ReadRows:
         first = self.start + k * self.global_batch_size
         positions = [first + row for row in self.rows]
         keys = [int(self.order[g]) for g in positions]
-        records = self.source.__getitems__(keys) if hasattr(self.source, "__getitems__") else [
-            self.source[key] for key in keys]
-        examples = [self.preprocess(record, np.random.Generator(np.random.Philox(key=self.seed + g)))
-                    for record, g in zip(records, positions)]
+        records = (
+            self.source.__getitems__(keys)
+            if hasattr(self.source, "__getitems__")
+            else [self.source[key] for key in keys]
+        )
+        examples = [
+            self.preprocess(record, np.random.Generator(np.random.Philox(key=self.seed + g)))
+            for record, g in zip(records, positions)
+        ]
         return {name: np.stack([e[name] for e in examples]) for name in examples[0]}
 
 
@@ -264,10 +282,24 @@ class InputPipeline:
     ``prefetch_batches`` kept ready; none of these change the batches.
     """
 
-    def __init__(self, source, *, global_batch_size: int, mesh, seed: int = 0, shuffle: bool = True,
-                 num_epochs: int | None = None, image_size: int | None = None, random_flip: bool = False,
-                 worker_count: int = 0, process_index: int | None = None, process_count: int | None = None,
-                 max_value: float | None = None, read_threads: int = 4, prefetch_batches: int = 8):
+    def __init__(
+        self,
+        source,
+        *,
+        global_batch_size: int,
+        mesh,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_epochs: int | None = None,
+        image_size: int | None = None,
+        random_flip: bool = False,
+        worker_count: int = 0,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        max_value: float | None = None,
+        read_threads: int = 4,
+        prefetch_batches: int = 8,
+    ):
         import jax
 
         from ldm_jax.parallel import check_batch_size, process_rows
@@ -280,8 +312,10 @@ class InputPipeline:
             self.rows = process_rows(mesh, global_batch_size)
         else:
             if not 0 <= process_index < process_count or global_batch_size % process_count:
-                raise ValueError(f"simulated process {process_index} of {process_count}: need 0 <= index < count "
-                                 f"and a global batch ({global_batch_size}) divisible by the count")
+                raise ValueError(
+                    f"simulated process {process_index} of {process_count}: need 0 <= index < count "
+                    f"and a global batch ({global_batch_size}) divisible by the count"
+                )
             self.process_count = int(process_count)
             local = global_batch_size // process_count
             self.rows = range(process_index * local, (process_index + 1) * local)
@@ -300,13 +334,18 @@ class InputPipeline:
         self._source, self._seed, self._worker_count = source, int(seed), int(worker_count)
         self._end = None if num_epochs is None else num_epochs * len(source)
         self._read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
-        self._order_state = {"version": _STATE_VERSION, "num_records": len(source), "seed": int(seed),
-                             "shuffle": bool(shuffle)}
+        self._order_state = {
+            "version": _STATE_VERSION,
+            "num_records": len(source),
+            "seed": int(seed),
+            "shuffle": bool(shuffle),
+        }
         order = grain.MapDataset.range(len(source))
         self._order = order.shuffle(seed=seed) if shuffle else order
         keys = ("image", "counterfactual") if _has_feature(source, "counterfactual") else ("image",)
-        self._preprocess = Preprocess(LabelMap.for_source(source), float(max_value or _max_value(source)),
-                                      image_size, bool(random_flip), keys)
+        self._preprocess = Preprocess(
+            LabelMap.for_source(source), float(max_value or _max_value(source)), image_size, bool(random_flip), keys
+        )
         if worker_count > 0:
             from absl import flags
 
@@ -319,8 +358,9 @@ class InputPipeline:
         workers (which take every W-th element) cannot change the batches or their order."""
         self.position = position
         remaining = sys.maxsize if self._end is None else self._end - position
-        read = _ReadRows(self._source, self._order, self._preprocess, self.rows, self.global_batch_size, position,
-                         self._seed)
+        read = _ReadRows(
+            self._source, self._order, self._preprocess, self.rows, self.global_batch_size, position, self._seed
+        )
         dataset = grain.MapDataset.range(max(remaining // self.global_batch_size, 0)).map(read)
         dataset = dataset.to_iter_dataset(self._read_options)
         if self._worker_count:
@@ -342,8 +382,10 @@ class InputPipeline:
         from ldm_jax.parallel import global_batch_from_local
 
         if self.process_count != jax.process_count():
-            raise RuntimeError(f"this pipeline simulates {self.process_count} processes but JAX runs "
-                               f"{jax.process_count()}: use next_local()")
+            raise RuntimeError(
+                f"this pipeline simulates {self.process_count} processes but JAX runs "
+                f"{jax.process_count()}: use next_local()"
+            )
         return global_batch_from_local(self.next_local(), self.mesh)
 
     def get_state(self) -> dict:
@@ -355,17 +397,24 @@ class InputPipeline:
         uninterrupted run would read next, whatever the process, device, worker count or batch
         size now. Raises ``IteratorMismatchError`` when the saved order is another one."""
         if not isinstance(state.get("position"), int):
-            raise IteratorMismatchError("the checkpoint holds no stream position (an older ldm_jax saved grain's "
-                                        "per-process state), so the next unseen examples are unknown")
-        differ = [f"{key}: saved {state.get(key)!r}, now {value!r}" for key, value in self._order_state.items()
-                  if state.get(key) != value]
+            raise IteratorMismatchError(
+                "the checkpoint holds no stream position (an older ldm_jax saved grain's "
+                "per-process state), so the next unseen examples are unknown"
+            )
+        differ = [
+            f"{key}: saved {state.get(key)!r}, now {value!r}"
+            for key, value in self._order_state.items()
+            if state.get(key) != value
+        ]
         if differ:
-            raise IteratorMismatchError("the checkpoint's data position belongs to another data order ("
-                                        + "; ".join(differ) + "), so the next unseen examples are unknown")
+            raise IteratorMismatchError(
+                "the checkpoint's data position belongs to another data order ("
+                + "; ".join(differ)
+                + "), so the next unseen examples are unknown"
+            )
         self._iterator = self._iterate_from(state["position"])
 
 
 def _has_feature(source, key: str) -> bool:
     info = getattr(source, "dataset_info", None)
     return key in info.features if info is not None else key in source[0]
-

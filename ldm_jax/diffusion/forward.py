@@ -41,14 +41,17 @@ def check_like(name: str, x, ref_name: str, ref) -> None:
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise ValueError(f"{name} must be a floating-point array, got dtype {jnp.result_type(x)}")
     if jnp.shape(x) != jnp.shape(ref) or jnp.result_type(x) != jnp.result_type(ref):
-        raise ValueError(f"{name} has shape {jnp.shape(x)} and dtype {jnp.result_type(x)}; expected those of "
-                         f"{ref_name}: {jnp.shape(ref)}, {jnp.result_type(ref)}")
+        raise ValueError(
+            f"{name} has shape {jnp.shape(x)} and dtype {jnp.result_type(x)}; expected those of "
+            f"{ref_name}: {jnp.shape(ref)}, {jnp.result_type(ref)}"
+        )
 
 
 def _check(schedule: Schedule, x, t) -> None:
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating) or jnp.ndim(x) < 1:
-        raise ValueError(f"x must be a floating-point array [B, ...], got shape {jnp.shape(x)}, "
-                         f"dtype {jnp.result_type(x)}")
+        raise ValueError(
+            f"x must be a floating-point array [B, ...], got shape {jnp.shape(x)}, dtype {jnp.result_type(x)}"
+        )
     check_timesteps(schedule, t, jnp.shape(x)[0])
 
 
@@ -61,8 +64,9 @@ def q_sample(schedule: Schedule, x0, t, noise):
     """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε, a draw from q(x_t | x_0) (DDPM eq. 4)."""
     _check(schedule, x0, t)
     check_like("noise", noise, "x0", x0)
-    return (_coef(schedule.sqrt_alphas_cumprod, t, x0) * x0
-            + _coef(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+    return (
+        _coef(schedule.sqrt_alphas_cumprod, t, x0) * x0 + _coef(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+    )
 
 
 def q_posterior(schedule: Schedule, x0, xt, t):
@@ -74,8 +78,7 @@ def q_posterior(schedule: Schedule, x0, xt, t):
     _check(schedule, xt, t)
     check_like("x0", x0, "xt", xt)
     mean = _coef(schedule.posterior_mean_coef1, t, xt) * x0 + _coef(schedule.posterior_mean_coef2, t, xt) * xt
-    return (mean, _coef(schedule.posterior_variance, t, xt),
-            _coef(schedule.posterior_log_variance_clipped, t, xt))
+    return (mean, _coef(schedule.posterior_variance, t, xt), _coef(schedule.posterior_log_variance_clipped, t, xt))
 
 
 def snr(schedule: Schedule, t) -> jax.Array:
@@ -101,16 +104,16 @@ def eps_from_x0(schedule: Schedule, xt, t, x0):
     """ε = (x_t - √ᾱ_t x_0) / √(1-ᾱ_t) (DDPM eq. 4 solved for ε)."""
     _check(schedule, xt, t)
     check_like("x0", x0, "xt", xt)
-    return (xt - _coef(schedule.sqrt_alphas_cumprod, t, xt) * x0) / _coef(
-        schedule.sqrt_one_minus_alphas_cumprod, t, xt)
+    return (xt - _coef(schedule.sqrt_alphas_cumprod, t, xt) * x0) / _coef(schedule.sqrt_one_minus_alphas_cumprod, t, xt)
 
 
 def v_target(schedule: Schedule, x0, t, noise):
     """v = √ᾱ_t ε - √(1-ᾱ_t) x_0 (Salimans & Ho 2022, Sec. 4)."""
     _check(schedule, x0, t)
     check_like("noise", noise, "x0", x0)
-    return (_coef(schedule.sqrt_alphas_cumprod, t, x0) * noise
-            - _coef(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+    return (
+        _coef(schedule.sqrt_alphas_cumprod, t, x0) * noise - _coef(schedule.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+    )
 
 
 def x0_eps_from_v(schedule: Schedule, xt, t, v):

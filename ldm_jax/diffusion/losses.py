@@ -36,8 +36,9 @@ WEIGHTINGS = ("uniform", "min_snr")
 LOSS_TYPES = ("l2", "l1")
 
 
-def snr_weight(schedule: Schedule, t, *, target: str = "eps", weighting: str = "uniform",
-               min_snr_gamma: float = 5.0) -> jax.Array:
+def snr_weight(
+    schedule: Schedule, t, *, target: str = "eps", weighting: str = "uniform", min_snr_gamma: float = 5.0
+) -> jax.Array:
     """The loss weight w(SNR(t)) [B] for ``target`` under ``weighting`` (see module docstring)."""
     if target not in forward.PREDICTIONS:
         raise ValueError(f"unknown target {target!r}; expected one of {forward.PREDICTIONS}")
@@ -60,12 +61,16 @@ def _weighted_sums(schedule, model_output, x0, noise, t, target, weighting, min_
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
     if weighting == "min_snr" and loss_type != "l2":
-        raise ValueError(f"weighting='min_snr' needs loss_type='l2' (got {loss_type!r}): its factors convert "
-                         "squared errors between targets; use weighting='uniform' with an l1 loss")
+        raise ValueError(
+            f"weighting='min_snr' needs loss_type='l2' (got {loss_type!r}): its factors convert "
+            "squared errors between targets; use weighting='uniform' with an l1 loss"
+        )
     forward.check_like("noise", noise, "x0", x0)
     if jnp.shape(model_output) != jnp.shape(x0) or not jnp.issubdtype(jnp.result_type(model_output), jnp.floating):
-        raise ValueError(f"model_output has shape {jnp.shape(model_output)} and dtype "
-                         f"{jnp.result_type(model_output)}; expected a floating array of x0's shape {jnp.shape(x0)}")
+        raise ValueError(
+            f"model_output has shape {jnp.shape(model_output)} and dtype "
+            f"{jnp.result_type(model_output)}; expected a floating array of x0's shape {jnp.shape(x0)}"
+        )
     weight = snr_weight(schedule, t, target=target, weighting=weighting, min_snr_gamma=min_snr_gamma)
     x0, noise = x0.astype(jnp.float32), noise.astype(jnp.float32)
     if target == "eps":
@@ -84,34 +89,54 @@ def _weighted_sums(schedule, model_output, x0, noise, t, target, weighting, min_
         if mshape == (batch,) and x0.ndim > 1:
             mask = jnp.reshape(mask, (batch,) + (1,) * (x0.ndim - 1))
         elif len(mshape) != x0.ndim or np.broadcast_shapes(mshape, x0.shape) != x0.shape:
-            raise ValueError(f"mask has shape {mshape}; expected [{batch}] (per example) or a shape of rank "
-                             f"{x0.ndim} broadcastable to x0's {x0.shape}")
+            raise ValueError(
+                f"mask has shape {mshape}; expected [{batch}] (per example) or a shape of rank "
+                f"{x0.ndim} broadcastable to x0's {x0.shape}"
+            )
         m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), d.shape)
     axes = tuple(range(1, d.ndim))
     return weight * jnp.sum(m * d, axes), jnp.sum(m, axes)
 
 
-def per_example_loss(schedule: Schedule, model_output, x0, noise, t, *, target: str = "eps",
-                     weighting: str = "uniform", min_snr_gamma: float = 5.0, loss_type: str = "l2",
-                     mask=None) -> jax.Array:
+def per_example_loss(
+    schedule: Schedule,
+    model_output,
+    x0,
+    noise,
+    t,
+    *,
+    target: str = "eps",
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
+    loss_type: str = "l2",
+    mask=None,
+) -> jax.Array:
     """L_b [B]: each example's weighted, masked mean error (0 for a fully masked example).
 
     ``model_output``, ``x0``, ``noise``: [B, ...] (NHWC latents); ``t``: int [B];
     ``mask``: None, per-example weights [B], or an array of x0's rank broadcastable to it.
     """
-    num, den = _weighted_sums(schedule, model_output, x0, noise, t, target, weighting, min_snr_gamma,
-                              loss_type, mask)
+    num, den = _weighted_sums(schedule, model_output, x0, noise, t, target, weighting, min_snr_gamma, loss_type, mask)
     return num / jnp.where(den > 0, den, 1.0)
 
 
-def diffusion_loss(schedule: Schedule, model_output, x0, noise, t, *, target: str = "eps",
-                   weighting: str = "uniform", min_snr_gamma: float = 5.0, loss_type: str = "l2",
-                   mask=None) -> jax.Array:
+def diffusion_loss(
+    schedule: Schedule,
+    model_output,
+    x0,
+    noise,
+    t,
+    *,
+    target: str = "eps",
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
+    loss_type: str = "l2",
+    mask=None,
+) -> jax.Array:
     """The batch loss, a float32 scalar: Σ_b M_b L_b / Σ_b M_b (0 if everything is masked).
 
     Arguments as in ``per_example_loss``.
     """
-    num, den = _weighted_sums(schedule, model_output, x0, noise, t, target, weighting, min_snr_gamma,
-                              loss_type, mask)
+    num, den = _weighted_sums(schedule, model_output, x0, noise, t, target, weighting, min_snr_gamma, loss_type, mask)
     total = jnp.sum(den)
     return jnp.sum(num) / jnp.where(total > 0, total, 1.0)

@@ -63,8 +63,9 @@ def timesteps(num_train_steps: int, num_steps: int, spacing: str) -> np.ndarray:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
     integer = isinstance(num_steps, numbers.Integral) and not isinstance(num_steps, bool)
     if not integer or not 1 <= num_steps <= num_train_steps:
-        raise ValueError(f"num_steps={num_steps!r} must be an integer in [1, {num_train_steps}] "
-                         "(the number of training steps T)")
+        raise ValueError(
+            f"num_steps={num_steps!r} must be an integer in [1, {num_train_steps}] (the number of training steps T)"
+        )
     k = np.arange(num_steps)
     if spacing == "leading":
         return k[::-1] * (num_train_steps // num_steps)
@@ -106,8 +107,10 @@ class Levels(NamedTuple):
     def beta_ts(self) -> jax.Array:
         """β_{t|s} = 1 - ᾱ_t/ᾱ_s = (ᾱ_s - ᾱ_t)/ᾱ_s, the variance of q(x_t | x_s), the difference
         taken from whichever of ᾱ and 1 - ᾱ is small, so float32 cancellation does not eat it."""
-        return jnp.where(self.alpha_s > self.sigma_s, self.sigma_t**2 - self.sigma_s**2,
-                         self.alpha_s**2 - self.alpha_t**2) / self.alpha_s**2
+        return (
+            jnp.where(self.alpha_s > self.sigma_s, self.sigma_t**2 - self.sigma_s**2, self.alpha_s**2 - self.alpha_t**2)
+            / self.alpha_s**2
+        )
 
 
 def ddpm_step(x, x0, eps, lv: Levels, carry, z, eta):
@@ -297,8 +300,9 @@ def _model(denoise_fn, schedule, x, cond, null_cond, guidance_scale, prediction,
     ε̃ = u + s·(c - u) (Ho & Salimans 2022, eq. 6) applied to the raw model output; ``prediction``
     and ``clip_x0`` as checked by ``SamplerConfig``."""
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating) or jnp.ndim(x) < 1:
-        raise ValueError(f"x must be a floating-point array [B, ...], got shape {jnp.shape(x)}, "
-                         f"dtype {jnp.result_type(x)}")
+        raise ValueError(
+            f"x must be a floating-point array [B, ...], got shape {jnp.shape(x)}, dtype {jnp.result_type(x)}"
+        )
     batch = jnp.shape(x)[0]
     guided = _check_cond(cond, null_cond, guidance_scale, batch)
 
@@ -329,9 +333,12 @@ def _levels(schedule: Schedule, ts: np.ndarray, prev: np.ndarray) -> Levels:
     """The ``Levels`` of steps from ``ts`` to ``prev``, where a negative ``prev`` means clean data (ᾱ = 1)."""
     valid = prev >= 0
     safe = np.maximum(prev, 0)
-    return Levels(schedule.sqrt_alphas_cumprod[ts], schedule.sqrt_one_minus_alphas_cumprod[ts],
-                  jnp.where(valid, schedule.sqrt_alphas_cumprod[safe], 1.0),
-                  jnp.where(valid, schedule.sqrt_one_minus_alphas_cumprod[safe], 0.0))
+    return Levels(
+        schedule.sqrt_alphas_cumprod[ts],
+        schedule.sqrt_one_minus_alphas_cumprod[ts],
+        jnp.where(valid, schedule.sqrt_alphas_cumprod[safe], 1.0),
+        jnp.where(valid, schedule.sqrt_one_minus_alphas_cumprod[safe], 0.0),
+    )
 
 
 def _check_start(start_step, num_steps: int) -> None:
@@ -339,8 +346,18 @@ def _check_start(start_step, num_steps: int) -> None:
         raise ValueError(f"start_step={start_step!r} must be an integer in [0, {num_steps}) (num_steps)")
 
 
-def sample(denoise_fn, schedule: Schedule, x_T, key, sampling: SamplerConfig = SamplerConfig(), *, cond=None,
-           null_cond=None, start_step: int | None = None, return_trajectory: bool = False):
+def sample(
+    denoise_fn,
+    schedule: Schedule,
+    x_T,
+    key,
+    sampling: SamplerConfig = SamplerConfig(),
+    *,
+    cond=None,
+    null_cond=None,
+    start_step: int | None = None,
+    return_trajectory: bool = False,
+):
     """Run ``sampling``'s sampler from ``x_T`` [B, ...] at grid step ``start_step`` down to x_0.
 
     The scan runs ``SAMPLERS[sampling.sampler].step`` over ``sampling.grid(T)`` from grid step
@@ -353,8 +370,9 @@ def sample(denoise_fn, schedule: Schedule, x_T, key, sampling: SamplerConfig = S
     grid = sampling.grid(schedule.num_steps)
     start = 0 if start_step is None else start_step
     _check_start(start, sampling.num_steps)
-    predict = _model(denoise_fn, schedule, x_T, cond, null_cond, sampling.guidance_scale, sampling.prediction,
-                     sampling.clip_x0)
+    predict = _model(
+        denoise_fn, schedule, x_T, cond, null_cond, sampling.guidance_scale, sampling.prediction, sampling.clip_x0
+    )
 
     ts = grid[start:]
     levels = _levels(schedule, ts, np.append(ts[1:], -1))
@@ -379,8 +397,7 @@ def start_step_for_strength(strength: float, num_steps: int) -> int:
     """The grid step where the last round(strength · num_steps) of ``num_steps`` steps remain."""
     remaining = int(round(strength * num_steps)) if isinstance(strength, numbers.Real) and 0 < strength <= 1 else 0
     if remaining < 1:
-        raise ValueError(f"strength={strength!r} must be in (0, 1] and leave at least one of the "
-                         f"{num_steps} steps")
+        raise ValueError(f"strength={strength!r} must be in (0, 1] and leave at least one of the {num_steps} steps")
     return num_steps - remaining
 
 
@@ -399,8 +416,17 @@ def sdedit_start(schedule: Schedule, x0, key, strength: float, sampling: Sampler
     return forward.q_sample(schedule, x0, t, noise), start
 
 
-def ddim_invert(denoise_fn, schedule: Schedule, x0, sampling: SamplerConfig = SamplerConfig(), *, cond=None,
-                null_cond=None, start_step: int = 0, return_trajectory: bool = False):
+def ddim_invert(
+    denoise_fn,
+    schedule: Schedule,
+    x0,
+    sampling: SamplerConfig = SamplerConfig(),
+    *,
+    cond=None,
+    null_cond=None,
+    start_step: int = 0,
+    return_trajectory: bool = False,
+):
     """Deterministic DDIM inversion x_0 -> x_{t_0} (DDIM eq. 12 with η = 0, run upwards) on
     ``sampling.grid(T)``, with its ``prediction`` and ``guidance_scale`` (η and clip_x0 unused).
 

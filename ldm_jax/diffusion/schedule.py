@@ -24,8 +24,9 @@ SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
 DEFAULT_BETA_RANGE = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012), "sigmoid": (1e-4, 0.02)}
 
 
-def beta_schedule(name: str, num_steps: int, beta_start: float | None = None, beta_end: float | None = None,
-                  cosine_s: float = 0.008) -> np.ndarray:
+def beta_schedule(
+    name: str, num_steps: int, beta_start: float | None = None, beta_end: float | None = None, cosine_s: float = 0.008
+) -> np.ndarray:
     """β_0 .. β_{T-1} (float64) of schedule ``name`` over ``num_steps`` = T >= 2 steps.
 
     - ``linear``: ``linspace(β_start, β_end, T)`` (DDPM, Ho et al. 2020, Sec. 4).
@@ -43,8 +44,10 @@ def beta_schedule(name: str, num_steps: int, beta_start: float | None = None, be
         raise ValueError(f"num_steps={num_steps!r} must be an integer >= 2")
     if name == "cosine":
         if beta_start is not None or beta_end is not None:
-            raise ValueError(f"the cosine schedule takes no beta_start/beta_end (got {beta_start}, {beta_end}); "
-                             "it is set by cosine_s")
+            raise ValueError(
+                f"the cosine schedule takes no beta_start/beta_end (got {beta_start}, {beta_end}); "
+                "it is set by cosine_s"
+            )
         if not cosine_s > 0:
             raise ValueError(f"cosine_s={cosine_s} must be > 0")
         f = np.cos((np.arange(num_steps + 1) / num_steps + cosine_s) / (1 + cosine_s) * np.pi / 2) ** 2
@@ -105,9 +108,14 @@ class Schedule:
         return self.betas.shape[0]
 
 
-def make_schedule(name: str = "linear", num_steps: int = 1000, beta_start: float | None = None,
-                  beta_end: float | None = None, zero_terminal_snr: bool = False,
-                  cosine_s: float = 0.008) -> Schedule:
+def make_schedule(
+    name: str = "linear",
+    num_steps: int = 1000,
+    beta_start: float | None = None,
+    beta_end: float | None = None,
+    zero_terminal_snr: bool = False,
+    cosine_s: float = 0.008,
+) -> Schedule:
     """The ``Schedule`` of ``beta_schedule(name, ...)``, optionally rescaled to zero terminal SNR."""
     betas = beta_schedule(name, num_steps, beta_start, beta_end, cosine_s)
     if zero_terminal_snr:

@@ -99,8 +99,9 @@ def mixture_eps_fn(schedule: Schedule, mixture: GaussianMixture, prediction: str
         logits = jnp.log(weights) - 0.5 * jnp.sum(diff**2 / var + jnp.log(var), axis=-1)
         if cond is not None:
             if jnp.shape(cond) != (batch,) or not jnp.issubdtype(jnp.result_type(cond), jnp.integer):
-                raise ValueError(f"cond must be int labels [{batch}], got shape {jnp.shape(cond)}, "
-                                 f"dtype {jnp.result_type(cond)}")
+                raise ValueError(
+                    f"cond must be int labels [{batch}], got shape {jnp.shape(cond)}, dtype {jnp.result_type(cond)}"
+                )
             allowed = (cond[:, None] == jnp.arange(num_components)) | (cond[:, None] == num_components)
             logits = jnp.where(allowed, logits, -jnp.inf)
         r = jax.nn.softmax(logits, axis=-1)[..., None]

@@ -63,8 +63,10 @@ class ClassifierConfig:
         if self.image_size < 8 or self.image_size % 2:
             raise ValueError(f"image_size must be an even number >= 8, got {self.image_size}")
         if not self.channels or min(self.channels) < 1 or self.embed_dim < 1 or self.histogram_bins < 2:
-            raise ValueError(f"channels {self.channels}, embed_dim {self.embed_dim} must be positive and "
-                             f"histogram_bins {self.histogram_bins} >= 2")
+            raise ValueError(
+                f"channels {self.channels}, embed_dim {self.embed_dim} must be positive and "
+                f"histogram_bins {self.histogram_bins} >= 2"
+            )
 
 
 class PhantomClassifier(nn.Module):
@@ -102,8 +104,9 @@ def _soft_histogram(x: jax.Array, bins: int) -> jax.Array:
 
 def make_model(config: ClassifierConfig) -> PhantomClassifier:
     """The Linen module of ``config``."""
-    return PhantomClassifier(channels=tuple(config.channels), embed_dim=config.embed_dim,
-                             histogram_bins=config.histogram_bins)
+    return PhantomClassifier(
+        channels=tuple(config.channels), embed_dim=config.embed_dim, histogram_bins=config.histogram_bins
+    )
 
 
 def init_params(config: ClassifierConfig, seed: int = 0):
@@ -123,8 +126,10 @@ def _check_images(images, config: ClassifierConfig) -> np.ndarray:
 def _check_labels(labels, n: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] != n or labels.shape[1] < len(HEADS):
-        raise ValueError(f"expected labels [{n}, >= {len(HEADS)}] in the order {attributes.ATTRIBUTE_NAMES}, "
-                         f"got shape {labels.shape}")
+        raise ValueError(
+            f"expected labels [{n}, >= {len(HEADS)}] in the order {attributes.ATTRIBUTE_NAMES}, "
+            f"got shape {labels.shape}"
+        )
     for i, (name, k) in enumerate(zip(HEADS, HEAD_CLASSES)):
         if labels[:, i].min() < 0 or labels[:, i].max() >= k:
             raise ValueError(f"{name} labels must be in [0, {k}) for training (no null labels)")
@@ -148,9 +153,19 @@ def phantom_training_set(num: int, size: int = 64, seed: int = 0) -> tuple[np.nd
     return images, labels
 
 
-def train_classifier(images, labels, config: ClassifierConfig = ClassifierConfig(), *, steps: int = 800,
-                     batch_size: int = 64, learning_rate: float = 3e-3, weight_decay: float = 1e-4,
-                     seed: int = 0, log: Callable[[int, float], None] | None = None, log_every: int = 100):
+def train_classifier(
+    images,
+    labels,
+    config: ClassifierConfig = ClassifierConfig(),
+    *,
+    steps: int = 800,
+    batch_size: int = 64,
+    learning_rate: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    log: Callable[[int, float], None] | None = None,
+    log_every: int = 100,
+):
     """Train on ``images [N, S, S, 1]`` (``[-1, 1]``) and ``labels [N, >= 3]``; returns the parameters
     (a Flax variables dict ``{"params": ...}``, as ``predict`` and ``save_classifier`` take).
 
@@ -174,8 +189,10 @@ def train_classifier(images, labels, config: ClassifierConfig = ClassifierConfig
 
         def loss_fn(p):
             out = model.apply(p, x)
-            return sum(optax.softmax_cross_entropy_with_integer_labels(out[name], y[:, i]).mean()
-                       for i, name in enumerate(HEADS))
+            return sum(
+                optax.softmax_cross_entropy_with_integer_labels(out[name], y[:, i]).mean()
+                for i, name in enumerate(HEADS)
+            )
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -184,15 +201,13 @@ def train_classifier(images, labels, config: ClassifierConfig = ClassifierConfig
     rng = np.random.default_rng(seed)
     for i in range(steps):
         index = rng.integers(0, len(images), batch_size)
-        params, opt_state, loss = step(params, opt_state, images[index], labels[index],
-                                       rng.random(batch_size) < 0.5)
+        params, opt_state, loss = step(params, opt_state, images[index], labels[index], rng.random(batch_size) < 0.5)
         if log is not None and (i % log_every == 0 or i == steps - 1):
             log(i, float(loss))
     return params
 
 
-def train_on_phantoms(config: ClassifierConfig = ClassifierConfig(), *, num_train: int = 7000, seed: int = 0,
-                      **kwargs):
+def train_on_phantoms(config: ClassifierConfig = ClassifierConfig(), *, num_train: int = 7000, seed: int = 0, **kwargs):
     """Generate ``num_train`` phantoms at ``config.image_size`` (seeds from ``seed``) and train on them;
     keyword arguments go to ``train_classifier``. Returns the parameters. The defaults are the recipe
     of tests/test_classifier.py: at 64×64, ≈97% held-out density accuracy after ≈2.5 minutes on
@@ -221,7 +236,7 @@ def predict(params, config: ClassifierConfig, images, batch_size: int = 256) -> 
     batch = min(batch_size, len(images))
     chunks = []
     for start in range(0, len(images), batch):
-        x = images[start:start + batch]
+        x = images[start : start + batch]
         n = len(x)
         out = apply(params, pad_batch(x, batch))
         chunks.append({k: np.asarray(v)[:n] for k, v in out.items()})
@@ -244,9 +259,16 @@ def features(params, config: ClassifierConfig, images, batch_size: int = 256) ->
 
 def save_classifier(path: str | os.PathLike, params, config: ClassifierConfig) -> None:
     """Write parameters and config to one msgpack file (atomically)."""
-    payload = {"format": _FORMAT, "config": {"image_size": config.image_size, "channels": list(config.channels),
-                                             "embed_dim": config.embed_dim, "histogram_bins": config.histogram_bins},
-               "params": jax.tree.map(np.asarray, params)}
+    payload = {
+        "format": _FORMAT,
+        "config": {
+            "image_size": config.image_size,
+            "channels": list(config.channels),
+            "embed_dim": config.embed_dim,
+            "histogram_bins": config.histogram_bins,
+        },
+        "params": jax.tree.map(np.asarray, params),
+    }
     write_atomic(path, flax.serialization.msgpack_serialize(payload))
 
 
@@ -257,8 +279,12 @@ def load_classifier(path: str | os.PathLike):
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(f"{os.fspath(path)!r} is not a phantom classifier file ({_FORMAT})")
     c = payload["config"]
-    config = ClassifierConfig(image_size=int(c["image_size"]), channels=tuple(int(v) for v in c["channels"]),
-                              embed_dim=int(c["embed_dim"]), histogram_bins=int(c["histogram_bins"]))
+    config = ClassifierConfig(
+        image_size=int(c["image_size"]),
+        channels=tuple(int(v) for v in c["channels"]),
+        embed_dim=int(c["embed_dim"]),
+        histogram_bins=int(c["histogram_bins"]),
+    )
     return payload["params"], config
 
 
@@ -298,8 +324,11 @@ def conditioning_accuracy(pred_labels, target_labels) -> dict[str, float]:
     """Per attribute, the fraction of items whose predicted class equals the (non-null) target — e.g.
     the classifier's labels of samples generated for a condition against that condition. Attributes
     whose targets are all null are left out. Column order as ``confusion_matrices``."""
-    return {name: float(np.trace(m) / m.sum()) for name, m in confusion_matrices(pred_labels, target_labels).items()
-            if m.sum()}
+    return {
+        name: float(np.trace(m) / m.sum())
+        for name, m in confusion_matrices(pred_labels, target_labels).items()
+        if m.sum()
+    }
 
 
 def accuracy_report(params, config: ClassifierConfig, images, labels, batch_size: int = 256) -> dict:

@@ -39,8 +39,7 @@ def mean_grey_by_density(images: np.ndarray, density: np.ndarray) -> list[float]
     """Mean 8-bit grey level of ``images [N, H, W, 1]`` (model range) per density class A–D
     (nan for a class with no image)."""
     pixels = to_pixels(images, 255, np.uint8).astype(np.float64)
-    return [float(pixels[density == k].mean()) if np.any(density == k) else float("nan")
-            for k in range(len(DENSITIES))]
+    return [float(pixels[density == k].mean()) if np.any(density == k) else float("nan") for k in range(len(DENSITIES))]
 
 
 def headline(workdir, options: Options = Options(), out=None) -> dict:
@@ -49,18 +48,24 @@ def headline(workdir, options: Options = Options(), out=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ev = Evaluator(workdir, options, out)
     if not ev.phantoms:
-        raise ValueError("the headline numbers are measured on phantoms; this run trained on "
-                         f"{ev.model.config.data.dataset!r}")
+        raise ValueError(
+            f"the headline numbers are measured on phantoms; this run trained on {ev.model.config.data.dataset!r}"
+        )
     real = held_out_phantoms(options.held_out, ev.model.image_size)
     recon = _batched(lambda x: ev.decode(ev.encode(x)), (real["image"],), options.batch)
     samples, targets = ev.samples(list(DENSITY_CONDITIONS))
     result = {
-        "checkpoint_step": ev.model.step, "autoencoder_step": ev.model.autoencoder_step,
+        "checkpoint_step": ev.model.step,
+        "autoencoder_step": ev.model.autoencoder_step,
         "reconstruction_psnr": float(np.mean(metrics.psnr(real["image"], recon, np.ptp(metrics.MODEL_RANGE)))),
-        "grey_by_density": {"samples": mean_grey_by_density(samples, targets[:, 0]),
-                            "held_out": mean_grey_by_density(real["image"], real["labels"][:, 0]),
-                            "reconstructions": mean_grey_by_density(recon, real["labels"][:, 0])},
-        "samples_per_density": options.num // len(DENSITIES), "guidance": options.guidance, "steps": options.steps,
+        "grey_by_density": {
+            "samples": mean_grey_by_density(samples, targets[:, 0]),
+            "held_out": mean_grey_by_density(real["image"], real["labels"][:, 0]),
+            "reconstructions": mean_grey_by_density(recon, real["labels"][:, 0]),
+        },
+        "samples_per_density": options.num // len(DENSITIES),
+        "guidance": options.guidance,
+        "steps": options.steps,
     }
     classifier_file = pathlib.Path(options.classifier or out / "phantom_classifier.msgpack")
     if classifier_file.exists():
@@ -78,11 +83,17 @@ def format_headline(result: dict) -> str:
     grey = result["grey_by_density"]
     lines = [
         f"held-out reconstruction PSNR  {result['reconstruction_psnr']:.1f} dB",
-        "mean grey of density=A/B/C/D samples  " + " / ".join(f"{g:.1f}" for g in grey["samples"])
-        + "   (held-out phantoms " + " / ".join(f"{g:.1f}" for g in grey["held_out"])
-        + ", their reconstructions " + " / ".join(f"{g:.1f}" for g in grey["reconstructions"]) + ")",
+        "mean grey of density=A/B/C/D samples  "
+        + " / ".join(f"{g:.1f}" for g in grey["samples"])
+        + "   (held-out phantoms "
+        + " / ".join(f"{g:.1f}" for g in grey["held_out"])
+        + ", their reconstructions "
+        + " / ".join(f"{g:.1f}" for g in grey["reconstructions"])
+        + ")",
     ]
     if "density_accuracy" in result:
-        lines.append(f"density accuracy of those samples  {100 * result['density_accuracy']:.0f}%   (of the "
-                     f"reconstructions: {100 * result['reconstruction_density_accuracy']:.0f}%)")
+        lines.append(
+            f"density accuracy of those samples  {100 * result['density_accuracy']:.0f}%   (of the "
+            f"reconstructions: {100 * result['reconstruction_density_accuracy']:.0f}%)"
+        )
     return "\n".join(lines)

@@ -29,9 +29,11 @@ FID_WEIGHTS_ENV = "LDM_JAX_FID_WEIGHTS"
 INPUT_SIZE = 299
 FEATURES = 2048
 
-_MISSING_HINT = (f"FID needs the InceptionV3 weights {FID_WEIGHTS_FILE} (pytorch-fid's port of TensorFlow's "
-                 f"inception-2015-12-05). Download it once from {FID_WEIGHTS_URL} and pass its path "
-                 f"(or set {FID_WEIGHTS_ENV}=/path/to/{FID_WEIGHTS_FILE}); it is never downloaded automatically.")
+_MISSING_HINT = (
+    f"FID needs the InceptionV3 weights {FID_WEIGHTS_FILE} (pytorch-fid's port of TensorFlow's "
+    f"inception-2015-12-05). Download it once from {FID_WEIGHTS_URL} and pass its path "
+    f"(or set {FID_WEIGHTS_ENV}=/path/to/{FID_WEIGHTS_FILE}); it is never downloaded automatically."
+)
 
 
 class BasicConv2d(nn.Module):
@@ -133,11 +135,21 @@ class InceptionE(nn.Module):
     def __call__(self, x):
         b1 = _conv("branch1x1", 320, 1)(x)
         b3 = _conv("branch3x3_1", 384, 1)(x)
-        b3 = jnp.concatenate([_conv("branch3x3_2a", 384, (1, 3), padding=(0, 1))(b3),
-                              _conv("branch3x3_2b", 384, (3, 1), padding=(1, 0))(b3)], axis=-1)
+        b3 = jnp.concatenate(
+            [
+                _conv("branch3x3_2a", 384, (1, 3), padding=(0, 1))(b3),
+                _conv("branch3x3_2b", 384, (3, 1), padding=(1, 0))(b3),
+            ],
+            axis=-1,
+        )
         bd = _conv("branch3x3dbl_2", 384, 3, padding=1)(_conv("branch3x3dbl_1", 448, 1)(x))
-        bd = jnp.concatenate([_conv("branch3x3dbl_3a", 384, (1, 3), padding=(0, 1))(bd),
-                              _conv("branch3x3dbl_3b", 384, (3, 1), padding=(1, 0))(bd)], axis=-1)
+        bd = jnp.concatenate(
+            [
+                _conv("branch3x3dbl_3a", 384, (1, 3), padding=(0, 1))(bd),
+                _conv("branch3x3dbl_3b", 384, (3, 1), padding=(1, 0))(bd),
+            ],
+            axis=-1,
+        )
         pooled = _avg_pool3(x) if self.pool == "avg" else _max_pool3(x, 1)
         bp = _conv("branch_pool", 192, 1)(pooled)
         return jnp.concatenate([b1, b3, bd, bp], axis=-1)

@@ -95,7 +95,7 @@ def detect_specks(response, region, threshold: float) -> np.ndarray:
 
 def _disk(radius: float) -> np.ndarray:
     r = int(np.floor(radius))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     return yy**2 + xx**2 <= radius**2
 
 
@@ -107,8 +107,17 @@ def _reference_specks(reference, lesion, breast, k, sigma_inner, sigma_outer):
     return threshold, region, detect_specks(response, region, threshold)
 
 
-def calcification_pair(original, test, lesion_mask, breast_mask, *, k: float = 5.0, tolerance: float = 1.5,
-                       sigma_inner: float = 0.5, sigma_outer: float = 2.0) -> tuple[int, int]:
+def calcification_pair(
+    original,
+    test,
+    lesion_mask,
+    breast_mask,
+    *,
+    k: float = 5.0,
+    tolerance: float = 1.5,
+    sigma_inner: float = 0.5,
+    sigma_outer: float = 2.0,
+) -> tuple[int, int]:
     """(specks detected in ``original`` inside the lesion mask (dilated 1 px), of those still detected
     in ``test`` within ``tolerance`` pixels), with the original's threshold for both images."""
     original, test = _image(original, "original"), _image(test, "test")
@@ -138,8 +147,12 @@ def calcification_detectability(originals, tests, lesion_masks, breast_masks, fi
         images += 1
         specks += n
         preserved += kept
-    return {"images": images, "specks": specks, "preserved": preserved,
-            "fraction": preserved / specks if specks else float("nan")}
+    return {
+        "images": images,
+        "specks": specks,
+        "preserved": preserved,
+        "fraction": preserved / specks if specks else float("nan"),
+    }
 
 
 # ----------------------------------------------------------------------------- masses and clusters
@@ -156,9 +169,19 @@ def mass_contrast(image, lesion_mask, breast_mask, ring: int = 2) -> float:
     return float(image[lesion].mean() - image[band].mean())
 
 
-def lesion_pair(reference, test, lesion_mask, breast_mask, finding: int, *, min_contrast: float = 0.02,
-                min_specks: int = 1, k: float = 5.0, sigma_inner: float = 0.5,
-                sigma_outer: float = 2.0) -> tuple[bool, bool]:
+def lesion_pair(
+    reference,
+    test,
+    lesion_mask,
+    breast_mask,
+    finding: int,
+    *,
+    min_contrast: float = 0.02,
+    min_specks: int = 1,
+    k: float = 5.0,
+    sigma_inner: float = 0.5,
+    sigma_outer: float = 2.0,
+) -> tuple[bool, bool]:
     """(lesion detected in ``reference``, lesion detected in ``test``).
 
     Mass: ``mass_contrast > min_contrast``. Calcification cluster: at least ``min_specks`` specks
@@ -168,8 +191,10 @@ def lesion_pair(reference, test, lesion_mask, breast_mask, finding: int, *, min_
     if reference.shape != test.shape:
         raise ValueError(f"reference {reference.shape} and test {test.shape} differ in shape")
     if finding == MASS:
-        return (mass_contrast(reference, lesion_mask, breast_mask) > min_contrast,
-                mass_contrast(test, lesion_mask, breast_mask) > min_contrast)
+        return (
+            mass_contrast(reference, lesion_mask, breast_mask) > min_contrast,
+            mass_contrast(test, lesion_mask, breast_mask) > min_contrast,
+        )
     if finding == CALCIFICATION:
         lesion, breast = _masks(lesion_mask, breast_mask, reference.shape)
         threshold, region, specks = _reference_specks(reference, lesion, breast, k, sigma_inner, sigma_outer)
@@ -190,10 +215,15 @@ def lesion_preservation(references, tests, lesion_masks, breast_masks, findings,
     out = {}
     for name, finding in (("mass", MASS), ("calcification", CALCIFICATION)):
         indices = np.flatnonzero(findings == finding)
-        pairs = [lesion_pair(references[i], tests[i], lesion_masks[i], breast_masks[i], finding, **detector)
-                 for i in indices]
+        pairs = [
+            lesion_pair(references[i], tests[i], lesion_masks[i], breast_masks[i], finding, **detector) for i in indices
+        ]
         detected = sum(r for r, _ in pairs)
         preserved = sum(r and t for r, t in pairs)
-        out[name] = {"lesions": len(indices), "detected": detected, "preserved": preserved,
-                     "fraction": preserved / detected if detected else float("nan")}
+        out[name] = {
+            "lesions": len(indices),
+            "detected": detected,
+            "preserved": preserved,
+            "fraction": preserved / detected if detected else float("nan"),
+        }
     return out

@@ -64,8 +64,11 @@ def reconstruction_metrics(x, y, value_range=MODEL_RANGE) -> dict[str, np.ndarra
     x, y = _check_pair(x, y)
     xu, width = _to_unit(x, value_range)
     yu, _ = _to_unit(y, value_range)
-    return {"psnr": psnr(x, y, width), "ssim": np.asarray(ssim(xu, yu, max_val=width)),
-            "ms_ssim": np.asarray(ms_ssim(xu, yu, max_val=width))}
+    return {
+        "psnr": psnr(x, y, width),
+        "ssim": np.asarray(ssim(xu, yu, max_val=width)),
+        "ms_ssim": np.asarray(ms_ssim(xu, yu, max_val=width)),
+    }
 
 
 # ----------------------------------------------------------------------------- Fréchet distance
@@ -107,8 +110,10 @@ def frechet_distance_from_statistics(mu1, sigma1, mu2, sigma2) -> float:
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     d = mu1.shape[0] if mu1.ndim == 1 else -1
     if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"expected means [D] and covariances [D, D] of one D, got {mu1.shape}, {sigma1.shape}, "
-                         f"{mu2.shape}, {sigma2.shape}")
+        raise ValueError(
+            f"expected means [D] and covariances [D, D] of one D, got {mu1.shape}, {sigma1.shape}, "
+            f"{mu2.shape}, {sigma2.shape}"
+        )
     root1 = _psd_sqrt(sigma1)
     eig = np.linalg.eigvalsh(root1 @ (0.5 * (sigma2 + sigma2.T)) @ root1)
     trace_sqrt = np.sum(np.sqrt(np.maximum(eig, 0.0)))
@@ -147,8 +152,9 @@ def mmd2_unbiased(x, y) -> float:
     return float(within_x + within_y - 2.0 * kxy.mean())
 
 
-def kernel_inception_distance(feats_a, feats_b, num_subsets: int = 100, subset_size: int = 1000,
-                              seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    feats_a, feats_b, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018): mean and standard deviation of the unbiased MMD² over
     ``num_subsets`` random subsets of ``min(subset_size, N, M)`` items per set, drawn without
     replacement. Unbiased: its expectation is 0 when both sets come from one distribution, so
@@ -167,8 +173,13 @@ def kernel_inception_distance(feats_a, feats_b, num_subsets: int = 100, subset_s
         raise ValueError(f"need num_subsets >= 1 and subset_size >= 2, got {num_subsets}, {subset_size}")
     size = min(subset_size, len(feats_a), len(feats_b))
     rng = np.random.default_rng(seed)
-    values = [mmd2_unbiased(feats_a[rng.choice(len(feats_a), size, replace=False)],
-                            feats_b[rng.choice(len(feats_b), size, replace=False)]) for _ in range(num_subsets)]
+    values = [
+        mmd2_unbiased(
+            feats_a[rng.choice(len(feats_a), size, replace=False)],
+            feats_b[rng.choice(len(feats_b), size, replace=False)],
+        )
+        for _ in range(num_subsets)
+    ]
     return float(np.mean(values)), float(np.std(values))
 
 
@@ -281,8 +292,9 @@ def _check_images(images, name):
     return images
 
 
-def nearest_by_ms_ssim(samples, references, value_range=MODEL_RANGE, query_batch: int = 8,
-                       reference_batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def nearest_by_ms_ssim(
+    samples, references, value_range=MODEL_RANGE, query_batch: int = 8, reference_batch: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
     """For each sample image, the reference (training) image of highest MS-SSIM: indices ``[Q]`` and
     scores ``[Q]``. Scores all ``Q × R`` pairs in fixed-shape tiles of ``query_batch ×
     reference_batch`` pairs (one compilation; partial tiles are padded and the padding dropped);
@@ -318,8 +330,9 @@ def fraction_above(scores, threshold: float) -> float:
     return float(np.mean(scores > threshold))
 
 
-def ms_ssim_diversity(images, num_pairs: int = 1000, seed: int = 0, value_range=MODEL_RANGE,
-                      batch_size: int = 128) -> float:
+def ms_ssim_diversity(
+    images, num_pairs: int = 1000, seed: int = 0, value_range=MODEL_RANGE, batch_size: int = 128
+) -> float:
     """Mean MS-SSIM over ``num_pairs`` random pairs of distinct images (Odena et al. 2017): lower is
     more diverse; compare with the same statistic of real images of the same condition."""
     images = _check_images(images, "images")
@@ -337,4 +350,3 @@ def ms_ssim_diversity(images, num_pairs: int = 1000, seed: int = 0, value_range=
         x, y = pad_batch(images[first[rows]], batch), pad_batch(images[second[rows]], batch)
         scores.append(np.asarray(_ms_ssim_jit(x, y, width))[: rows.stop - rows.start])
     return float(np.mean(np.concatenate(scores)))
-

@@ -118,15 +118,21 @@ def _chart(title: str, series: dict, width: int = 480, height: int = 260) -> str
     def label(x, y, value, anchor="start"):
         return f'<text x="{x}" y="{y}" text-anchor="{anchor}" font-size="11">{_text(_format(value))}</text>'
 
-    parts = [f'<svg width="{width}" height="{height}" role="img"><title>{_text(title)}</title>',
-             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>',
-             label(left - 4, top + 4, y1, "end"), label(left - 4, top + plot_h, y0, "end"),
-             label(left, height - 12, x0), label(left + plot_w, height - 12, x1, "end")]
+    parts = [
+        f'<svg width="{width}" height="{height}" role="img"><title>{_text(title)}</title>',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>',
+        label(left - 4, top + 4, y1, "end"),
+        label(left - 4, top + plot_h, y0, "end"),
+        label(left, height - 12, x0),
+        label(left + plot_w, height - 12, x1, "end"),
+    ]
     legend = []
     for i, (name, points) in enumerate(clean.items()):
         colour = _COLOURS[i % len(_COLOURS)]
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
-                     f'points="{" ".join(xy(s, v) for s, v in points)}"/>')
+        parts.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
+            f'points="{" ".join(xy(s, v) for s, v in points)}"/>'
+        )
         legend.append(f'<span style="color:{colour}">&#9632; {_text(name)}</span>')
     parts.append("</svg>")
     return f'<div class="chart"><b>{_text(title)}</b><br>{"".join(parts)}<br>{" ".join(legend)}</div>'
@@ -144,10 +150,15 @@ def _forward_diffusion(section: dict) -> str:
     ts, frames = list(section["t"]), list(section["frames"])
     if len(ts) != len(frames) or not frames:
         raise ValueError(f"forward_diffusion needs one frame per t, got {len(ts)} t and {len(frames)} frames")
-    images = "".join(f'<div class="frame" data-t="t = {_text(t)}"{" hidden" if i else ""}>'  # frame 0 shown
-                     f'{image_tag(f, f"t = {t}")}</div>' for i, (t, f) in enumerate(zip(ts, frames)))
-    return (f'<div class="slider">{images}<input type="range" min="0" max="{len(frames) - 1}" step="1" value="0" '
-            f'aria-label="diffusion step"> <span class="t"></span></div>')
+    images = "".join(
+        f'<div class="frame" data-t="t = {_text(t)}"{" hidden" if i else ""}>'  # frame 0 shown
+        f"{image_tag(f, f't = {t}')}</div>"
+        for i, (t, f) in enumerate(zip(ts, frames))
+    )
+    return (
+        f'<div class="slider">{images}<input type="range" min="0" max="{len(frames) - 1}" step="1" value="0" '
+        f'aria-label="diffusion step"> <span class="t"></span></div>'
+    )
 
 
 def _trajectory(section: dict) -> str:
@@ -158,8 +169,11 @@ def _trajectory(section: dict) -> str:
 
 
 def _editing(rows: list) -> str:
-    return "".join(f'<div class="row"><p>{_text(row.get("caption", ""))}</p>'
-                   f'{"".join(_figure(image, label) for label, image in row["images"])}</div>' for row in rows)
+    return "".join(
+        f'<div class="row"><p>{_text(row.get("caption", ""))}</p>'
+        f"{''.join(_figure(image, label) for label, image in row['images'])}</div>"
+        for row in rows
+    )
 
 
 def _value(value) -> str:
@@ -169,8 +183,11 @@ def _value(value) -> str:
     if isinstance(value, (list, tuple, np.ndarray)):
         array = np.asarray(value, dtype=object)
         if array.ndim == 2:
-            return "<table>" + "".join("<tr>" + "".join(f"<td>{_text(_format(v))}</td>" for v in row) + "</tr>"
-                                       for row in array) + "</table>"
+            return (
+                "<table>"
+                + "".join("<tr>" + "".join(f"<td>{_text(_format(v))}</td>" for v in row) + "</tr>" for row in array)
+                + "</table>"
+            )
         return _text(", ".join(_format(v) for v in array.ravel()))
     return _text(_format(value))
 
@@ -180,10 +197,14 @@ def _table(metrics: dict) -> str:
     return f"<table>{rows}</table>"
 
 
-_RENDER = {"curves": ("Training curves", _curves), "sample_grids": ("Samples per condition", _sample_grids),
-           "forward_diffusion": ("Forward diffusion", _forward_diffusion),
-           "trajectory": ("Denoising trajectory", _trajectory), "editing": ("Editing", _editing),
-           "metrics": ("Metrics", _table)}
+_RENDER = {
+    "curves": ("Training curves", _curves),
+    "sample_grids": ("Samples per condition", _sample_grids),
+    "forward_diffusion": ("Forward diffusion", _forward_diffusion),
+    "trajectory": ("Denoising trajectory", _trajectory),
+    "editing": ("Editing", _editing),
+    "metrics": ("Metrics", _table),
+}
 
 
 def render_report(report: dict) -> str:
@@ -198,8 +219,10 @@ def render_report(report: dict) -> str:
             heading, render = _RENDER[key]
             body.append(f'<section id="{key}"><h2>{heading}</h2>{render(report[key])}</section>')
     script = f"<script>{_SLIDER_SCRIPT}</script>" if report.get("forward_diffusion") is not None else ""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{_STYLE}</style></head><body>{''.join(body)}{script}</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_STYLE}</style></head><body>{''.join(body)}{script}</body></html>\n"
+    )
 
 
 def write_report(path: str | os.PathLike, report: dict) -> None:

@@ -66,8 +66,9 @@ class Options:
     copy_threshold: float = flag(0.95, "MS-SSIM above which a sample counts as a likely copy")
     classifier: str = flag("", "phantom classifier file (default <out>/phantom_classifier.msgpack, trained if missing)")
     classifier_steps: int = flag(800, "training steps of a new phantom classifier (the tested recipe)")
-    inception_weights: str = flag("", f"standard FID InceptionV3 weights file (default ${FID_WEIGHTS_ENV}; none: "
-                                      "no Inception FD)")
+    inception_weights: str = flag(
+        "", f"standard FID InceptionV3 weights file (default ${FID_WEIGHTS_ENV}; none: no Inception FD)"
+    )
     seed: int = flag(0, "root seed")
 
 
@@ -80,7 +81,7 @@ def _batched(fn, arrays: tuple, batch: int) -> np.ndarray:
     n = len(arrays[0])
     out = []
     for start in range(0, n, batch):
-        chunk = [a[start:start + batch] for a in arrays]
+        chunk = [a[start : start + batch] for a in arrays]
         rows = len(chunk[0])
         out.append(np.asarray(fn(*[metrics.pad_batch(c, batch) for c in chunk]))[:rows])
     return np.concatenate(out)
@@ -102,8 +103,17 @@ def training_images(model, workdir: pathlib.Path, num: int) -> np.ndarray:
     source = open_source(model.config, workdir)
     mesh = make_mesh(1, jax.devices()[:1])
     batch = min(num, len(source))
-    pipeline = InputPipeline(source, global_batch_size=batch, mesh=mesh, shuffle=False, num_epochs=1,
-                             image_size=model.image_size, random_flip=False, read_threads=1, prefetch_batches=1)
+    pipeline = InputPipeline(
+        source,
+        global_batch_size=batch,
+        mesh=mesh,
+        shuffle=False,
+        num_epochs=1,
+        image_size=model.image_size,
+        random_flip=False,
+        read_threads=1,
+        prefetch_batches=1,
+    )
     return np.asarray(next(pipeline)["image"])
 
 
@@ -127,8 +137,7 @@ class Evaluator:
         self.model = load_model(self.workdir)
         self.phantoms = self.model.config.data.dataset == "mammo_phantoms"
         m = self.model
-        self.sampling = SamplerConfig(num_steps=options.steps, prediction=m.prediction,
-                                      guidance_scale=options.guidance)
+        self.sampling = SamplerConfig(num_steps=options.steps, prediction=m.prediction, guidance_scale=options.guidance)
         self.generate = jax.jit(make_generate(m.unet, m.autoencoder, m.schedule, m.latent_shape, self.sampling))
         ae = m.autoencoder
         self.encode = jax.jit(lambda x: ae.apply({"params": m.ae_params}, x, method=ae.encode).mode())
@@ -140,8 +149,11 @@ class Evaluator:
         labels = np.stack([attributes.parse_condition(conditions[i % len(conditions)]) for i in range(n)])
         keys = np.asarray(image_keys(jax.random.PRNGKey(self.options.seed), jnp.arange(n)))
         m = self.model
-        images = _batched(lambda lab, k: self.generate(m.unet_params, m.ae_params, m.scale, lab, k),
-                          (labels, keys), self.options.batch)
+        images = _batched(
+            lambda lab, k: self.generate(m.unet_params, m.ae_params, m.scale, lab, k),
+            (labels, keys),
+            self.options.batch,
+        )
         return images, labels
 
     def classifier(self):
@@ -150,8 +162,9 @@ class Evaluator:
         if path.exists():
             params, config = clf.load_classifier(path)
             if config.image_size != self.model.image_size:
-                raise ValueError(f"classifier {path} is for {config.image_size}px images, the model makes "
-                                 f"{self.model.image_size}px")
+                raise ValueError(
+                    f"classifier {path} is for {config.image_size}px images, the model makes {self.model.image_size}px"
+                )
             return params, config
         if not self.phantoms:
             raise ValueError("no phantom classifier given (--classifier) and the run is not on phantoms")
@@ -175,20 +188,25 @@ def evaluate(workdir, options: Options = Options(), out=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ev = Evaluator(workdir, options, out)
     model, o = ev.model, options
-    results: dict = {"checkpoint_step": model.step, "autoencoder_step": model.autoencoder_step,
-                     "options": dataclasses.asdict(o)}
+    results: dict = {
+        "checkpoint_step": model.step,
+        "autoencoder_step": model.autoencoder_step,
+        "options": dataclasses.asdict(o),
+    }
     html: dict = {"title": f"ldm_jax evaluation: {pathlib.Path(workdir).name} (step {model.step})"}
 
     if not ev.phantoms:
-        raise ValueError("evaluate.py grounds its checks on phantoms; this run trained on "
-                         f"{model.config.data.dataset!r}")
+        raise ValueError(
+            f"evaluate.py grounds its checks on phantoms; this run trained on {model.config.data.dataset!r}"
+        )
     real = held_out_phantoms(o.held_out, model.image_size)
     _log(f"{o.held_out} held-out phantoms; reconstruction")
     recon = _batched(lambda x: ev.decode(ev.encode(x)), (real["image"],), o.batch)
     scores = metrics.reconstruction_metrics(real["image"], recon)
     results["reconstruction"] = {name: _summary(v) for name, v in scores.items()}
     results["reconstruction"]["calcification_specks"] = lesions.calcification_detectability(
-        real["image"], recon, real["mask"], real["breast_mask"], real["labels"][:, 1])
+        real["image"], recon, real["mask"], real["breast_mask"], real["labels"][:, 1]
+    )
 
     params, config = ev.classifier()
     results["classifier_held_out"] = clf.accuracy_report(params, config, real["image"], real["labels"])["accuracy"]
@@ -196,28 +214,40 @@ def evaluate(workdir, options: Options = Options(), out=None) -> dict:
     _log(f"generating {o.num} samples ({o.steps} steps, guidance {o.guidance})")
     samples, targets = ev.samples(list(DENSITY_CONDITIONS))
     real_features, fake_features = clf.features(params, config, real["image"]), clf.features(params, config, samples)
-    kid_mean, kid_std = metrics.kernel_inception_distance(real_features, fake_features, num_subsets=50,
-                                                          subset_size=min(len(samples), len(real_features)))
-    results["generation"] = {"phantom_classifier_features": {
-        "frechet_distance": metrics.frechet_distance(real_features, fake_features), "kid_mean": kid_mean,
-        "kid_std": kid_std, **metrics.precision_recall(real_features, fake_features)},
-        "ms_ssim_diversity": {"samples": metrics.ms_ssim_diversity(samples, num_pairs=256),
-                              "held_out_real": metrics.ms_ssim_diversity(real["image"], num_pairs=256)}}
+    kid_mean, kid_std = metrics.kernel_inception_distance(
+        real_features, fake_features, num_subsets=50, subset_size=min(len(samples), len(real_features))
+    )
+    results["generation"] = {
+        "phantom_classifier_features": {
+            "frechet_distance": metrics.frechet_distance(real_features, fake_features),
+            "kid_mean": kid_mean,
+            "kid_std": kid_std,
+            **metrics.precision_recall(real_features, fake_features),
+        },
+        "ms_ssim_diversity": {
+            "samples": metrics.ms_ssim_diversity(samples, num_pairs=256),
+            "held_out_real": metrics.ms_ssim_diversity(real["image"], num_pairs=256),
+        },
+    }
     if o.inception_weights or os.environ.get(FID_WEIGHTS_ENV):
         module, variables = load_fid_inception(o.inception_weights or None)
-        ri, fi = (_batched(lambda x: inception_features(module, variables, x), (a,), 8)
-                  for a in (real["image"], samples))
+        ri, fi = (
+            _batched(lambda x: inception_features(module, variables, x), (a,), 8) for a in (real["image"], samples)
+        )
         results["generation"]["inception_features"] = {"frechet_distance": metrics.frechet_distance(ri, fi)}
     else:
-        note = ("skipped: give --inception-weights (or $LDM_JAX_FID_WEIGHTS) pointing to the standard FID file "
-                "pt_inception-2015-12-05-6726825d.pth for literature-comparable numbers; nothing is downloaded")
+        note = (
+            "skipped: give --inception-weights (or $LDM_JAX_FID_WEIGHTS) pointing to the standard FID file "
+            "pt_inception-2015-12-05-6726825d.pth for literature-comparable numbers; nothing is downloaded"
+        )
         _log(f"InceptionV3 features {note}")
         results["generation"]["inception_features"] = note
 
     pred_labels = clf.predict(params, config, samples)["labels"]
-    results["conditioning"] = {"accuracy": clf.conditioning_accuracy(pred_labels, targets),
-                               "confusion": {k: v.tolist() for k, v in
-                                             clf.confusion_matrices(pred_labels, targets).items()}}
+    results["conditioning"] = {
+        "accuracy": clf.conditioning_accuracy(pred_labels, targets),
+        "confusion": {k: v.tolist() for k, v in clf.confusion_matrices(pred_labels, targets).items()},
+    }
 
     _log("dense-tissue removal")
     results["dense_tissue_removal"], html["editing"] = _dense_tissue_removal(ev, params, config)
@@ -228,21 +258,28 @@ def evaluate(workdir, options: Options = Options(), out=None) -> dict:
     ms_index, ms_score = metrics.nearest_by_ms_ssim(samples, train)
     closest = np.argsort(-ms_score)[:4]
     results["memorization"] = {
-        "training_images_searched": len(train), "ms_ssim_threshold": o.copy_threshold,
+        "training_images_searched": len(train),
+        "ms_ssim_threshold": o.copy_threshold,
         "fraction_above_threshold": metrics.fraction_above(ms_score, o.copy_threshold),
         "nearest_ms_ssim": {"max": float(ms_score.max()), "mean": float(ms_score.mean())},
         "nearest_feature_distance": {"min": float(distance.min()), "mean": float(distance.mean())},
-        "feature_and_ms_ssim_agree": float(np.mean(index == ms_index))}
-    html["editing"] += [{"caption": f"memorization: sample {i} and its nearest training image "
-                                    f"(MS-SSIM {ms_score[i]:.3f})",
-                         "images": [("sample", samples[i]), ("nearest training image", train[ms_index[i]])]}
-                        for i in closest]
+        "feature_and_ms_ssim_agree": float(np.mean(index == ms_index)),
+    }
+    html["editing"] += [
+        {
+            "caption": f"memorization: sample {i} and its nearest training image (MS-SSIM {ms_score[i]:.3f})",
+            "images": [("sample", samples[i]), ("nearest training image", train[ms_index[i]])],
+        }
+        for i in closest
+    ]
 
     results["seconds"] = time.perf_counter() - start
     html["metrics"] = results
     html["curves"] = _curves(ev.workdir)
-    html["sample_grids"] = {c: make_grid(to_pixels(samples[i::len(DENSITY_CONDITIONS)][:16], 255, np.uint8))
-                            for i, c in enumerate(DENSITY_CONDITIONS)}
+    html["sample_grids"] = {
+        c: make_grid(to_pixels(samples[i :: len(DENSITY_CONDITIONS)][:16], 255, np.uint8))
+        for i, c in enumerate(DENSITY_CONDITIONS)
+    }
     html["forward_diffusion"] = _forward_frames(model, real["image"][0])
     html["trajectory"] = _trajectory(ev)
     write_atomic(out / "metrics.json", (json.dumps(_jsonable(results), indent=2) + "\n").encode())
@@ -256,31 +293,53 @@ def _dense_tissue_removal(ev: Evaluator, params, config):
     from ldm_jax.data.phantoms import generate_phantom
 
     o, m = ev.options, ev.model
-    phantoms = [generate_phantom(TEST_SEED_OFFSET + 10**6 + i, m.image_size, density=("C", "D")[i % 2],
-                                 finding=(1, 2)[i // 2 % 2]) for i in range(o.edits)]
+    phantoms = [
+        generate_phantom(
+            TEST_SEED_OFFSET + 10**6 + i, m.image_size, density=("C", "D")[i % 2], finding=(1, 2)[i // 2 % 2]
+        )
+        for i in range(o.edits)
+    ]
     data = lesions.phantom_arrays(phantoms)
-    edit = jax.jit(make_edit(m.unet, m.autoencoder, m.schedule, ev.sampling, method=o.edit_method,
-                             strength=o.edit_strength))
+    edit = jax.jit(
+        make_edit(m.unet, m.autoencoder, m.schedule, ev.sampling, method=o.edit_method, strength=o.edit_strength)
+    )
     source, target = data["labels"], data["labels"].copy()
     target[:, 0] = 0
     keys = np.asarray(image_keys(jax.random.PRNGKey(o.seed + 1), jnp.arange(o.edits)))
-    edited = _batched(lambda x, s, t, k: edit(m.unet_params, m.ae_params, m.scale, x, s, t, k),
-                      (data["image"], source, target, keys), o.batch)
-    candidates = {"edit": edited, "unedited": data["image"],
-                  "threshold_filter": threshold_filter(data["image"], data["breast_mask"])}
+    edited = _batched(
+        lambda x, s, t, k: edit(m.unet_params, m.ae_params, m.scale, x, s, t, k),
+        (data["image"], source, target, keys),
+        o.batch,
+    )
+    candidates = {
+        "edit": edited,
+        "unedited": data["image"],
+        "threshold_filter": threshold_filter(data["image"], data["breast_mask"]),
+    }
     out = {"method": o.edit_method, "strength": o.edit_strength, "images": o.edits}
     for name, images in candidates.items():
         scores = metrics.reconstruction_metrics(data["counterfactual"], images)
         density = clf.predict(params, config, images)["labels"][:, 0]
-        out[name] = {"ssim_to_counterfactual": _summary(scores["ssim"]),
-                     "psnr_to_counterfactual": _summary(scores["psnr"]),
-                     "predicted_density_fraction": (np.bincount(density, minlength=4) / len(images)).tolist(),
-                     "lesions_kept": lesions.lesion_preservation(data["counterfactual"], images, data["mask"],
-                                                                 data["breast_mask"], data["labels"][:, 1])}
-    rows = [{"caption": f"held-out phantom {i}: {attributes.format_condition(source[i])} → density=A",
-             "images": [("input", data["image"][i]), ("edit", edited[i]),
-                        ("ground truth (fat only)", data["counterfactual"][i]),
-                        ("threshold filter", candidates["threshold_filter"][i])]} for i in range(min(6, o.edits))]
+        out[name] = {
+            "ssim_to_counterfactual": _summary(scores["ssim"]),
+            "psnr_to_counterfactual": _summary(scores["psnr"]),
+            "predicted_density_fraction": (np.bincount(density, minlength=4) / len(images)).tolist(),
+            "lesions_kept": lesions.lesion_preservation(
+                data["counterfactual"], images, data["mask"], data["breast_mask"], data["labels"][:, 1]
+            ),
+        }
+    rows = [
+        {
+            "caption": f"held-out phantom {i}: {attributes.format_condition(source[i])} → density=A",
+            "images": [
+                ("input", data["image"][i]),
+                ("edit", edited[i]),
+                ("ground truth (fat only)", data["counterfactual"][i]),
+                ("threshold filter", candidates["threshold_filter"][i]),
+            ],
+        }
+        for i in range(min(6, o.edits))
+    ]
     return out, rows
 
 
@@ -298,8 +357,9 @@ def _forward_frames(model, image: np.ndarray, count: int = 11) -> dict:
     """q_sample of one image at ``count`` timesteps from 0 to T − 1 (pixel space, one noise draw)."""
     ts = np.linspace(0, model.schedule.num_steps - 1, count).round().astype(int)
     noise = jax.random.normal(jax.random.PRNGKey(0), image.shape)
-    frames = [np.clip(np.asarray(q_sample(model.schedule, image[None], jnp.asarray([t]), noise[None]))[0], -1, 1)
-              for t in ts]
+    frames = [
+        np.clip(np.asarray(q_sample(model.schedule, image[None], jnp.asarray([t]), noise[None]))[0], -1, 1) for t in ts
+    ]
     return {"t": ts.tolist(), "frames": frames}
 
 
@@ -311,8 +371,9 @@ def _trajectory(ev: Evaluator, frames: int = 8) -> dict:
     x_T = jax.random.normal(keys[0], (1, *m.latent_shape))
 
     unguided = dataclasses.replace(ev.sampling, guidance_scale=1.0)
-    _, path = samplers.sample(denoiser(m.unet, m.unet_params), m.schedule, x_T, keys, unguided, cond=labels,
-                              return_trajectory=True)
+    _, path = samplers.sample(
+        denoiser(m.unet, m.unet_params), m.schedule, x_T, keys, unguided, cond=labels, return_trajectory=True
+    )
     picks = np.linspace(0, len(path) - 1, frames).round().astype(int)
     images = [np.asarray(ev.decode(path[i] / m.scale))[0] for i in picks]
     return {"captions": [f"step {i} of {len(path) - 1}" for i in picks], "frames": images}

@@ -26,8 +26,11 @@ from ldm_jax.models.discriminator import PatchDiscriminator
 from ldm_jax.models.unet import UNet
 
 # Config section -> (the preset's key, the module it configures).
-SECTIONS = {"unet": ("unet", UNet), "autoencoder_net": ("autoencoder", AutoencoderKL),
-            "discriminator_net": ("discriminator", PatchDiscriminator)}
+SECTIONS = {
+    "unet": ("unet", UNet),
+    "autoencoder_net": ("autoencoder", AutoencoderKL),
+    "discriminator_net": ("discriminator", PatchDiscriminator),
+}
 _BUILD_TIME = ("dtype", "attention_impl", "parent", "name")  # chosen when a module is built, not configured
 
 
@@ -55,8 +58,10 @@ def _filled(section: str, given, model: str) -> dict:
     key, module = SECTIONS[section]
     preset = presets.get_preset(model)
     if preset[key] is None:
-        raise ValueError(f"model preset {model!r} has no {key} (a benchmark-only shape); a run needs one "
-                         f"of the presets with an autoencoder and a discriminator")
+        raise ValueError(
+            f"model preset {model!r} has no {key} (a benchmark-only shape); a run needs one "
+            f"of the presets with an autoencoder and a discriminator"
+        )
     values = {f.name: None if f.default is dataclasses.MISSING else f.default for f in _fields(module)}
     values.update(preset[key].to_dict())
     values.update({k: v for k, v in given.items() if v is not None})
@@ -75,11 +80,15 @@ def resolve(cfg) -> ml_collections.ConfigDict:
     ae, unet = cfg.autoencoder_net, cfg.unet
     factor = presets.build_autoencoder(ae).downsample_factor
     if cfg.data.image_size % factor:
-        raise ValueError(f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's "
-                         f"downsampling factor {factor} (autoencoder_net.ch_mult={ae.ch_mult})")
+        raise ValueError(
+            f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's "
+            f"downsampling factor {factor} (autoencoder_net.ch_mult={ae.ch_mult})"
+        )
     if unet.out_channels != ae.z_channels:
-        raise ValueError(f"unet.out_channels={unet.out_channels} must equal the latent channels "
-                         f"autoencoder_net.z_channels={ae.z_channels}")
+        raise ValueError(
+            f"unet.out_channels={unet.out_channels} must equal the latent channels "
+            f"autoencoder_net.z_channels={ae.z_channels}"
+        )
     cfg.lock()
     return cfg
 

@@ -72,8 +72,14 @@ class Encoder(nn.Module):
         h = conv(self.ch, 3, self.dtype, name="conv_in")(x)
         for level, mult in enumerate(self.ch_mult):
             for i in range(self.num_res_blocks):
-                h = ResBlock(self.ch * mult, norm_groups=self.norm_groups, epsilon=_EPS, zero_init_out=False,
-                             dtype=self.dtype, name=f"down_{level}_res_{i}")(h)
+                h = ResBlock(
+                    self.ch * mult,
+                    norm_groups=self.norm_groups,
+                    epsilon=_EPS,
+                    zero_init_out=False,
+                    dtype=self.dtype,
+                    name=f"down_{level}_res_{i}",
+                )(h)
             if level != len(self.ch_mult) - 1:
                 h = Downsample(h.shape[-1], self.dtype, name=f"down_{level}_downsample")(h)
         h = _mid(h, self.attn_mid, self.norm_groups, self.dtype)
@@ -99,8 +105,14 @@ class Decoder(nn.Module):
         h = _mid(h, self.attn_mid, self.norm_groups, self.dtype)
         for level in reversed(range(len(self.ch_mult))):
             for i in range(self.num_res_blocks + 1):
-                h = ResBlock(self.ch * self.ch_mult[level], norm_groups=self.norm_groups, epsilon=_EPS,
-                             zero_init_out=False, dtype=self.dtype, name=f"up_{level}_res_{i}")(h)
+                h = ResBlock(
+                    self.ch * self.ch_mult[level],
+                    norm_groups=self.norm_groups,
+                    epsilon=_EPS,
+                    zero_init_out=False,
+                    dtype=self.dtype,
+                    name=f"up_{level}_res_{i}",
+                )(h)
             if level != 0:
                 h = Upsample(h.shape[-1], self.dtype, name=f"up_{level}_upsample")(h)
         h = nn.silu(group_norm(h, self.norm_groups, _EPS, "norm_out") if self.out_norm else h)
@@ -138,10 +150,19 @@ class AutoencoderKL(nn.Module):
 
     def setup(self):
         if not self.ch_mult or self.num_res_blocks < 1 or self.z_channels < 1:
-            raise ValueError(f"need a non-empty ch_mult, num_res_blocks >= 1 and z_channels >= 1; got "
-                             f"{self.ch_mult}, {self.num_res_blocks}, {self.z_channels}")
-        common = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
-                      attn_mid=self.attn_mid, norm_groups=self.norm_groups, out_norm=self.out_norm, dtype=self.dtype)
+            raise ValueError(
+                f"need a non-empty ch_mult, num_res_blocks >= 1 and z_channels >= 1; got "
+                f"{self.ch_mult}, {self.num_res_blocks}, {self.z_channels}"
+            )
+        common = dict(
+            ch=self.ch,
+            ch_mult=tuple(self.ch_mult),
+            num_res_blocks=self.num_res_blocks,
+            attn_mid=self.attn_mid,
+            norm_groups=self.norm_groups,
+            out_norm=self.out_norm,
+            dtype=self.dtype,
+        )
         self.encoder = Encoder(z_channels=self.z_channels, **common)
         self.decoder = Decoder(out_channels=self.out_channels, **common)
         self.quant_conv = output_conv(2 * self.z_channels, 1)
@@ -151,8 +172,9 @@ class AutoencoderKL(nn.Module):
         """Posterior ``q(z|x)`` for ``x [B, H, W, in_channels]`` (H, W divisible by f)."""
         f = self.downsample_factor
         if x.ndim != 4 or x.shape[-1] != self.in_channels or x.shape[1] % f or x.shape[2] % f:
-            raise ValueError(f"x must be [B, H, W, {self.in_channels}] with H and W divisible by {f}, "
-                             f"got shape {x.shape}")
+            raise ValueError(
+                f"x must be [B, H, W, {self.in_channels}] with H and W divisible by {f}, got shape {x.shape}"
+            )
         moments = self.quant_conv(self.encoder(x))
         mean, logvar = jnp.split(moments, 2, axis=-1)
         return DiagonalGaussian(mean, jnp.clip(logvar, -30.0, 20.0))

@@ -33,16 +33,26 @@ class PatchDiscriminator(nn.Module):
     dtype: Any = jnp.float32
 
     def _conv(self, features: int, stride: int, name: str, use_bias: bool):
-        return nn.Conv(features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=use_bias,
-                       kernel_init=_INIT, dtype=self.dtype, param_dtype=jnp.float32, name=name)
+        return nn.Conv(
+            features,
+            (4, 4),
+            strides=(stride, stride),
+            padding=((1, 1), (1, 1)),
+            use_bias=use_bias,
+            kernel_init=_INIT,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name=name,
+        )
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         del train
         min_size = 3 * 2**self.num_layers
         if x.ndim != 4 or x.shape[1] < min_size or x.shape[2] < min_size:
-            raise ValueError(f"x must be [B, H, W, C] with H, W >= {min_size} for num_layers={self.num_layers}, "
-                             f"got shape {x.shape}")
+            raise ValueError(
+                f"x must be [B, H, W, C] with H, W >= {min_size} for num_layers={self.num_layers}, got shape {x.shape}"
+            )
         h = nn.leaky_relu(self._conv(self.ch, 2, "conv_0", True)(x), 0.2)
         for n in range(1, self.num_layers + 1):
             stride = 2 if n < self.num_layers else 1

@@ -14,5 +14,6 @@ def init_autoencoder_params(key, sample_key, autoencoder, image_shape):
 def init_unet_params(key, unet, latent_shape, num_attributes: int):
     """Fresh UNet parameters for latents ``[B, h, w, c]`` and labels ``[B, num_attributes]``."""
     b = latent_shape[0]
-    return unet.init(key, jnp.zeros(latent_shape, jnp.float32), jnp.zeros((b,), jnp.int32),
-                     jnp.zeros((b, num_attributes), jnp.int32))["params"]
+    return unet.init(
+        key, jnp.zeros(latent_shape, jnp.float32), jnp.zeros((b,), jnp.int32), jnp.zeros((b, num_attributes), jnp.int32)
+    )["params"]

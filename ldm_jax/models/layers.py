@@ -62,13 +62,29 @@ def layer_norm(x, name: str, epsilon: float = 1e-5):
     return nn.LayerNorm(epsilon=epsilon, dtype=jnp.float32, name=name)(x.astype(jnp.float32))
 
 
-def conv(features: int, kernel_size: int, dtype, name: str | None = None, strides: int = 1, zero_init: bool = False,
-         precision=None):
+def conv(
+    features: int,
+    kernel_size: int,
+    dtype,
+    name: str | None = None,
+    strides: int = 1,
+    zero_init: bool = False,
+    precision=None,
+):
     """A ``kernel_size``² convolution padded like PyTorch (``kernel_size // 2`` each side)."""
     pad = kernel_size // 2
     kwargs = dict(kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros) if zero_init else {}
-    return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
-                   dtype=dtype, param_dtype=jnp.float32, precision=precision, name=name, **kwargs)
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(strides, strides),
+        padding=((pad, pad), (pad, pad)),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        precision=precision,
+        name=name,
+        **kwargs,
+    )
 
 
 def output_conv(features: int, kernel_size: int, name: str | None = None, zero_init: bool = False):
@@ -230,8 +246,9 @@ class TransformerBlock(nn.Module):
     @nn.compact
     def __call__(self, x, context=None):
         d = x.shape[-1]
-        attn = dict(num_heads=self.num_heads, head_dim=self.head_dim, attention_impl=self.attention_impl,
-                    dtype=self.dtype)
+        attn = dict(
+            num_heads=self.num_heads, head_dim=self.head_dim, attention_impl=self.attention_impl, dtype=self.dtype
+        )
         x = x + CrossAttention(**attn, name="attn1")(layer_norm(x, "norm1"))
         x = x + CrossAttention(**attn, name="attn2")(layer_norm(x, "norm2"), context)
         h = nn.Dense(8 * d, dtype=self.dtype, param_dtype=jnp.float32, name="ff_in")(layer_norm(x, "norm3"))
@@ -263,8 +280,10 @@ class SpatialTransformer(nn.Module):
         h = nn.Dense(inner, dtype=self.dtype, param_dtype=jnp.float32, name="proj_in")(h)
         h = h.reshape(b, hgt * wid, inner)
         for i in range(self.depth):
-            h = TransformerBlock(self.num_heads, self.head_dim, self.attention_impl, self.dtype,
-                                 name=f"block_{i}")(h, context)
-        h = nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=nn.initializers.zeros,
-                     name="proj_out")(h.reshape(b, hgt, wid, inner))
+            h = TransformerBlock(self.num_heads, self.head_dim, self.attention_impl, self.dtype, name=f"block_{i}")(
+                h, context
+            )
+        h = nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=nn.initializers.zeros, name="proj_out")(
+            h.reshape(b, hgt, wid, inner)
+        )
         return x.astype(self.dtype) + h

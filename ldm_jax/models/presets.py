@@ -30,71 +30,209 @@ from ldm_jax.models.unet import UNet
 
 def _phantom_tiny() -> dict:
     return dict(
-        image_size=64, image_channels=1, latent_size=16, latent_channels=4, context_len=0,
-        autoencoder=dict(in_channels=1, out_channels=1, ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=4,
-                         attn_mid=False, norm_groups=8, out_norm=False),
+        image_size=64,
+        image_channels=1,
+        latent_size=16,
+        latent_channels=4,
+        context_len=0,
+        autoencoder=dict(
+            in_channels=1,
+            out_channels=1,
+            ch=8,
+            ch_mult=(1, 2, 4),
+            num_res_blocks=1,
+            z_channels=4,
+            attn_mid=False,
+            norm_groups=8,
+            out_norm=False,
+        ),
         discriminator=dict(ch=32, num_layers=2, norm_groups=8),
-        unet=dict(out_channels=4, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                  attention_resolutions=(2,), num_head_channels=32, num_classes=attributes.NUM_CLASSES,
-                  use_scale_shift_norm=True, resblock_updown=False, norm_groups=8))
+        unet=dict(
+            out_channels=4,
+            model_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(2,),
+            num_head_channels=32,
+            num_classes=attributes.NUM_CLASSES,
+            use_scale_shift_norm=True,
+            resblock_updown=False,
+            norm_groups=8,
+        ),
+    )
 
 
 def _phantom_micro() -> dict:
     """The smallest working LDM (tests and smoke runs): few layers, so it compiles quickly."""
     return dict(
-        image_size=64, image_channels=1, latent_size=16, latent_channels=4, context_len=0,
-        autoencoder=dict(in_channels=1, out_channels=1, ch=8, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=4,
-                         attn_mid=False, norm_groups=4, out_norm=False),
+        image_size=64,
+        image_channels=1,
+        latent_size=16,
+        latent_channels=4,
+        context_len=0,
+        autoencoder=dict(
+            in_channels=1,
+            out_channels=1,
+            ch=8,
+            ch_mult=(1, 1, 2),
+            num_res_blocks=1,
+            z_channels=4,
+            attn_mid=False,
+            norm_groups=4,
+            out_norm=False,
+        ),
         discriminator=dict(ch=8, num_layers=1, norm_groups=4),
-        unet=dict(out_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                  attention_resolutions=(2,), num_head_channels=16, num_classes=attributes.NUM_CLASSES,
-                  use_scale_shift_norm=True, resblock_updown=False, norm_groups=4))
+        unet=dict(
+            out_channels=4,
+            model_channels=16,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(2,),
+            num_head_channels=16,
+            num_classes=attributes.NUM_CLASSES,
+            use_scale_shift_norm=True,
+            resblock_updown=False,
+            norm_groups=4,
+        ),
+    )
 
 
 def _phantom128() -> dict:
     return dict(
-        image_size=128, image_channels=1, latent_size=32, latent_channels=4, context_len=0,
-        autoencoder=dict(in_channels=1, out_channels=1, ch=64, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=4,
-                         attn_mid=True, norm_groups=32, out_norm=False),
+        image_size=128,
+        image_channels=1,
+        latent_size=32,
+        latent_channels=4,
+        context_len=0,
+        autoencoder=dict(
+            in_channels=1,
+            out_channels=1,
+            ch=64,
+            ch_mult=(1, 2, 4),
+            num_res_blocks=2,
+            z_channels=4,
+            attn_mid=True,
+            norm_groups=32,
+            out_norm=False,
+        ),
         discriminator=dict(ch=64, num_layers=3, norm_groups=32),
-        unet=dict(out_channels=4, model_channels=128, channel_mult=(1, 2, 3), num_res_blocks=2,
-                  attention_resolutions=(2, 4), num_head_channels=32, num_classes=attributes.NUM_CLASSES,
-                  use_scale_shift_norm=True, resblock_updown=False, dropout=0.1, norm_groups=32))
+        unet=dict(
+            out_channels=4,
+            model_channels=128,
+            channel_mult=(1, 2, 3),
+            num_res_blocks=2,
+            attention_resolutions=(2, 4),
+            num_head_channels=32,
+            num_classes=attributes.NUM_CLASSES,
+            use_scale_shift_norm=True,
+            resblock_updown=False,
+            dropout=0.1,
+            norm_groups=32,
+        ),
+    )
 
 
 def _mammo256() -> dict:
     return dict(
-        image_size=256, image_channels=1, latent_size=64, latent_channels=4, context_len=0,
-        autoencoder=dict(in_channels=1, out_channels=1, ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=4,
-                         attn_mid=True, norm_groups=32, out_norm=False),
+        image_size=256,
+        image_channels=1,
+        latent_size=64,
+        latent_channels=4,
+        context_len=0,
+        autoencoder=dict(
+            in_channels=1,
+            out_channels=1,
+            ch=128,
+            ch_mult=(1, 2, 4),
+            num_res_blocks=2,
+            z_channels=4,
+            attn_mid=True,
+            norm_groups=32,
+            out_norm=False,
+        ),
         discriminator=dict(ch=64, num_layers=3, norm_groups=32),
-        unet=dict(out_channels=4, model_channels=160, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
-                  attention_resolutions=(2, 4, 8), num_head_channels=32, num_classes=attributes.NUM_CLASSES,
-                  use_scale_shift_norm=True, resblock_updown=False, dropout=0.1, norm_groups=32))
+        unet=dict(
+            out_channels=4,
+            model_channels=160,
+            channel_mult=(1, 2, 3, 4),
+            num_res_blocks=2,
+            attention_resolutions=(2, 4, 8),
+            num_head_channels=32,
+            num_classes=attributes.NUM_CLASSES,
+            use_scale_shift_norm=True,
+            resblock_updown=False,
+            dropout=0.1,
+            norm_groups=32,
+        ),
+    )
 
 
 def _ldm64() -> dict:
     return dict(
-        image_size=256, image_channels=3, latent_size=64, latent_channels=4, context_len=0,
-        autoencoder=None, discriminator=None,
-        unet=dict(out_channels=4, model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
-                  attention_resolutions=(2, 4, 8), num_head_channels=32, num_classes=(16,),
-                  use_scale_shift_norm=False, resblock_updown=False, norm_groups=32))
+        image_size=256,
+        image_channels=3,
+        latent_size=64,
+        latent_channels=4,
+        context_len=0,
+        autoencoder=None,
+        discriminator=None,
+        unet=dict(
+            out_channels=4,
+            model_channels=224,
+            channel_mult=(1, 2, 3, 4),
+            num_res_blocks=2,
+            attention_resolutions=(2, 4, 8),
+            num_head_channels=32,
+            num_classes=(16,),
+            use_scale_shift_norm=False,
+            resblock_updown=False,
+            norm_groups=32,
+        ),
+    )
 
 
 def _sd15() -> dict:
     return dict(
-        image_size=512, image_channels=3, latent_size=64, latent_channels=4, context_len=77,
-        autoencoder=dict(in_channels=3, out_channels=3, ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2,
-                         z_channels=4, attn_mid=True, norm_groups=32),
+        image_size=512,
+        image_channels=3,
+        latent_size=64,
+        latent_channels=4,
+        context_len=77,
+        autoencoder=dict(
+            in_channels=3,
+            out_channels=3,
+            ch=128,
+            ch_mult=(1, 2, 4, 4),
+            num_res_blocks=2,
+            z_channels=4,
+            attn_mid=True,
+            norm_groups=32,
+        ),
         discriminator=None,
-        unet=dict(out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
-                  attention_resolutions=(1, 2, 4), num_heads=8, context_dim=768, transformer_depth=1,
-                  use_scale_shift_norm=False, resblock_updown=False, norm_groups=32))
+        unet=dict(
+            out_channels=4,
+            model_channels=320,
+            channel_mult=(1, 2, 4, 4),
+            num_res_blocks=2,
+            attention_resolutions=(1, 2, 4),
+            num_heads=8,
+            context_dim=768,
+            transformer_depth=1,
+            use_scale_shift_norm=False,
+            resblock_updown=False,
+            norm_groups=32,
+        ),
+    )
 
 
-_BUILDERS = {"phantom_tiny": _phantom_tiny, "phantom_micro": _phantom_micro, "phantom128": _phantom128,
-             "mammo256": _mammo256, "ldm64": _ldm64, "sd15": _sd15}
+_BUILDERS = {
+    "phantom_tiny": _phantom_tiny,
+    "phantom_micro": _phantom_micro,
+    "phantom128": _phantom128,
+    "mammo256": _mammo256,
+    "ldm64": _ldm64,
+    "sd15": _sd15,
+}
 PRESETS: tuple[str, ...] = tuple(_BUILDERS)
 
 

@@ -24,8 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax import attributes
-from ldm_jax.models.layers import (AttentionBlock, Downsample, ResBlock, SpatialTransformer, Upsample,
-                                   check_attention_impl, conv, group_norm, output_conv, timestep_embedding)
+from ldm_jax.models.layers import (
+    AttentionBlock,
+    Downsample,
+    ResBlock,
+    SpatialTransformer,
+    Upsample,
+    check_attention_impl,
+    conv,
+    group_norm,
+    output_conv,
+    timestep_embedding,
+)
 
 
 def check_labels(labels, num_classes: Sequence[int]) -> np.ndarray:
@@ -36,15 +46,17 @@ def check_labels(labels, num_classes: Sequence[int]) -> np.ndarray:
     """
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[1] != len(num_classes):
-        raise ValueError(f"labels must have shape [B, {len(num_classes)}] (num_classes={tuple(num_classes)}), "
-                         f"got {labels.shape}")
+        raise ValueError(
+            f"labels must have shape [B, {len(num_classes)}] (num_classes={tuple(num_classes)}), got {labels.shape}"
+        )
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     for a, n in enumerate(num_classes):
         bad = (labels[:, a] < 0) | (labels[:, a] > n)
         if bad.any():
-            raise ValueError(f"label {labels[bad.argmax(), a]} of attribute {a} out of range: "
-                             f"expected 0..{n - 1}, or {n} for null")
+            raise ValueError(
+                f"label {labels[bad.argmax(), a]} of attribute {a} out of range: expected 0..{n - 1}, or {n} for null"
+            )
     return labels.astype(np.int32)
 
 
@@ -83,15 +95,18 @@ class UNet(nn.Module):
 
     def _check_config(self) -> None:
         if not self.channel_mult or self.num_res_blocks < 1 or self.model_channels < 1:
-            raise ValueError(f"need model_channels >= 1, a non-empty channel_mult and num_res_blocks >= 1; got "
-                             f"{self.model_channels}, {self.channel_mult}, {self.num_res_blocks}")
+            raise ValueError(
+                f"need model_channels >= 1, a non-empty channel_mult and num_res_blocks >= 1; got "
+                f"{self.model_channels}, {self.channel_mult}, {self.num_res_blocks}"
+            )
         if self.num_heads == -1 and self.num_head_channels == -1:
             raise ValueError("set num_heads or num_head_channels (both are -1)")
-        allowed = tuple(2 ** level for level in range(len(self.channel_mult)))
+        allowed = tuple(2**level for level in range(len(self.channel_mult)))
         for ds in self.attention_resolutions:
             if ds not in allowed:
-                raise ValueError(f"attention resolution {ds} is not a downsampling factor of this UNet; "
-                                 f"expected one of {allowed}")
+                raise ValueError(
+                    f"attention resolution {ds} is not a downsampling factor of this UNet; expected one of {allowed}"
+                )
         if any(n < 1 for n in self.num_classes):
             raise ValueError(f"num_classes must all be >= 1, got {self.num_classes}")
         check_attention_impl(self.attention_impl)
@@ -131,22 +146,32 @@ class UNet(nn.Module):
         else:
             heads = self.num_heads
         if self.context_dim is None:
-            return AttentionBlock(heads, self.norm_groups, attention_impl=self.attention_impl, dtype=self.dtype,
-                                  name=name)(h)
+            return AttentionBlock(
+                heads, self.norm_groups, attention_impl=self.attention_impl, dtype=self.dtype, name=name
+            )(h)
         if channels % heads:
             raise ValueError(f"{channels} channels are not divisible by num_heads={heads}")
-        return SpatialTransformer(heads, channels // heads, self.transformer_depth, self.norm_groups,
-                                  self.attention_impl, self.dtype, name=name)(h, context)
+        return SpatialTransformer(
+            heads,
+            channels // heads,
+            self.transformer_depth,
+            self.norm_groups,
+            self.attention_impl,
+            self.dtype,
+            name=name,
+        )(h, context)
 
     def _res(self, channels: int, name: str, resample: str | None = None):
-        return ResBlock(channels, self.dropout, self.use_scale_shift_norm, resample, self.norm_groups,
-                        dtype=self.dtype, name=name)
+        return ResBlock(
+            channels, self.dropout, self.use_scale_shift_norm, resample, self.norm_groups, dtype=self.dtype, name=name
+        )
 
     def _embed(self, t, labels, batch: int):
         dim = 4 * self.model_channels
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,))
         emb = nn.Dense(dim, dtype=self.dtype, param_dtype=jnp.float32, name="time_embed_0")(
-            timestep_embedding(t, self.model_channels))
+            timestep_embedding(t, self.model_channels)
+        )
         emb = nn.Dense(dim, dtype=self.dtype, param_dtype=jnp.float32, name="time_embed_1")(nn.silu(emb))
         if self.num_classes:
             if labels is None:

@@ -43,10 +43,14 @@ VGG16_BLOCKS = ((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))
 CHANNELS = (64, 128, 256, 512, 512)
 MIN_SIZE = 16  # four 2×2 max pools before relu5_3
 
-_VGG_HINT = (f"LPIPS needs torchvision's ImageNet VGG16 weights {VGG16_FILE}: download it once from {VGG16_URL} "
-             "and pass its path.")
-_LIN_HINT = (f"LPIPS needs its v0.1 linear heads {LIN_FILE}: copy lpips/weights/v0.1/vgg.pth from the `lpips` "
-             f"package or download {LIN_URL}, and pass its path.")
+_VGG_HINT = (
+    f"LPIPS needs torchvision's ImageNet VGG16 weights {VGG16_FILE}: download it once from {VGG16_URL} "
+    "and pass its path."
+)
+_LIN_HINT = (
+    f"LPIPS needs its v0.1 linear heads {LIN_FILE}: copy lpips/weights/v0.1/vgg.pth from the `lpips` "
+    f"package or download {LIN_URL}, and pass its path."
+)
 
 
 class VGG16Features(nn.Module):
@@ -99,8 +103,7 @@ def load_lpips(vgg_path: str | os.PathLike, lin_path: str | os.PathLike | None =
     With ``lin_path`` None, ``vgg_path`` must hold both sets of tensors (a merged file).
     VGG16's classifier (``classifier.*``) is skipped without being read.
     """
-    state = load_state_dict(vgg_path, keep=lambda name: not name.startswith("classifier."),
-                            missing_hint=_VGG_HINT)
+    state = load_state_dict(vgg_path, keep=lambda name: not name.startswith("classifier."), missing_hint=_VGG_HINT)
     if lin_path is not None:
         state.update(load_state_dict(lin_path, missing_hint=_LIN_HINT))
     module = LPIPS()

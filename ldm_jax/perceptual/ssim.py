@@ -58,8 +58,9 @@ def ssim(x: jax.Array, y: jax.Array, max_val: float = 1.0, filter_size: int = 11
     return _ssim_terms(x, y, max_val, filter_size, sigma)[0]
 
 
-def ms_ssim(x: jax.Array, y: jax.Array, max_val: float = 1.0, filter_size: int = 11, sigma: float = 1.5,
-            weights=MS_SSIM_WEIGHTS) -> jax.Array:
+def ms_ssim(
+    x: jax.Array, y: jax.Array, max_val: float = 1.0, filter_size: int = 11, sigma: float = 1.5, weights=MS_SSIM_WEIGHTS
+) -> jax.Array:
     """Multi-scale SSIM per example ``[B]``: Π_j cs_j^{w_j} over scales, luminance at the coarsest.
 
     Uses as many of the 5 standard scales as the image size allows (each scale halves the

@@ -43,11 +43,18 @@ class WeightFileError(ValueError):
 
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER of the pre-1.6 format
 _TORCH_LEGACY_PROTOCOL = 1001
-_BFLOAT16 = "bfloat16"                # stored as the top 16 bits of a float32; widened on read
+_BFLOAT16 = "bfloat16"  # stored as the top 16 bits of a float32; widened on read
 _STORAGE_DTYPES = {
-    "FloatStorage": "<f4", "HalfStorage": "<f2", "BFloat16Storage": _BFLOAT16, "DoubleStorage": "<f8",
-    "LongStorage": "<i8", "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1",
-    "ByteStorage": "u1", "BoolStorage": "?",
+    "FloatStorage": "<f4",
+    "HalfStorage": "<f2",
+    "BFloat16Storage": _BFLOAT16,
+    "DoubleStorage": "<f8",
+    "LongStorage": "<i8",
+    "IntStorage": "<i4",
+    "ShortStorage": "<i2",
+    "CharStorage": "i1",
+    "ByteStorage": "u1",
+    "BoolStorage": "?",
 }
 
 
@@ -93,15 +100,18 @@ class _TensorRef(_Unpickled):
             raise WeightFileError(f"invalid tensor layout: offset {offset!r}, size {size!r}, stride {stride!r}")
         last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else -1
         if last >= storage.numel:
-            raise WeightFileError(f"tensor of size {size}, stride {stride}, offset {offset} reaches element "
-                                  f"{last} of a storage of {storage.numel}")
+            raise WeightFileError(
+                f"tensor of size {size}, stride {stride}, offset {offset} reaches element "
+                f"{last} of a storage of {storage.numel}"
+            )
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def read(self, storage_data: np.ndarray) -> np.ndarray:
         """The tensor as a contiguous array, given its storage's elements."""
-        flat = storage_data[self.storage.start + self.offset:]
-        view = np.lib.stride_tricks.as_strided(flat, self.size, tuple(s * flat.itemsize for s in self.stride),
-                                               writeable=False)
+        flat = storage_data[self.storage.start + self.offset :]
+        view = np.lib.stride_tricks.as_strided(
+            flat, self.size, tuple(s * flat.itemsize for s in self.stride), writeable=False
+        )
         out = np.array(view, order="C")  # a copy, so the file's buffer is not kept alive
         if self.storage.stype.name == "BFloat16Storage":
             out = (out.astype(np.uint32) << 16).view(np.float32)
@@ -138,8 +148,10 @@ class _TorchUnpickler(pickle.Unpickler):
             return _StorageType(name)
         if (module, name) in _TORCH_GLOBALS:
             return _TORCH_GLOBALS[(module, name)]
-        raise WeightFileError(f"refusing to load {module}.{name}: a weight file may only hold tensors and "
-                              "dicts (re-save it as a state_dict of tensors, or as .safetensors / .npz)")
+        raise WeightFileError(
+            f"refusing to load {module}.{name}: a weight file may only hold tensors and "
+            "dicts (re-save it as a state_dict of tensors, or as .safetensors / .npz)"
+        )
 
     def persistent_load(self, pid):
         if self._persistent is None:
@@ -213,8 +225,9 @@ def _read_torch_zip(zf: zipfile.ZipFile, keep) -> dict[str, np.ndarray]:
         raw = zf.read(record)
         dtype = storage.stype.raw_dtype.newbyteorder("<" if byteorder == b"little" else ">")
         if len(raw) != storage.numel * dtype.itemsize:
-            raise WeightFileError(f"storage record {record} has {len(raw)} bytes, expected "
-                                  f"{storage.numel} × {dtype.itemsize}")
+            raise WeightFileError(
+                f"storage record {record} has {len(raw)} bytes, expected {storage.numel} × {dtype.itemsize}"
+            )
         return np.frombuffer(raw, dtype)
 
     result = _TorchUnpickler(io.BytesIO(zf.read(pickles[0])), persistent).load()
@@ -240,8 +253,9 @@ def _read_torch_legacy(f, keep) -> dict[str, np.ndarray]:
         if view is None:
             return root
         view_key, start, view_numel = view  # a pre-0.4 storage slice: elements [start, start + numel) of the root
-        if not (isinstance(start, int) and isinstance(view_numel, int)
-                and 0 <= start <= start + view_numel <= root.numel):
+        if not (
+            isinstance(start, int) and isinstance(view_numel, int) and 0 <= start <= start + view_numel <= root.numel
+        ):
             raise WeightFileError(f"invalid storage view {view!r} of a storage of {root.numel}")
         return views.setdefault(str(view_key), _Storage(key, stype, view_numel, start))
 
@@ -277,8 +291,18 @@ def _read_torch_legacy(f, keep) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # safetensors and npz
 
-_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": _BFLOAT16, "I64": "<i8", "I32": "<i4",
-                       "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+_SAFETENSORS_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": _BFLOAT16,
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 
 
 def _read_safetensors(f, keep) -> dict[str, np.ndarray]:
@@ -319,8 +343,9 @@ def _read_npz(path, keep) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_state_dict(path, *, keep: Callable[[str], bool] = lambda name: True,
-                    missing_hint: str = "") -> dict[str, np.ndarray]:
+def load_state_dict(
+    path, *, keep: Callable[[str], bool] = lambda name: True, missing_hint: str = ""
+) -> dict[str, np.ndarray]:
     """Every tensor in a PyTorch checkpoint, ``.safetensors`` or ``.npz`` file, as ``{name: np.ndarray}``.
 
     The format is recognised from the content. Tensors whose name fails ``keep`` are not
@@ -353,13 +378,24 @@ def load_state_dict(path, *, keep: Callable[[str], bool] = lambda name: True,
                 return _read_safetensors(f, keep)
         except WeightFileError as e:
             raise WeightFileError(f"{path}: {e}") from e
-        except (pickle.UnpicklingError, EOFError, TypeError, ValueError, IndexError, KeyError, AttributeError,
-                struct.error, zipfile.BadZipFile) as e:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            TypeError,
+            ValueError,
+            IndexError,
+            KeyError,
+            AttributeError,
+            struct.error,
+            zipfile.BadZipFile,
+        ) as e:
             raise WeightFileError(f"{path}: truncated or corrupt weight file ({type(e).__name__}: {e})") from e
     if not head:
         raise WeightFileError(f"{path}: the file is empty")
-    raise WeightFileError(f"{path}: unknown weight file format (starts with {head!r}); expected a PyTorch "
-                          "checkpoint (.pth/.pt), .safetensors or .npz")
+    raise WeightFileError(
+        f"{path}: unknown weight file format (starts with {head!r}); expected a PyTorch "
+        "checkpoint (.pth/.pt), .safetensors or .npz"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,12 +416,18 @@ def torch_names(template, module_name: Callable[[str], str] = lambda path: path)
     with leaf kernel/scale → weight, bias → bias, mean → running_mean, var → running_var
     (the names ``nn.Conv2d`` and ``nn.BatchNorm2d`` use).
     """
-    return {f"{module_name('.'.join(path[1:-1]))}.{_TORCH_LEAF[path[-1]]}": path
-            for path in traverse_util.flatten_dict(template)}
+    return {
+        f"{module_name('.'.join(path[1:-1]))}.{_TORCH_LEAF[path[-1]]}": path
+        for path in traverse_util.flatten_dict(template)
+    }
 
 
-def to_flax_variables(template, state: Mapping[str, np.ndarray],
-                      module_name: Callable[[str], str] = lambda path: path, what: str = "weights") -> dict:
+def to_flax_variables(
+    template,
+    state: Mapping[str, np.ndarray],
+    module_name: Callable[[str], str] = lambda path: path,
+    what: str = "weights",
+) -> dict:
     """Fills a Flax variables tree (``template``: arrays or ShapeDtypeStructs) from a PyTorch state dict.
 
     Names follow ``torch_names``; 4-d convolution kernels are transposed OIHW → HWIO.
@@ -404,9 +446,11 @@ def to_flax_variables(template, state: Mapping[str, np.ndarray],
             mismatched.append(f"{name}: file has {arr.shape}, expected {_torch_shape(leaf.shape)}")
             continue
         out[path] = jnp.asarray(arr.transpose(2, 3, 1, 0) if arr.ndim == 4 else arr, leaf.dtype)
-    problems = [f"{len(items)} {kind}: " + ", ".join(items[:8]) + (", …" if len(items) > 8 else "")
-                for kind, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
-                if items]
+    problems = [
+        f"{len(items)} {kind}: " + ", ".join(items[:8]) + (", …" if len(items) > 8 else "")
+        for kind, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+        if items
+    ]
     if problems:
         raise WeightFileError(f"{what} do not match the module: " + "; ".join(problems))
     return traverse_util.unflatten_dict(out)

@@ -26,12 +26,26 @@ def run(args, edit) -> job.Summary:
     batch = args.batch or 4 * mesh.size
     parallel.check_batch_size(batch, mesh)
     model = load_model(args.workdir, ema=args.ema, mesh=mesh)
-    sampling = SamplerConfig(sampler=args.sampler, num_steps=args.steps, eta=args.eta,
-                             prediction=model.prediction, guidance_scale=args.guidance)
-    settings = {"workdir": str(pathlib.Path(args.workdir).absolute()), "checkpoint_step": model.step,
-                "autoencoder_step": model.autoencoder_step, "ema": model.ema, "seed": args.seed,
-                "sampler": sampling.sampler, "steps": args.steps, "spacing": sampling.timestep_spacing,
-                "eta": args.eta, "guidance": args.guidance, "format": args.format}
+    sampling = SamplerConfig(
+        sampler=args.sampler,
+        num_steps=args.steps,
+        eta=args.eta,
+        prediction=model.prediction,
+        guidance_scale=args.guidance,
+    )
+    settings = {
+        "workdir": str(pathlib.Path(args.workdir).absolute()),
+        "checkpoint_step": model.step,
+        "autoencoder_step": model.autoencoder_step,
+        "ema": model.ema,
+        "seed": args.seed,
+        "sampler": sampling.sampler,
+        "steps": args.steps,
+        "spacing": sampling.timestep_spacing,
+        "eta": args.eta,
+        "guidance": args.guidance,
+        "format": args.format,
+    }
     replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     scale = jax.device_put(jnp.float32(model.scale), replicated)
     root = jax.random.PRNGKey(args.seed)
@@ -39,15 +53,24 @@ def run(args, edit) -> job.Summary:
     def keys(indices):
         return parallel.global_array(np.asarray(image_keys(root, indices)), batch_sharding)
 
-    common = {"seed": args.seed, "sampler": sampling.sampler, "steps": args.steps, "guidance": args.guidance,
-              "checkpoint_step": model.step, "ema": model.ema}
+    common = {
+        "seed": args.seed,
+        "sampler": sampling.sampler,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "checkpoint_step": model.step,
+        "ema": model.ema,
+    }
     out = pathlib.Path(args.out)
     if edit.edit_input is None:
         conditions = Conditions(args.condition, model.label_distribution, args.seed)
-        generate = parallel.compile_together(jax.jit(
-            make_generate(model.unet, model.autoencoder, model.schedule, model.latent_shape, sampling),
-            in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding),
-            out_shardings=batch_sharding))
+        generate = parallel.compile_together(
+            jax.jit(
+                make_generate(model.unet, model.autoencoder, model.schedule, model.latent_shape, sampling),
+                in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding),
+                out_shardings=batch_sharding,
+            )
+        )
 
         def compute(indices):
             labels = parallel.global_array(conditions.labels(indices), batch_sharding)
@@ -56,9 +79,15 @@ def run(args, edit) -> job.Summary:
         def record(index):
             return {**common, "condition": attributes.format_condition(conditions.labels([index])[0])}
 
-        task = job.Job(out=out, settings={**settings, "condition": conditions.spec, "num": args.num},
-                       num=args.num, fmt=args.format, compute=compute,
-                       labels=lambda i: conditions.labels([i])[0], record=record)
+        task = job.Job(
+            out=out,
+            settings={**settings, "condition": conditions.spec, "num": args.num},
+            num=args.num,
+            fmt=args.format,
+            compute=compute,
+            labels=lambda i: conditions.labels([i])[0],
+            record=record,
+        )
     else:
         task = _edit_job(args, edit, model, sampling, settings, common, keys, out, replicated, batch_sharding, scale)
     return job.run(task, batch_size=batch, shard=shard, progress=args.progress)
@@ -68,29 +97,62 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicat
     inputs = edit_inputs.list_inputs(edit.edit_input)
     source = Conditions(edit.edit_from, model.label_distribution, args.seed)
     target = Conditions(edit.edit_to, model.label_distribution, args.seed)
-    edit_fn = parallel.compile_together(jax.jit(
-        make_edit(model.unet, model.autoencoder, model.schedule, sampling, method=edit.edit_method,
-                  strength=edit.edit_strength),
-        in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4, out_shardings=batch_sharding))
+    edit_fn = parallel.compile_together(
+        jax.jit(
+            make_edit(
+                model.unet,
+                model.autoencoder,
+                model.schedule,
+                sampling,
+                method=edit.edit_method,
+                strength=edit.edit_strength,
+            ),
+            in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4,
+            out_shardings=batch_sharding,
+        )
+    )
     size = model.image_size
 
     def compute(indices):
         images = np.stack([edit_inputs.read_input(inputs[i], size) for i in indices])[..., None]
         batch = [images, source.labels(indices), target.labels(indices)]
-        return edit_fn(model.unet_params, model.ae_params, scale,
-                    *[parallel.global_array(a, batch_sharding) for a in batch], keys(indices))
+        return edit_fn(
+            model.unet_params,
+            model.ae_params,
+            scale,
+            *[parallel.global_array(a, batch_sharding) for a in batch],
+            keys(indices),
+        )
 
     def record(index):
-        return {**common, "source_sha256": edit_inputs.digest(inputs[index]),
-                "source_condition": attributes.format_condition(source.labels([index])[0]),
-                "condition": attributes.format_condition(target.labels([index])[0]),
-                "method": edit.edit_method, "strength": edit.edit_strength}
+        return {
+            **common,
+            "source_sha256": edit_inputs.digest(inputs[index]),
+            "source_condition": attributes.format_condition(source.labels([index])[0]),
+            "condition": attributes.format_condition(target.labels([index])[0]),
+            "method": edit.edit_method,
+            "strength": edit.edit_strength,
+        }
 
     root = pathlib.Path(edit.edit_input).absolute()
     names = "\n".join(str(p.absolute().relative_to(root)) if root.is_dir() else p.name for p in inputs)
-    settings = {**settings, "edit_input": str(root), "inputs": len(inputs),
-                "inputs_digest": hashlib.sha256(names.encode()).hexdigest(), "edit_from": source.spec,
-                "edit_to": target.spec, "method": edit.edit_method, "strength": edit.edit_strength}
-    return job.Job(out=out, settings=settings, num=len(inputs), fmt=args.format, compute=compute,
-                   labels=lambda i: target.labels([i])[0], record=record,
-                   preview=lambda i, image: [edit_inputs.read_input(inputs[i], size), image])
+    settings = {
+        **settings,
+        "edit_input": str(root),
+        "inputs": len(inputs),
+        "inputs_digest": hashlib.sha256(names.encode()).hexdigest(),
+        "edit_from": source.spec,
+        "edit_to": target.spec,
+        "method": edit.edit_method,
+        "strength": edit.edit_strength,
+    }
+    return job.Job(
+        out=out,
+        settings=settings,
+        num=len(inputs),
+        fmt=args.format,
+        compute=compute,
+        labels=lambda i: target.labels([i])[0],
+        record=record,
+        preview=lambda i, image: [edit_inputs.read_input(inputs[i], size), image],
+    )

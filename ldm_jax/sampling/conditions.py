@@ -30,8 +30,10 @@ class Conditions:
         self._distribution = distribution
         if self.spec.lower() == RANDOM:
             if distribution is None:
-                raise ValueError("condition 'random' draws from the training label distribution, which this "
-                                 "checkpoint does not record; give explicit conditions instead")
+                raise ValueError(
+                    "condition 'random' draws from the training label distribution, which this "
+                    "checkpoint does not record; give explicit conditions instead"
+                )
             self._fixed = None
             counts = distribution[:, -1].astype(np.float64)
             self._rows, self._p = distribution[:, :-1].astype(np.int32), counts / counts.sum()
@@ -47,8 +49,10 @@ class Conditions:
         for a, (name, value) in enumerate(zip(attributes.ATTRIBUTE_NAMES, row)):
             null = attributes.NUM_CLASSES[a]
             if value != null and not np.any(seen[:, a] == value):
-                raise ValueError(f"{name}={attributes.ATTRIBUTES[name][value]} never occurs in this model's "
-                                 f"training data, so the model was not trained with it")
+                raise ValueError(
+                    f"{name}={attributes.ATTRIBUTES[name][value]} never occurs in this model's "
+                    f"training data, so the model was not trained with it"
+                )
 
     def labels(self, indices) -> np.ndarray:
         """int32 ``[B, A]`` labels of the images ``indices``."""

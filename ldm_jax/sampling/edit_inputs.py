@@ -35,8 +35,13 @@ def list_inputs(path) -> list[pathlib.Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"edit input {path} does not exist")
-    files = [p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".")
-             and (p.suffix.lower() in PNG_SUFFIXES + DICOM_SUFFIXES or (not p.suffix and _is_dicom(p)))]
+    files = [
+        p
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+        and not p.name.startswith(".")
+        and (p.suffix.lower() in PNG_SUFFIXES + DICOM_SUFFIXES or (not p.suffix and _is_dicom(p)))
+    ]
     if not files:
         raise FileNotFoundError(f"no PNG or DICOM files in edit input folder {path}")
     return files
@@ -56,8 +61,10 @@ def read_input(path, image_size: int) -> np.ndarray:
             raise ValueError(f"edit input {path} is not a readable PNG ({type(e).__name__})") from None
         max_value = 255 if pixels.dtype == np.uint8 else dicom.MAX_VALUE
         if pixels.max() > max_value:
-            raise ValueError(f"edit input {path}: 16-bit PNG values up to {pixels.max()} exceed the 12-bit "
-                             f"range 0..{dicom.MAX_VALUE} the models are trained on")
+            raise ValueError(
+                f"edit input {path}: 16-bit PNG values up to {pixels.max()} exceed the 12-bit "
+                f"range 0..{dicom.MAX_VALUE} the models are trained on"
+            )
         return to_model_range(pixels, max_value, image_size)
     if data[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
         try:

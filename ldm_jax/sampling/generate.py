@@ -33,8 +33,10 @@ def initial_noise(keys, latent_shape):
 
 def denoiser(unet, unet_params):
     """``denoise(x, t, labels)``: the UNet's output with its parameters bound (for the samplers)."""
+
     def denoise(x, t, cond):
         return unet.apply({"params": unet_params}, x, t, cond)
+
     return denoise
 
 
@@ -61,8 +63,7 @@ def make_generate(unet, autoencoder, schedule, latent_shape, sampling: SamplerCo
     return generate
 
 
-def make_edit(unet, autoencoder, schedule, sampling: SamplerConfig = SamplerConfig(), *, method="sdedit",
-              strength=0.6):
+def make_edit(unet, autoencoder, schedule, sampling: SamplerConfig = SamplerConfig(), *, method="sdedit", strength=0.6):
     """``edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys) -> images``.
 
     The image is encoded (posterior mode) to z_0, taken to the grid step of ``sampling``'s grid
@@ -93,8 +94,9 @@ def make_edit(unet, autoencoder, schedule, sampling: SamplerConfig = SamplerConf
             unguided = dataclasses.replace(sampling, guidance_scale=1.0)
             z_t = samplers.ddim_invert(denoise, schedule, z0, unguided, cond=source_labels, start_step=start)
         null = attributes.null_labels(images.shape[0])
-        z = samplers.sample(denoise, schedule, z_t, keys, sampling, cond=target_labels, null_cond=null,
-                            start_step=start)
+        z = samplers.sample(
+            denoise, schedule, z_t, keys, sampling, cond=target_labels, null_cond=null, start_step=start
+        )
         return decode(autoencoder, ae_params, z, scale)
 
     return edit

@@ -26,5 +26,5 @@ def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> n
     grid = np.zeros((rows * (h + pad) + pad, columns * (w + pad) + pad), images.dtype)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = image
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = image
     return grid

@@ -100,8 +100,10 @@ def claim(out: pathlib.Path, settings: dict) -> None:
         differ = sorted(k for k in set(held) | set(settings) if held.get(k) != settings.get(k))
         if differ:
             details = ", ".join(f"{k}: {held.get(k)!r} there, {settings.get(k)!r} now" for k in differ)
-            raise ValueError(f"{out} holds a sampling job with different settings ({details}); use another "
-                             f"--out or remove that folder")
+            raise ValueError(
+                f"{out} holds a sampling job with different settings ({details}); use another "
+                f"--out or remove that folder"
+            )
         return
     if any(next(out.glob(f"*{ext}"), None) for ext in set(writers.FORMATS.values())):
         raise ValueError(f"{out} already holds image files but no {SETTINGS_FILE}; use an empty folder")
@@ -140,8 +142,10 @@ class Summary:
     def line(self) -> str:
         steady, later = self.written - self.first_batch_images, self.seconds - self.first_batch_seconds
         rate = f"then {steady / later:.2f} images/s" if steady and later > 0 else "no later batches"
-        return (f"{self.written} images written, {self.skipped} already present; {self.seconds:.1f} s in all, "
-                f"{self.first_batch_seconds:.1f} s for the first batch (with compilation), {rate}")
+        return (
+            f"{self.written} images written, {self.skipped} already present; {self.seconds:.1f} s in all, "
+            f"{self.first_batch_seconds:.1f} s for the first batch (with compilation), {rate}"
+        )
 
 
 def run(job: Job, *, batch_size: int, shard: tuple[int, int] = (0, 1), progress: bool = True) -> Summary:
@@ -158,8 +162,14 @@ def run(job: Job, *, batch_size: int, shard: tuple[int, int] = (0, 1), progress:
     if todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), unit="img", desc=f"sampling {job.out.name}", dynamic_ncols=True,
-                   disable=not progress or jax.process_index() != 0, file=sys.stderr)
+        bar = tqdm(
+            total=len(todo),
+            unit="img",
+            desc=f"sampling {job.out.name}",
+            dynamic_ncols=True,
+            disable=not progress or jax.process_index() != 0,
+            file=sys.stderr,
+        )
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             pending, writes = None, []
             for chunk, padded in [*_aligned_batches(todo, batch_size), (None, None)]:
@@ -176,8 +186,13 @@ def run(job: Job, *, batch_size: int, shard: tuple[int, int] = (0, 1), progress:
         write_manifest(job)
         write_contact_sheet(job)
     first_seconds, first_images = first or (0.0, 0)
-    return Summary(written=len(todo), skipped=len(mine) - len(todo), seconds=time.perf_counter() - start,
-                   first_batch_seconds=first_seconds, first_batch_images=first_images)
+    return Summary(
+        written=len(todo),
+        skipped=len(mine) - len(todo),
+        seconds=time.perf_counter() - start,
+        first_batch_seconds=first_seconds,
+        first_batch_images=first_images,
+    )
 
 
 def _aligned_batches(todo: list[int], batch_size: int):
@@ -203,22 +218,34 @@ def _flush(job: Job, pool, chunk: list[int], padded: np.ndarray, images: jax.Arr
     for future in previous:
         future.result()  # re-raise write errors; bounds the images held in memory
     wanted = set(chunk)
-    writes = [pool.submit(_write, job, int(padded[row]), image) for row, image in rows.items()
-              if padded[row] in wanted and padded[row] % len(padded) == row]
+    writes = [
+        pool.submit(_write, job, int(padded[row]), image)
+        for row, image in rows.items()
+        if padded[row] in wanted and padded[row] % len(padded) == row
+    ]
     bar.update(len(chunk))
     return writes
 
 
 def _write(job: Job, index: int, image: np.ndarray) -> None:
-    data = writers.encode_image(image, job.fmt, labels=job.labels(index), description=json.dumps(job.record(index)),
-                                job_uid=job.uid, index=index)
+    data = writers.encode_image(
+        image,
+        job.fmt,
+        labels=job.labels(index),
+        description=json.dumps(job.record(index)),
+        job_uid=job.uid,
+        index=index,
+    )
     write_atomic(job.path(index), data)
 
 
 def write_manifest(job: Job) -> None:
     """``manifest.jsonl``: one line per image file present, in index order."""
-    lines = [json.dumps({"file": job.path(i).name, "index": i, **job.record(i)}, sort_keys=True)
-             for i in range(job.num) if job.path(i).exists()]
+    lines = [
+        json.dumps({"file": job.path(i).name, "index": i, **job.record(i)}, sort_keys=True)
+        for i in range(job.num)
+        if job.path(i).exists()
+    ]
     write_atomic(job.out / MANIFEST_FILE, "".join(line + "\n" for line in lines).encode())
 
 

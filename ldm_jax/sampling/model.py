@@ -69,14 +69,18 @@ def load_model(workdir, *, ema: bool = True, mesh=None) -> SamplingModel:
     mesh = mesh if mesh is not None else parallel.make_mesh(1)
     directory = workdir / "diffusion" / "checkpoints"
     if not directory.is_dir():
-        raise FileNotFoundError(f"{workdir} has no diffusion checkpoints ({directory} is missing): train the "
-                                f"diffusion stage first (train.py --workdir {workdir})")
+        raise FileNotFoundError(
+            f"{workdir} has no diffusion checkpoints ({directory} is missing): train the "
+            f"diffusion stage first (train.py --workdir {workdir})"
+        )
     checkpointer = Checkpointer(directory, async_save=False)
     try:
         step = checkpointer.latest_step()
         if step is None:
-            raise FileNotFoundError(f"no complete diffusion checkpoint in {directory}: train the diffusion "
-                                    f"stage first (train.py --workdir {workdir})")
+            raise FileNotFoundError(
+                f"no complete diffusion checkpoint in {directory}: train the diffusion "
+                f"stage first (train.py --workdir {workdir})"
+            )
         meta = checkpointer.restore_meta(step)
         cfg = architecture.resolve(meta["config"])
         unet = presets.build_unet(cfg.unet, dtype=jax.numpy.dtype(cfg.compute_dtype))
@@ -88,11 +92,20 @@ def load_model(workdir, *, ema: bool = True, mesh=None) -> SamplingModel:
         unet_params = checkpointer.restore_subtree(step, tree)[field]["unet"]
     finally:
         checkpointer.close()
-    autoencoder, ae_params, ae_step = load_autoencoder(cfg, meta["autoencoder_checkpoint"], meta["autoencoder_step"],
-                                                       mesh)
+    autoencoder, ae_params, ae_step = load_autoencoder(
+        cfg, meta["autoencoder_checkpoint"], meta["autoencoder_step"], mesh
+    )
     distribution = meta.get("label_distribution")
     return SamplingModel(
-        unet=unet, autoencoder=autoencoder, unet_params=unet_params, ae_params=ae_params,
-        scale=float(meta["scale_factor"]), schedule=schedule_from_config(cfg.diffusion), config=cfg, step=int(step),
-        ema=ema, autoencoder_step=int(ae_step),
-        label_distribution=None if distribution is None else np.asarray(distribution, np.int64))
+        unet=unet,
+        autoencoder=autoencoder,
+        unet_params=unet_params,
+        ae_params=ae_params,
+        scale=float(meta["scale_factor"]),
+        schedule=schedule_from_config(cfg.diffusion),
+        config=cfg,
+        step=int(step),
+        ema=ema,
+        autoencoder_step=int(ae_step),
+        label_distribution=None if distribution is None else np.asarray(distribution, np.int64),
+    )

@@ -31,8 +31,9 @@ def _check_format(fmt: str) -> None:
         raise ValueError(f"unknown output format {fmt!r}; expected one of {tuple(FORMATS)}")
 
 
-def encode_image(image: np.ndarray, fmt: str, *, labels: np.ndarray, description: str, job_uid: str,
-                 index: int) -> bytes:
+def encode_image(
+    image: np.ndarray, fmt: str, *, labels: np.ndarray, description: str, job_uid: str, index: int
+) -> bytes:
     """File bytes of one image ``[H, W]`` or ``[H, W, 1]`` in [-1, 1]."""
     _check_format(fmt)
     image = np.asarray(image, np.float32)
@@ -67,8 +68,11 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
         for name, array in arrays.items():
             member = io.BytesIO()
             np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME), member.getvalue(),
-                             compress_type=zipfile.ZIP_DEFLATED)
+            archive.writestr(
+                zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME),
+                member.getvalue(),
+                compress_type=zipfile.ZIP_DEFLATED,
+            )
     return buffer.getvalue()
 
 

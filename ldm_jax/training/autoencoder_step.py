@@ -46,8 +46,7 @@ def init_state(key, autoencoder, discriminator, optimizers, image_shape) -> Trai
         "discriminator": discriminator.init(k_d, x)["params"],
     }
     opt_state = {name: optimizers[name].init(p) for name, p in params.items()}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, ema_params=None,
-                      rng=key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, ema_params=None, rng=key)
 
 
 def load_perceptual(cfg):
@@ -97,8 +96,18 @@ def last_layer(ae_grads):
     return ae_grads["decoder"]["conv_out"]["kernel"]
 
 
-def train_step(state: TrainState, batch, lpips_variables=None, *, autoencoder, discriminator, optimizers, cfg,
-               gan_active: bool, lpips_module=None):
+def train_step(
+    state: TrainState,
+    batch,
+    lpips_variables=None,
+    *,
+    autoencoder,
+    discriminator,
+    optimizers,
+    cfg,
+    gan_active: bool,
+    lpips_module=None,
+):
     """One update of the autoencoder (and, when ``gan_active``, of the discriminator).
 
     A non-finite loss or gradient leaves the state unchanged (``metrics['skipped'] = 1``).
@@ -113,8 +122,11 @@ def train_step(state: TrainState, batch, lpips_variables=None, *, autoencoder, d
         recon, posterior = autoencoder.apply({"params": p}, x, rngs={"sample": key})
         rec = jnp.mean(_reconstruction_map(x, recon, cfg, perceptual))
         kl = jnp.mean(posterior.kl())
-        g = (_generator_adversarial(discriminator.apply({"params": d_params}, recon), cfg.gan_loss)
-             if gan_active else jnp.zeros(()))
+        g = (
+            _generator_adversarial(discriminator.apply({"params": d_params}, recon), cfg.gan_loss)
+            if gan_active
+            else jnp.zeros(())
+        )
         return (rec, kl, g), recon
 
     (rec, kl, g), vjp, recon = jax.vjp(losses, ae_params, has_aux=True)
@@ -131,8 +143,9 @@ def train_step(state: TrainState, batch, lpips_variables=None, *, autoencoder, d
         fake = jax.lax.stop_gradient(recon)
 
         def d_loss_fn(p):
-            return _discriminator_loss(discriminator.apply({"params": p}, x),
-                                       discriminator.apply({"params": p}, fake), cfg.gan_loss)
+            return _discriminator_loss(
+                discriminator.apply({"params": p}, x), discriminator.apply({"params": p}, fake), cfg.gan_loss
+            )
 
         d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d_params)
         checks += [d_loss, optax.tree.norm(d_grads)]
@@ -141,11 +154,13 @@ def train_step(state: TrainState, batch, lpips_variables=None, *, autoencoder, d
     finite = all_finite(*checks, grad_norm)
     updates, opt = optimizers["autoencoder"].update(grads, state.opt_state["autoencoder"], ae_params)
     new_params["autoencoder"], new_opt["autoencoder"] = guarded_update(
-        finite, ae_params, updates, opt, state.opt_state["autoencoder"])
+        finite, ae_params, updates, opt, state.opt_state["autoencoder"]
+    )
     if gan_active:
         updates, opt = optimizers["discriminator"].update(d_grads, state.opt_state["discriminator"], d_params)
         new_params["discriminator"], new_opt["discriminator"] = guarded_update(
-            finite, d_params, updates, opt, state.opt_state["discriminator"])
+            finite, d_params, updates, opt, state.opt_state["discriminator"]
+        )
     new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt)
     metrics.update(loss=rec / math.prod(x.shape[1:]), grad_norm=grad_norm, skipped=1 - finite.astype(jnp.int32))
     return new_state, metrics
@@ -154,7 +169,18 @@ def train_step(state: TrainState, batch, lpips_variables=None, *, autoencoder, d
 def make_train_step(autoencoder, discriminator, optimizers, cfg, lpips_module=None):
     """``step(state, batch, lpips_variables, gan_active)`` with the networks and config bound
     (jit it with static gan_active; ``lpips_variables`` is None without LPIPS)."""
+
     def step(state, batch, lpips_variables, gan_active):
-        return train_step(state, batch, lpips_variables, autoencoder=autoencoder, discriminator=discriminator,
-                          optimizers=optimizers, cfg=cfg, gan_active=gan_active, lpips_module=lpips_module)
+        return train_step(
+            state,
+            batch,
+            lpips_variables,
+            autoencoder=autoencoder,
+            discriminator=discriminator,
+            optimizers=optimizers,
+            cfg=cfg,
+            gan_active=gan_active,
+            lpips_module=lpips_module,
+        )
+
     return step

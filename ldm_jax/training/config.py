@@ -16,92 +16,130 @@ STAGES = ("autoencoder", "diffusion")
 
 
 def _optimizer(**overrides) -> dict:
-    cfg = dict(steps=1000, batch_size=16, learning_rate=1e-4, lr_schedule="constant",
-               warmup_steps=100, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0)
+    cfg = dict(
+        steps=1000,
+        batch_size=16,
+        learning_rate=1e-4,
+        lr_schedule="constant",
+        warmup_steps=100,
+        b1=0.9,
+        b2=0.999,
+        weight_decay=0.0,
+        grad_clip=1.0,
+    )
     cfg.update(overrides)
     return cfg
 
 
 def default_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
-    cfg.model = "phantom_tiny"          # preset in ldm_jax.models.presets: the defaults of the sections below
+    cfg.model = "phantom_tiny"  # preset in ldm_jax.models.presets: the defaults of the sections below
     # The networks: every field of UNet / AutoencoderKL / PatchDiscriminator, unset (None) = the
     # preset's value, e.g. --config.unet.model_channels=48. "_net": cfg.autoencoder is the stage.
     cfg.update(architecture.unset_sections())
     cfg.stages = "autoencoder,diffusion"  # comma-separated subset of STAGES, in this order
     cfg.seed = 0
-    cfg.compute_dtype = "float32"       # "bfloat16" on accelerators; params stay float32
-    cfg.mesh = ml_collections.ConfigDict(dict(
-        fsdp=1,                          # devices per group that split the large arrays (1: all replicated)
-        fsdp_min_size=2**18,             # arrays with fewer elements stay replicated
-    ))
-    cfg.max_nonfinite_steps = 20        # stop after this many non-finite updates in a row
+    cfg.compute_dtype = "float32"  # "bfloat16" on accelerators; params stay float32
+    cfg.mesh = ml_collections.ConfigDict(
+        dict(
+            fsdp=1,  # devices per group that split the large arrays (1: all replicated)
+            fsdp_min_size=2**18,  # arrays with fewer elements stay replicated
+        )
+    )
+    cfg.max_nonfinite_steps = 20  # stop after this many non-finite updates in a row
 
-    cfg.data = ml_collections.ConfigDict(dict(
-        dataset="mammo_phantoms",      # a TFDS name: mammo_phantoms, mammo_dicom, or any prepared one
-        config="64",                   # the builder config (resolution)
-        data_dir="",                   # "" → <workdir>/data
-        split="train",
-        build_if_missing=True,          # build mammo_phantoms on first use (DICOM data sets are built by hand)
-        num_records=0,                  # mammo_phantoms only: train-split size to build (0 = config default)
-        image_size=0,                   # the run's image size; 0 = the preset's. Must be the stored size unless resize
-        resize=False,                   # resize (pad to square, then scale) the stored images to image_size
-        worker_count=0,                 # grain worker processes (0 = in the main process)
-        reset_iterator=False,           # on resume: read the data from the start of a fresh order
-    ))
+    cfg.data = ml_collections.ConfigDict(
+        dict(
+            dataset="mammo_phantoms",  # a TFDS name: mammo_phantoms, mammo_dicom, or any prepared one
+            config="64",  # the builder config (resolution)
+            data_dir="",  # "" → <workdir>/data
+            split="train",
+            build_if_missing=True,  # build mammo_phantoms on first use (DICOM data sets are built by hand)
+            num_records=0,  # mammo_phantoms only: train-split size to build (0 = config default)
+            image_size=0,  # the run's image size; 0 = the preset's. Must be the stored size unless resize
+            resize=False,  # resize (pad to square, then scale) the stored images to image_size
+            worker_count=0,  # grain worker processes (0 = in the main process)
+            reset_iterator=False,  # on resume: read the data from the start of a fresh order
+        )
+    )
 
-    cfg.autoencoder = ml_collections.ConfigDict(_optimizer(
-        learning_rate=4.5e-6 * 16, b1=0.5, b2=0.9, warmup_steps=0,
-        l1_weight=1.0,                  # reconstruction: L1, summed over pixels (LDM convention)
-        ssim_weight=0.5,                # + weight · (1 − SSIM) per pixel
-        ssim_kind="ssim",               # "ssim" or "ms_ssim"
-        freq_weight=0.0,                # + weight · |FFT(x) − FFT(x̂)| (log-amplitude), per pixel
-        kl_weight=1e-6,
-        gan_start=50001,                # step at which the PatchGAN term switches on
-        gan_weight=0.5,                 # times LDM's adaptive weight
-        gan_loss="hinge",               # "hinge" or "least_squares"
-        disc_learning_rate=4.5e-6 * 16,
-        lpips_weights="",               # "vgg16-397923af.pth,vgg.pth" (local files) or one merged file; "" = none
-        lpips_weight=1.0,
-    ))
+    cfg.autoencoder = ml_collections.ConfigDict(
+        _optimizer(
+            learning_rate=4.5e-6 * 16,
+            b1=0.5,
+            b2=0.9,
+            warmup_steps=0,
+            l1_weight=1.0,  # reconstruction: L1, summed over pixels (LDM convention)
+            ssim_weight=0.5,  # + weight · (1 − SSIM) per pixel
+            ssim_kind="ssim",  # "ssim" or "ms_ssim"
+            freq_weight=0.0,  # + weight · |FFT(x) − FFT(x̂)| (log-amplitude), per pixel
+            kl_weight=1e-6,
+            gan_start=50001,  # step at which the PatchGAN term switches on
+            gan_weight=0.5,  # times LDM's adaptive weight
+            gan_loss="hinge",  # "hinge" or "least_squares"
+            disc_learning_rate=4.5e-6 * 16,
+            lpips_weights="",  # "vgg16-397923af.pth,vgg.pth" (local files) or one merged file; "" = none
+            lpips_weight=1.0,
+        )
+    )
 
-    cfg.diffusion = ml_collections.ConfigDict(_optimizer(
-        learning_rate=1e-4, warmup_steps=500, lr_schedule="constant", weight_decay=0.0,
-        accum_steps=1,                   # gradient accumulation: micro-batches per update
-        schedule="scaled_linear", num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
-        zero_terminal_snr=False,
-        prediction="eps",                # model output: eps | x0 | v
-        weighting="min_snr",             # uniform | min_snr
-        min_snr_gamma=5.0,
-        loss_type="l2",
-        # Classifier-free guidance (diffusion_step.drop_labels): rows trained unconditional,
-        # rows with one attribute given, and per-attribute dropout on the other rows.
-        uncond_dropout=0.1,
-        single_attribute_rate=0.2,
-        label_dropout=0.1,
-        ema_decay=0.9999,
-        ema_warmup=10.0,
-        scale_factor_batches=4,          # batches used to estimate 1/std of the latents
-        autoencoder_checkpoint="",       # "" → <workdir>/autoencoder/checkpoints (latest step)
-    ))
+    cfg.diffusion = ml_collections.ConfigDict(
+        _optimizer(
+            learning_rate=1e-4,
+            warmup_steps=500,
+            lr_schedule="constant",
+            weight_decay=0.0,
+            accum_steps=1,  # gradient accumulation: micro-batches per update
+            schedule="scaled_linear",
+            num_train_timesteps=1000,
+            beta_start=0.0015,
+            beta_end=0.0195,
+            zero_terminal_snr=False,
+            prediction="eps",  # model output: eps | x0 | v
+            weighting="min_snr",  # uniform | min_snr
+            min_snr_gamma=5.0,
+            loss_type="l2",
+            # Classifier-free guidance (diffusion_step.drop_labels): rows trained unconditional,
+            # rows with one attribute given, and per-attribute dropout on the other rows.
+            uncond_dropout=0.1,
+            single_attribute_rate=0.2,
+            label_dropout=0.1,
+            ema_decay=0.9999,
+            ema_warmup=10.0,
+            scale_factor_batches=4,  # batches used to estimate 1/std of the latents
+            autoencoder_checkpoint="",  # "" → <workdir>/autoencoder/checkpoints (latest step)
+        )
+    )
 
     cfg.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
-    cfg.log = ml_collections.ConfigDict(dict(
-        every=50,                        # scalars to metrics.jsonl / TensorBoard
-        sample_every=1000,               # sample grids (0 = only at the end of the stage)
-        sample_conditions="density=A;density=B;density=C;density=D",  # one grid per condition; "" = none
-        sample_count=8,                  # images per grid
-        sample_steps=50,                 # DDIM steps for the grids
-        guidance_scale=2.0,
-        progress=True,                   # tqdm progress bar
-    ))
+    cfg.log = ml_collections.ConfigDict(
+        dict(
+            every=50,  # scalars to metrics.jsonl / TensorBoard
+            sample_every=1000,  # sample grids (0 = only at the end of the stage)
+            sample_conditions="density=A;density=B;density=C;density=D",  # one grid per condition; "" = none
+            sample_count=8,  # images per grid
+            sample_steps=50,  # DDIM steps for the grids
+            guidance_scale=2.0,
+            progress=True,  # tqdm progress bar
+        )
+    )
     return cfg
 
 
 # Keys that may differ when a run is resumed (they do not change what has been trained so far):
 # a run may continue on another topology (mesh) and with other data workers.
-RESUMABLE_KEYS = ("autoencoder.steps", "diffusion.steps", "checkpoint.", "log.", "mesh.", "data.worker_count",
-                  "data.data_dir", "data.reset_iterator", "stages", "max_nonfinite_steps")
+RESUMABLE_KEYS = (
+    "autoencoder.steps",
+    "diffusion.steps",
+    "checkpoint.",
+    "log.",
+    "mesh.",
+    "data.worker_count",
+    "data.data_dir",
+    "data.reset_iterator",
+    "stages",
+    "max_nonfinite_steps",
+)
 
 
 def stages_of(cfg) -> tuple[str, ...]:

@@ -31,8 +31,13 @@ def init_state(key, unet, optimizer, latent_shape, num_attributes: int) -> Train
 def state_around(unet_params, optimizer, key) -> TrainState:
     """A step-0 state around ``unet_params``: fresh optimizer state, EMA equal to the weights."""
     params = {"unet": unet_params}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      ema_params=jax.tree.map(jnp.copy, params), rng=key)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=jax.tree.map(jnp.copy, params),
+        rng=key,
+    )
 
 
 def encode_latents(autoencoder, ae_params, images, key, scale):
@@ -48,21 +53,28 @@ def condition_pattern_rates(cfg) -> dict[str, float]:
     p_u, p_s, p = cfg.uncond_dropout, cfg.single_attribute_rate, cfg.label_dropout
     a = len(attributes.ATTRIBUTES)
     rest = 1.0 - p_u - p_s
-    return {"unconditional": p_u + rest * p ** a,
-            "single": p_s / a + rest * (1 - p) * p ** (a - 1),
-            "full": rest * (1 - p) ** a}
+    return {
+        "unconditional": p_u + rest * p**a,
+        "single": p_s / a + rest * (1 - p) * p ** (a - 1),
+        "full": rest * (1 - p) ** a,
+    }
 
 
 def check_label_dropout(cfg) -> None:
     """Refuse rates that are not probabilities, before anything is compiled."""
-    rates = {"uncond_dropout": cfg.uncond_dropout, "single_attribute_rate": cfg.single_attribute_rate,
-             "label_dropout": cfg.label_dropout}
+    rates = {
+        "uncond_dropout": cfg.uncond_dropout,
+        "single_attribute_rate": cfg.single_attribute_rate,
+        "label_dropout": cfg.label_dropout,
+    }
     for name, value in rates.items():
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"diffusion.{name}={value}: expected a probability in [0, 1]")
     if cfg.uncond_dropout + cfg.single_attribute_rate > 1.0:
-        raise ValueError(f"diffusion.uncond_dropout + diffusion.single_attribute_rate = "
-                         f"{cfg.uncond_dropout + cfg.single_attribute_rate:g} > 1: they are rates of disjoint rows")
+        raise ValueError(
+            f"diffusion.uncond_dropout + diffusion.single_attribute_rate = "
+            f"{cfg.uncond_dropout + cfg.single_attribute_rate:g} > 1: they are rates of disjoint rows"
+        )
 
 
 def drop_labels(key, labels, cfg, num_classes=attributes.NUM_CLASSES):
@@ -109,10 +121,26 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
 
     def loss_fn(params, micro, index):
         z_t, t, labels, context, z, noise = micro
-        out = unet.apply({"params": params}, z_t, t, labels, context, train=True,
-                         rngs={"dropout": jax.random.fold_in(k_dropout, index)})
-        return diffusion_loss(schedule, out, z, noise, t, target=cfg.prediction, weighting=cfg.weighting,
-                              min_snr_gamma=cfg.min_snr_gamma, loss_type=cfg.loss_type)
+        out = unet.apply(
+            {"params": params},
+            z_t,
+            t,
+            labels,
+            context,
+            train=True,
+            rngs={"dropout": jax.random.fold_in(k_dropout, index)},
+        )
+        return diffusion_loss(
+            schedule,
+            out,
+            z,
+            noise,
+            t,
+            target=cfg.prediction,
+            weighting=cfg.weighting,
+            min_snr_gamma=cfg.min_snr_gamma,
+            loss_type=cfg.loss_type,
+        )
 
     accum = int(cfg.accum_steps)
     if b % accum:
@@ -132,8 +160,9 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params, opt_state = guarded_update(finite, state.params, updates, opt_state, state.opt_state)
     decay = jnp.where(finite, ema_decay(state.step, cfg.ema_decay, cfg.ema_warmup), 1.0)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema_update(state.ema_params, params, decay))
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_update(state.ema_params, params, decay)
+    )
     metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": 1 - finite.astype(jnp.int32)}
     return new_state, metrics
 
@@ -143,8 +172,18 @@ def make_train_step(unet, autoencoder, optimizer, schedule, cfg):
     check_label_dropout(cfg)
 
     def step(state, batch, ae_params, scale):
-        return train_step(state, batch, ae_params, scale, unet=unet, autoencoder=autoencoder,
-                          optimizer=optimizer, schedule=schedule, cfg=cfg)
+        return train_step(
+            state,
+            batch,
+            ae_params,
+            scale,
+            unet=unet,
+            autoencoder=autoencoder,
+            optimizer=optimizer,
+            schedule=schedule,
+            cfg=cfg,
+        )
+
     return step
 
 

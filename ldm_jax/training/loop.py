@@ -94,25 +94,38 @@ def restore_or_init(stage: Stage, checkpointer: Checkpointer, mesh, key, pipelin
     if latest is None:
         return jax.jit(stage.init, out_shardings=shardings)(key), None, shardings
     try:
-        state, meta = checkpointer.restore(latest, abstract_with_shardings(abstract, shardings),
-                                           None if cfg.data.reset_iterator else pipeline)
+        state, meta = checkpointer.restore(
+            latest, abstract_with_shardings(abstract, shardings), None if cfg.data.reset_iterator else pipeline
+        )
     except IteratorMismatchError as error:
         raise IteratorMismatchError(
             f"{stage.name} checkpoint {latest}: {error}. To continue training from this checkpoint with the data "
-            f"read from the start of a fresh order, pass --config.data.reset_iterator=True") from None
+            f"read from the start of a fresh order, pass --config.data.reset_iterator=True"
+        ) from None
     return state, meta, shardings
 
 
-def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, state=None, shardings=None,
-              sigterm: SigtermFlag | None = None):
+def run_stage(
+    stage: Stage,
+    *,
+    pipeline,
+    mesh,
+    workdir: pathlib.Path,
+    cfg,
+    key,
+    state=None,
+    shardings=None,
+    sigterm: SigtermFlag | None = None,
+):
     """Train ``stage`` to ``stage.steps`` and return the final state (see the module docstring).
 
     Without ``state`` the stage is restored from its newest checkpoint or initialised.
     ``sigterm`` is the run's SIGTERM flag (default: one watching only this stage).
     """
     stage_dir = workdir / stage.name
-    checkpointer = Checkpointer(stage_dir / "checkpoints", keep=cfg.checkpoint.keep,
-                                async_save=cfg.checkpoint.async_save)
+    checkpointer = Checkpointer(
+        stage_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save
+    )
     if state is None:
         state, _, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline, cfg)
     first = jax.process_index() == 0
@@ -130,11 +143,16 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
         return state, {**metrics, "stop": jax.numpy.max(stop_flags)}
 
     static_argnums = tuple(range(num_dynamic, num_dynamic + num_static))
-    step_fn = parallel.compile_together(jax.jit(
-        step_and_stop,
-        in_shardings=(shardings, batch_sharding, batch_sharding) + tuple(extra_shardings),
-        out_shardings=(shardings, parallel.replicated(mesh)),
-        static_argnums=static_argnums, donate_argnums=(0,)), static_argnums)
+    step_fn = parallel.compile_together(
+        jax.jit(
+            step_and_stop,
+            in_shardings=(shardings, batch_sharding, batch_sharding) + tuple(extra_shardings),
+            out_shardings=(shardings, parallel.replicated(mesh)),
+            static_argnums=static_argnums,
+            donate_argnums=(0,),
+        ),
+        static_argnums,
+    )
 
     progress = _progress_bar(stage, start, enabled=first and cfg.log.progress)
     streak = skipped_total = 0
@@ -157,7 +175,8 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
             raise NonFiniteLossError(
                 f"{stage.name}: {streak} updates in a row had a non-finite loss or gradient (last at step "
                 f"{step}); the state was not updated by them. Lower the learning rate, check the data, or "
-                f"use float32 compute.")
+                f"use float32 compute."
+            )
         rate = timer.images_per_second(step, global_batch)
         progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{rate:.1f}", refresh=False)
         progress.update(1)
@@ -166,8 +185,10 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
         return stop
 
     try:
-        with contextlib.nullcontext(sigterm) if sigterm else SigtermFlag() as flag, \
-                _explained_runtime_errors(mesh, lambda: global_batch, checkpointer):
+        with (
+            contextlib.nullcontext(sigterm) if sigterm else SigtermFlag() as flag,
+            _explained_runtime_errors(mesh, lambda: global_batch, checkpointer),
+        ):
             for step in range(start + 1, stage.steps + 1):
                 batch = next(pipeline)
                 global_batch = jax.tree.leaves(batch)[0].shape[0]
@@ -188,8 +209,10 @@ def run_stage(stage: Stage, *, pipeline, mesh, workdir: pathlib.Path, cfg, key, 
                         save(step)
                     checkpointer.wait()
                     who = "this process" if flag.raised else "another process of the job"
-                    raise Preempted(f"{stage.name}: SIGTERM received by {who}; checkpoint of step {step} written; "
-                                    f"resume with the same command")
+                    raise Preempted(
+                        f"{stage.name}: SIGTERM received by {who}; checkpoint of step {step} written; "
+                        f"resume with the same command"
+                    )
             if pending is not None:
                 consume(*pending)
             if stage.on_sample and start < stage.steps and sampled_at != stage.steps:
@@ -215,8 +238,7 @@ def _write_samples(stage, state, step, stage_dir, writer):
 def _progress_bar(stage, start, enabled):
     from tqdm.auto import tqdm
 
-    return tqdm(total=stage.steps, initial=start, desc=stage.name, disable=not enabled, dynamic_ncols=True,
-                unit="step")
+    return tqdm(total=stage.steps, initial=start, desc=stage.name, disable=not enabled, dynamic_ncols=True, unit="step")
 
 
 class _Throughput:
@@ -249,11 +271,13 @@ def _explained_runtime_errors(mesh, global_batch, checkpointer):
             raise MemoryError(
                 f"out of device memory with {batch // max(mesh.size, 1)} examples per device (global batch "
                 f"{batch} on {mesh.size} devices): lower the batch size, raise diffusion.accum_steps (gradient "
-                f"accumulation), use compute_dtype='bfloat16', or shard parameters with mesh.fsdp > 1") from error
+                f"accumulation), use compute_dtype='bfloat16', or shard parameters with mesh.fsdp > 1"
+            ) from error
         if jax.process_count() > 1 and any(marker in text.lower() for marker in _PEER_LOST):
             raise ProcessLostError(
                 f"process {jax.process_index()} of {jax.process_count()}: another process of the job stopped "
                 f"answering ({text.splitlines()[0][:200]}). The job cannot continue; start all processes again "
                 f"with the same command to resume from the newest checkpoint "
-                f"(step {checkpointer.latest_step()}).") from error
+                f"(step {checkpointer.latest_step()})."
+            ) from error
         raise

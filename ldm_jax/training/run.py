@@ -71,18 +71,26 @@ def check_image_size(cfg, source) -> None:
     stored = stored_image_size(source)
     if not cfg.data.resize and stored != cfg.data.image_size:
         found = "images of varying size" if stored is None else f"{stored}x{stored} images"
-        raise ValueError(f"data set {cfg.data.dataset!r} (config {cfg.data.config!r}) stores {found}, but "
-                         f"data.image_size={cfg.data.image_size}: choose the data config of that size, or "
-                         f"set data.image_size to the stored size, or data.resize=True to resize")
+        raise ValueError(
+            f"data set {cfg.data.dataset!r} (config {cfg.data.config!r}) stores {found}, but "
+            f"data.image_size={cfg.data.image_size}: choose the data config of that size, or "
+            f"set data.image_size to the stored size, or data.resize=True to resize"
+        )
 
 
 def _pipeline(cfg, source, mesh, batch_size, *, seed_offset=0, shuffle=True):
     from ldm_jax.data.pipeline import InputPipeline
 
     parallel.check_batch_size(batch_size, mesh)
-    return InputPipeline(source, global_batch_size=batch_size, mesh=mesh, seed=cfg.seed + seed_offset,
-                         shuffle=shuffle, image_size=cfg.data.image_size,
-                         worker_count=cfg.data.worker_count)
+    return InputPipeline(
+        source,
+        global_batch_size=batch_size,
+        mesh=mesh,
+        seed=cfg.seed + seed_offset,
+        shuffle=shuffle,
+        image_size=cfg.data.image_size,
+        worker_count=cfg.data.worker_count,
+    )
 
 
 def _dtype(cfg):
@@ -106,11 +114,17 @@ def train_autoencoder(cfg, mesh, workdir, source, key, sigterm=None):
     autoencoder, discriminator, optimizers = _autoencoder_parts(cfg)
     pipeline = _pipeline(cfg, source, mesh, acfg.batch_size)
     shape = (acfg.batch_size, *architecture.image_shape(cfg))
-    init = functools.partial(autoencoder_step.init_state, autoencoder=autoencoder, discriminator=discriminator,
-                             optimizers=optimizers, image_shape=shape)
+    init = functools.partial(
+        autoencoder_step.init_state,
+        autoencoder=autoencoder,
+        discriminator=discriminator,
+        optimizers=optimizers,
+        image_shape=shape,
+    )
     examples = next(_pipeline(cfg, source, mesh, _round_up(cfg.log.sample_count, mesh.size), shuffle=False))["image"]
     reconstruct = parallel.compile_together(
-        jax.jit(lambda p, x: autoencoder.apply({"params": p}, x, sample_posterior=False)[0]))
+        jax.jit(lambda p, x: autoencoder.apply({"params": p}, x, sample_posterior=False)[0])
+    )
 
     def on_sample(state, step):
         recon = reconstruct(state.params["autoencoder"], examples)
@@ -118,20 +132,27 @@ def train_autoencoder(cfg, mesh, workdir, source, key, sigterm=None):
         return {"reconstructions": make_grid(to_pixels(pairs, 255, np.uint8), columns=len(examples))}
 
     stage = Stage(
-        name="autoencoder", steps=acfg.steps, init=init,
+        name="autoencoder",
+        steps=acfg.steps,
+        init=init,
         step=autoencoder_step.make_train_step(autoencoder, discriminator, optimizers, acfg, lpips_module),
         extra_args=(lpips_variables,),
         static_args=lambda step: (step >= acfg.gan_start,),
-        meta={"model": cfg.model, "config": cfg.to_dict()}, on_sample=on_sample)
+        meta={"model": cfg.model, "config": cfg.to_dict()},
+        on_sample=on_sample,
+    )
     run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key, sigterm=sigterm)
 
 
 def estimate_scale_factor(autoencoder, ae_params, pipeline, num_batches, key) -> float:
     """1/std of latents z ~ q(z|x) over ``num_batches`` batches of training images."""
     encode = parallel.compile_together(
-        jax.jit(lambda p, x, k: diffusion_step.encode_latents(autoencoder, p, x, k, 1.0)))
-    latents = [parallel.to_host(encode(ae_params, next(pipeline)["image"], jax.random.fold_in(key, i)))
-               for i in range(num_batches)]
+        jax.jit(lambda p, x, k: diffusion_step.encode_latents(autoencoder, p, x, k, 1.0))
+    )
+    latents = [
+        parallel.to_host(encode(ae_params, next(pipeline)["image"], jax.random.fold_in(key, i)))
+        for i in range(num_batches)
+    ]
     return diffusion_step.latent_scale_factor(np.concatenate(latents))
 
 
@@ -145,10 +166,19 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None):
     optimizer = make_optimizer(dcfg)
     schedule = restore.schedule_from_config(dcfg)
     latent_shape = (dcfg.batch_size, *architecture.latent_shape(cfg))
-    init = functools.partial(diffusion_step.init_state, unet=unet, optimizer=optimizer, latent_shape=latent_shape,
-                             num_attributes=len(attributes.ATTRIBUTES))
-    stage = Stage(name="diffusion", steps=dcfg.steps, init=init,
-                  step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg))
+    init = functools.partial(
+        diffusion_step.init_state,
+        unet=unet,
+        optimizer=optimizer,
+        latent_shape=latent_shape,
+        num_attributes=len(attributes.ATTRIBUTES),
+    )
+    stage = Stage(
+        name="diffusion",
+        steps=dcfg.steps,
+        init=init,
+        step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg),
+    )
     pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size)
     checkpointer = Checkpointer(workdir / "diffusion" / "checkpoints", async_save=False)
     state, meta, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline, cfg)
@@ -157,15 +187,31 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None):
         scale = meta["scale_factor"]
     else:
         estimate_from = _pipeline(cfg, source, mesh, dcfg.batch_size, seed_offset=1)
-        scale = estimate_scale_factor(autoencoder, ae_params, estimate_from, dcfg.scale_factor_batches,
-                                      jax.random.fold_in(key, 1))
+        scale = estimate_scale_factor(
+            autoencoder, ae_params, estimate_from, dcfg.scale_factor_batches, jax.random.fold_in(key, 1)
+        )
     distribution = (meta or {}).get("label_distribution") or restore.label_distribution(all_labels(source)).tolist()
     stage.extra_args = (ae_params, np.float32(scale))
-    stage.meta = {"model": cfg.model, "config": cfg.to_dict(), "scale_factor": scale,
-                  "autoencoder_checkpoint": ae_dir, "autoencoder_step": ae_step, "label_distribution": distribution}
+    stage.meta = {
+        "model": cfg.model,
+        "config": cfg.to_dict(),
+        "scale_factor": scale,
+        "autoencoder_checkpoint": ae_dir,
+        "autoencoder_step": ae_step,
+        "label_distribution": distribution,
+    }
     stage.on_sample = _grid_sampler(cfg, mesh, unet, autoencoder, ae_params, schedule, scale, key)
-    run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key, state=state,
-              shardings=shardings, sigterm=sigterm)
+    run_stage(
+        stage,
+        pipeline=pipeline,
+        mesh=mesh,
+        workdir=workdir,
+        cfg=cfg,
+        key=key,
+        state=state,
+        shardings=shardings,
+        sigterm=sigterm,
+    )
 
 
 def _grid_sampler(cfg, mesh, unet, autoencoder, ae_params, schedule, scale, key):
@@ -182,14 +228,18 @@ def _grid_sampler(cfg, mesh, unet, autoencoder, ae_params, schedule, scale, key)
     labels = parallel.global_array(labels, sharding)
     keys = parallel.global_array(np.asarray(image_keys(jax.random.fold_in(key, 2), jnp.arange(n))), sharding)
     latent = architecture.latent_shape(cfg)
-    sampling = SamplerConfig(num_steps=cfg.log.sample_steps, prediction=cfg.diffusion.prediction,
-                             guidance_scale=cfg.log.guidance_scale)
+    sampling = SamplerConfig(
+        num_steps=cfg.log.sample_steps, prediction=cfg.diffusion.prediction, guidance_scale=cfg.log.guidance_scale
+    )
     generate = parallel.compile_together(jax.jit(make_generate(unet, autoencoder, schedule, latent, sampling)))
 
     def on_sample(state, step):
-        images = to_pixels(parallel.to_host(generate(state.ema_params["unet"], ae_params, scale, labels, keys)), 255,
-                           np.uint8)
-        return {c.strip().replace(",", "_"): make_grid(images[i * per_grid:(i + 1) * per_grid])
-                for i, c in enumerate(conditions)}
+        images = to_pixels(
+            parallel.to_host(generate(state.ema_params["unet"], ae_params, scale, labels, keys)), 255, np.uint8
+        )
+        return {
+            c.strip().replace(",", "_"): make_grid(images[i * per_grid : (i + 1) * per_grid])
+            for i, c in enumerate(conditions)
+        }
 
     return on_sample

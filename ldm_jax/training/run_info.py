@@ -29,7 +29,8 @@ def record_run(cfg, workdir: pathlib.Path) -> None:
         if diffs:
             raise IncompatibleRunError(
                 f"{workdir} holds a run with a different config; use a new --workdir or the same settings:\n  "
-                + "\n  ".join(diffs))
+                + "\n  ".join(diffs)
+            )
     if jax.process_index() != 0:
         return
     write_atomic(saved_path, json.dumps(current, indent=2, sort_keys=True).encode())

@@ -36,11 +36,16 @@ def learning_rate_schedule(cfg) -> optax.Schedule:
     warmup = max(int(cfg.warmup_steps), 0)
     if cfg.lr_schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, cfg.learning_rate, warmup_steps=max(warmup, 1), decay_steps=max(int(cfg.steps), warmup + 1),
-            end_value=cfg.learning_rate * 0.01)
+            0.0,
+            cfg.learning_rate,
+            warmup_steps=max(warmup, 1),
+            decay_steps=max(int(cfg.steps), warmup + 1),
+            end_value=cfg.learning_rate * 0.01,
+        )
     return optax.join_schedules(
         [optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)), optax.constant_schedule(cfg.learning_rate)],
-        [warmup])
+        [warmup],
+    )
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:

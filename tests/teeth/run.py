@@ -51,8 +51,13 @@ def load_mutants() -> list[Mutant]:
 
 
 def _copy_repository(scratch: pathlib.Path) -> None:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.splitlines()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     for name in files:
         if (ROOT / name).is_file():
             (scratch / name).parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +70,10 @@ def plant(scratch: pathlib.Path, mutant: Mutant) -> None:
     target = scratch / mutant.path
     text = target.read_text()
     if text.count(mutant.old) != 1:
-        raise ValueError(f"{mutant.name}: the text to replace occurs {text.count(mutant.old)} times in "
-                         f"{mutant.path}, not once: update the mutant to the current code")
+        raise ValueError(
+            f"{mutant.name}: the text to replace occurs {text.count(mutant.old)} times in "
+            f"{mutant.path}, not once: update the mutant to the current code"
+        )
     target.write_text(text.replace(mutant.old, mutant.new))
 
 
@@ -76,13 +83,19 @@ def caught(mutant: Mutant) -> tuple[bool, str]:
         scratch = pathlib.Path(tmp)
         _copy_repository(scratch)
         plant(scratch, mutant)
-        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                                 *mutant.tests], cwd=scratch, capture_output=True, text=True,
-                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests],
+            cwd=scratch,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
     tail = "\n".join(result.stdout.splitlines()[-3:])
     if result.returncode in (2, 3, 4, 5):  # interrupted, internal error, usage error, no tests collected
-        raise RuntimeError(f"{mutant.name}: pytest could not run the tests (exit {result.returncode}):\n"
-                           f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"{mutant.name}: pytest could not run the tests (exit {result.returncode}):\n"
+            f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
+        )
     return result.returncode == 1, tail
 
 
@@ -105,13 +118,17 @@ def main(argv=None) -> int:
     for i, mutant in enumerate(mutants, 1):
         start = time.monotonic()
         ok, tail = caught(mutant)
-        print(f"[{i}/{len(mutants)}] {mutant.name}: {'caught' if ok else 'SURVIVED'} "
-              f"({time.monotonic() - start:.0f} s)", flush=True)
+        print(
+            f"[{i}/{len(mutants)}] {mutant.name}: {'caught' if ok else 'SURVIVED'} ({time.monotonic() - start:.0f} s)",
+            flush=True,
+        )
         if not ok:
             survivors.append(mutant.name)
             print(tail, flush=True)
-    print(f"{len(mutants) - len(survivors)} of {len(mutants)} planted bugs caught"
-          + (f"; survived: {', '.join(survivors)}" if survivors else ""))
+    print(
+        f"{len(mutants) - len(survivors)} of {len(mutants)} planted bugs caught"
+        + (f"; survived: {', '.join(survivors)}" if survivors else "")
+    )
     return 1 if survivors else 0
 
 

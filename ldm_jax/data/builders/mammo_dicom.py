@@ -99,8 +99,10 @@ def detect_format(header: list[str], path) -> str:
         return "cbis"
     if "path" in columns:
         return "generic"
-    raise ValueError(f"cannot tell the layout of label CSV {path}: header {header} has none of "
-                     "study_id+image_id (VinDr-Mammo), 'image file path' (CBIS-DDSM) or path (generic)")
+    raise ValueError(
+        f"cannot tell the layout of label CSV {path}: header {header} has none of "
+        "study_id+image_id (VinDr-Mammo), 'image file path' (CBIS-DDSM) or path (generic)"
+    )
 
 
 def _label(attribute: str, value: str, ref: str) -> int | None:
@@ -180,21 +182,36 @@ def _parse_rows(fmt: str, csv_path: pathlib.Path, rows, dicom_dir: pathlib.Path)
                 finding = findings[image]
             else:
                 finding = 0 if row.get("breast_birads", "").upper().replace("BI-RADS", "").strip() == "1" else None
-            parsed = ImageRow(ref, "", study, _label("density", density, ref), finding,
-                              _label("view", row.get("view_position", ""), ref),
-                              _label("laterality", row.get("laterality", ""), ref))
+            parsed = ImageRow(
+                ref,
+                "",
+                study,
+                _label("density", density, ref),
+                finding,
+                _label("view", row.get("view_position", ""), ref),
+                _label("laterality", row.get("laterality", ""), ref),
+            )
         elif fmt == "cbis":
             candidates = _cbis_candidates(dicom_dir, row["image file path"])
             density = row.get("breast_density", row.get("breast density", ""))
             side = row.get("left or right breast", "").upper()
-            parsed = ImageRow(ref, "", row.get("patient_id") or None, _density_from_number(density, ref),
-                              _label("finding", row.get("abnormality type", ""), ref),
-                              _label("view", row.get("image view", ""), ref),
-                              _label("laterality", {"LEFT": "L", "RIGHT": "R"}.get(side, side), ref))
+            parsed = ImageRow(
+                ref,
+                "",
+                row.get("patient_id") or None,
+                _density_from_number(density, ref),
+                _label("finding", row.get("abnormality type", ""), ref),
+                _label("view", row.get("image view", ""), ref),
+                _label("laterality", {"LEFT": "L", "RIGHT": "R"}.get(side, side), ref),
+            )
         else:
             candidates = [row["path"]]
-            parsed = ImageRow(ref, "", row.get("patient") or None,
-                              *(_label(a, row.get(a, ""), ref) for a in attributes.ATTRIBUTE_NAMES))
+            parsed = ImageRow(
+                ref,
+                "",
+                row.get("patient") or None,
+                *(_label(a, row.get(a, ""), ref) for a in attributes.ATTRIBUTE_NAMES),
+            )
         yield parsed, candidates
 
 
@@ -215,8 +232,10 @@ def read_label_csvs(paths, dicom_dir, csv_format: str = "auto") -> list[ImageRow
         fmt = detect_format(header, csv_path) if csv_format == "auto" else csv_format
         required = {"vindr": {"study_id", "image_id"}, "cbis": {"image file path"}, "generic": {"path"}}[fmt]
         if not required <= set(header):
-            raise ValueError(f"label CSV {csv_path} lacks column(s) {sorted(required - set(header))} "
-                             f"of the {fmt} layout; header is {header}")
+            raise ValueError(
+                f"label CSV {csv_path} lacks column(s) {sorted(required - set(header))} "
+                f"of the {fmt} layout; header is {header}"
+            )
         for parsed, candidates in _parse_rows(fmt, csv_path, rows, dicom_dir):
             path = _resolve(dicom_dir, candidates)
             if path is None:
@@ -229,8 +248,9 @@ def read_label_csvs(paths, dicom_dir, csv_format: str = "auto") -> list[ImageRow
                 images[path] = parsed
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise FileNotFoundError(f"{len(missing)} label CSV row(s) name DICOM files that do not exist under "
-                                f"{dicom_dir}: {shown}")
+        raise FileNotFoundError(
+            f"{len(missing)} label CSV row(s) name DICOM files that do not exist under {dicom_dir}: {shown}"
+        )
     if not images:
         raise ValueError(f"the label CSV(s) {paths} name no images")
     return list(images.values())
@@ -275,9 +295,19 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [MammoDicomConfig(size=s) for s in (64, 128, 256, 512, 1024)]
     DEFAULT_CONFIG_NAME = "512"
 
-    def __init__(self, *, dicom_dir=None, labels=None, csv_format: str = "auto", salt: bytes | None = None,
-                 max_fail_fraction: float = 0.05, split_fractions=(0.8, 0.1, 0.1), num_workers: int = 1,
-                 progress: bool = False, **kwargs):
+    def __init__(
+        self,
+        *,
+        dicom_dir=None,
+        labels=None,
+        csv_format: str = "auto",
+        salt: bytes | None = None,
+        max_fail_fraction: float = 0.05,
+        split_fractions=(0.8, 0.1, 0.1),
+        num_workers: int = 1,
+        progress: bool = False,
+        **kwargs,
+    ):
         """Build inputs (needed only to prepare; reading takes ``data_dir``/``config`` only).
 
         ``salt`` is the secret key of the patient/id hashes (kept out of the data set);
@@ -287,8 +317,10 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
             raise ValueError(f"max_fail_fraction must be in [0, 1], got {max_fail_fraction}")
         fractions = tuple(float(f) for f in split_fractions)
         if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-            raise ValueError(f"split_fractions (train, validation, test) must be 3 non-negative numbers "
-                             f"summing to 1, got {split_fractions}")
+            raise ValueError(
+                f"split_fractions (train, validation, test) must be 3 non-negative numbers "
+                f"summing to 1, got {split_fractions}"
+            )
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self._inputs = dict(dicom_dir=dicom_dir, labels=labels, csv_format=csv_format)
@@ -304,27 +336,32 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
         size = self.builder_config.size
         features = {
             "image": tfds.features.Image(shape=(size, size, 1), dtype=np.uint16, encoding_format="png"),
-            **{name: tfds.features.ClassLabel(names=list(values))
-               for name, values in attributes.ATTRIBUTES.items()},
+            **{name: tfds.features.ClassLabel(names=list(values)) for name, values in attributes.ATTRIBUTES.items()},
             "id": tfds.features.Text(),
             "patient": tfds.features.Text(),
         }
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(features),
             description="DICOM mammograms with density, finding, view and laterality labels: 12-bit values "
-                        "in 16-bit PNGs, chest wall left, split by salted patient hash.",
+            "in 16-bit PNGs, chest wall left, split by salted patient hash.",
             metadata=tfds.core.MetadataDict(max_value=dicom.MAX_VALUE, orientation="chest wall left"),
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager
         if not (self._inputs["dicom_dir"] and self._inputs["labels"] and self._salt):
-            raise BuildError("mammo_dicom needs dicom_dir, labels and salt to build "
-                             "(see python -m ldm_jax.data.build --help)")
+            raise BuildError(
+                "mammo_dicom needs dicom_dir, labels and salt to build (see python -m ldm_jax.data.build --help)"
+            )
         dicom_dir = pathlib.Path(self._inputs["dicom_dir"])
         rows = read_label_csvs(self._inputs["labels"], dicom_dir, self._inputs["csv_format"])
-        self.report = {"dataset": self.name, "config": self.builder_config.name, "images_in_csv": len(rows),
-                       "max_fail_fraction": self._max_fail_fraction, "skipped": []}
+        self.report = {
+            "dataset": self.name,
+            "config": self.builder_config.name,
+            "images_in_csv": len(rows),
+            "max_fail_fraction": self._max_fail_fraction,
+            "skipped": [],
+        }
         self._failure_budget = int(np.floor(self._max_fail_fraction * len(rows)))
         by_split: dict[str, list] = {s: [] for s in SPLITS}
         for row in rows:
@@ -349,8 +386,10 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
         failed, total = len(self.report["skipped"]), self.report["images_in_csv"]
         if failed > self._failure_budget:
             reasons = collections.Counter(s["reason"] for s in self.report["skipped"])
-            raise BuildError(f"{failed} of {total} images could not be used, more than max_fail_fraction="
-                             f"{self._max_fail_fraction}: {dict(reasons.most_common(5))}")
+            raise BuildError(
+                f"{failed} of {total} images could not be used, more than max_fail_fraction="
+                f"{self._max_fail_fraction}: {dict(reasons.most_common(5))}"
+            )
 
     def _results(self, paths: list[str]):
         """``_process`` over ``paths`` in order; with workers, a bounded look-ahead of processes."""
@@ -376,8 +415,13 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
 
         dicom_dir = pathlib.Path(self._inputs["dicom_dir"])
         results = self._results([str(dicom_dir / row.path) for row, _ in items])
-        for (row, patient), result in tqdm(zip(items, results), total=len(items), disable=not self._progress,
-                                           desc=f"mammo_dicom/{self.builder_config.name} {split}", unit="image"):
+        for (row, patient), result in tqdm(
+            zip(items, results),
+            total=len(items),
+            disable=not self._progress,
+            desc=f"mammo_dicom/{self.builder_config.name} {split}",
+            unit="image",
+        ):
             if isinstance(result, str):
                 self._fail(row, result)
                 continue

@@ -49,8 +49,9 @@ class PhantomConfig(tfds.core.BuilderConfig):
 
 
 def _config(size: int, split_sizes: dict[str, int], name: str) -> PhantomConfig:
-    return PhantomConfig(name=name, size=size, split_sizes=split_sizes,
-                         description=f"{size}x{size} phantoms, {split_sizes}")
+    return PhantomConfig(
+        name=name, size=size, split_sizes=split_sizes, description=f"{size}x{size} phantoms, {split_sizes}"
+    )
 
 
 def _default_splits(size: int) -> dict[str, int]:
@@ -64,7 +65,8 @@ class MammoPhantoms(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = [
-        c for size in _DEFAULT_SIZES
+        c
+        for size in _DEFAULT_SIZES
         for c in (_config(size, _default_splits(size), str(size)), _config(size, _TINY, f"{size}_tiny"))
     ]
     DEFAULT_CONFIG_NAME = "128"
@@ -82,17 +84,18 @@ class MammoPhantoms(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         s = self.builder_config.size
-        classes = {name: tfds.features.ClassLabel(names=list(values))
-                   for name, values in attributes.ATTRIBUTES.items()}
+        classes = {name: tfds.features.ClassLabel(names=list(values)) for name, values in attributes.ATTRIBUTES.items()}
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": Png16Image(shape=(s, s, 1), dtype=np.uint16, encoding_format="png"),
-                "counterfactual": Png16Image(shape=(s, s, 1), dtype=np.uint16, encoding_format="png"),
-                "mask": tfds.features.Image(shape=(s, s, 1), dtype=np.uint8, encoding_format="png"),
-                **classes,
-                "glandular_fraction": tfds.features.Scalar(dtype=np.float32),
-                "id": tfds.features.Text(),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": Png16Image(shape=(s, s, 1), dtype=np.uint16, encoding_format="png"),
+                    "counterfactual": Png16Image(shape=(s, s, 1), dtype=np.uint16, encoding_format="png"),
+                    "mask": tfds.features.Image(shape=(s, s, 1), dtype=np.uint8, encoding_format="png"),
+                    **classes,
+                    "glandular_fraction": tfds.features.Scalar(dtype=np.float32),
+                    "id": tfds.features.Text(),
+                }
+            ),
             supervised_keys=None,
             homepage="https://github.com/ldm_jax",
         )
@@ -107,11 +110,14 @@ class MammoPhantoms(tfds.core.GeneratorBasedBuilder):
             seed = SPLIT_SEED_OFFSET[split] + i
             p = phantoms.generate_phantom(seed, size)
             key = f"{split}_{i:09d}"
-            yield key, {
-                "image": imageio.encode_png(p.image),
-                "counterfactual": imageio.encode_png(p.counterfactual),
-                "mask": imageio.encode_png(p.mask.astype(np.uint8)),
-                **dict(zip(attributes.ATTRIBUTE_NAMES, map(int, p.labels))),
-                "glandular_fraction": np.float32(p.glandular_fraction),
-                "id": f"seed{seed}",
-            }
+            yield (
+                key,
+                {
+                    "image": imageio.encode_png(p.image),
+                    "counterfactual": imageio.encode_png(p.counterfactual),
+                    "mask": imageio.encode_png(p.mask.astype(np.uint8)),
+                    **dict(zip(attributes.ATTRIBUTE_NAMES, map(int, p.labels))),
+                    "glandular_fraction": np.float32(p.glandular_fraction),
+                    "id": f"seed{seed}",
+                },
+            )
