@@ -29,9 +29,11 @@ demo: $(STAMP)
 demo-seeds: $(STAMP)
 	$(ON_CPU) $(PY) benchmarks/demo_seeds.py
 
-# ruff's rules and line length live in pyproject.toml ([tool.ruff]).
+# ruff's rules and line length live in pyproject.toml ([tool.ruff]); `ruff format .` fixes what the
+# second line reports.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -n 2 --dist loadscope --durations=15 tests
