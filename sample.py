@@ -22,6 +22,7 @@ import sys
 
 from ldm_jax import cli
 from ldm_jax.diffusion.samplers import SAMPLERS
+from ldm_jax.sampling.generate import EDIT_METHODS, GUIDED_ATTRIBUTES
 
 
 @dataclasses.dataclass
@@ -60,11 +61,22 @@ class EditOptions:
     edit_to: str | None = cli.flag(None, "target condition, e.g. density=A")
     edit_from: str = cli.flag("unconditional", "condition of the inputs (used by ddim-inversion), e.g. density=D")
     edit_strength: float = cli.flag(0.6, "fraction of the denoising steps redone (0: reconstruction only, 1: all)")
-    edit_method: str = cli.flag("sdedit", "how the inputs are taken to noise", choices=("sdedit", "ddim-inversion"))
+    edit_method: str = cli.flag("sdedit", "how the inputs are taken to noise", choices=EDIT_METHODS)
+    edit_guide: str = cli.flag(
+        "all",
+        "guidance's unconditional branch: all labels null, or only the density (the other attributes held)",
+        choices=GUIDED_ATTRIBUTES,
+    )
 
     def __post_init__(self):
-        if self.edit_input is not None and not self.edit_to:
+        counterfactual = self.edit_method == "counterfactual"
+        if self.edit_input is not None and not self.edit_to and not counterfactual:
             raise ValueError("--edit-input needs --edit-to (the target condition)")
+        if counterfactual and self.edit_to:
+            raise ValueError(
+                "--edit-method counterfactual has no --edit-to: its target is the fat-only breast of the pairs "
+                "it was trained on; --edit-from gives what is known of the inputs"
+            )
         if self.edit_input is None and self.edit_to:
             raise ValueError("--edit-to needs --edit-input")
         if not 0 <= self.edit_strength <= 1:

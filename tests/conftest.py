@@ -42,12 +42,12 @@ def _build_once(tmp_path_factory, worker_id, name, build) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def trained_micro(tmp_path_factory, worker_id):
-    """Both stages of the micro config trained by ``train.py`` in one process on 8 devices."""
+    """Every stage of the micro config (the supervised counterfactual filter too) trained by
+    ``train.py`` in one process on 8 devices."""
 
     def build(workdir):
-        result = subprocess.run(
-            [sys.executable, *train_args(workdir)], cwd=ROOT, capture_output=True, text=True, timeout=900
-        )
+        args = train_args(workdir, stages="autoencoder,diffusion,counterfactual")
+        result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-4000:]
 
     return _build_once(tmp_path_factory, worker_id, "micro_run", build)

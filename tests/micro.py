@@ -20,6 +20,10 @@ MICRO_OVERRIDES = {
     "diffusion.batch_size": 8,
     "diffusion.warmup_steps": 2,
     "diffusion.scale_factor_batches": 1,
+    "counterfactual.steps": 4,  # trained by trained_micro only (stages)
+    "counterfactual.batch_size": 8,
+    "counterfactual.warmup_steps": 2,
+    "counterfactual.scale_factor_batches": 1,
     "checkpoint.every": 2,
     "log.every": 1,
     "log.sample_count": 2,

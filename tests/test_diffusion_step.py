@@ -28,6 +28,9 @@ class _Posterior:
     def sample(self, key):
         return self.mean + POSTERIOR_STD * jax.random.normal(key, self.mean.shape, self.mean.dtype)
 
+    def mode(self):
+        return self.mean
+
 
 def _pooled(x):
     """The stand-in encoder's mean: 2x2 average pooling, expanded to 4 channels (numpy or jax)."""
@@ -47,14 +50,15 @@ class TinyAutoencoder(nn.Module):
 
 
 class TinyUNet(nn.Module):
-    """Linear in z_t, plus embeddings of t and of the labels (no context)."""
+    """Linear in z_t (and in the ``extra`` channels concatenated to it), plus embeddings of t and
+    of the labels (no context)."""
 
     num_classes: tuple = attributes.NUM_CLASSES
 
     @nn.compact
-    def __call__(self, z_t, t, labels, context=None, train=False):
+    def __call__(self, z_t, t, labels, context=None, extra=None, train=False):
         c = z_t.shape[-1]
-        h = nn.Dense(c)(z_t)
+        h = nn.Dense(c)(z_t if extra is None else jnp.concatenate([z_t, extra], -1))
         temb = nn.Dense(c)(jnp.stack([jnp.sin(t / 100.0), jnp.cos(t / 300.0)], -1))
         lemb = nn.Embed(max(attributes.NUM_CLASSES) + 1, c)(labels).sum(1)
         return h + temb[:, None, None, :] + lemb[:, None, None, :]
@@ -203,3 +207,32 @@ def test_learning_rate_warms_up_linearly_then_follows_its_schedule():
     cosine = end + (lr - end) * 0.5 * (1 + np.cos(np.pi * (s - warmup) / (steps - warmup)))
     expected = np.where(s < warmup, lr * s / warmup, cosine)
     np.testing.assert_allclose(_adam_learning_rates(cfg, steps + 1), expected, rtol=1e-4, atol=1e-9)
+
+
+def test_paired_step_denoises_the_counterfactual_and_sees_the_image():
+    """With the weights on the source channels zeroed, the paired step's loss on (image A,
+    counterfactual B) is the plain step's loss on image B: the target is the counterfactual's
+    latent. With them non-zero the loss changes with A: the UNet sees the image's latent."""
+    cfg = _cfg()
+    optimizer = make_optimizer(cfg)
+    paired_state = diffusion_step.init_state(
+        jax.random.PRNGKey(7), UNET, optimizer, (B, SIZE // 2, SIZE // 2, C), len(attributes.ATTRIBUTES), C
+    )
+    unet, key = paired_state.params["unet"], paired_state.rng
+    kernel = unet["Dense_0"]["kernel"]  # [2C, C]: the latent's rows, then the source's
+
+    def with_kernel(k):
+        return diffusion_step.state_around({**unet, "Dense_0": {**unet["Dense_0"], "kernel": k}}, optimizer, key)
+
+    paired_state, plain_state = with_kernel(kernel.at[C:].set(0.0)), with_kernel(kernel[:C])
+
+    a, b = _batch(1), _batch(2)
+    pair = {"image": a["image"], "counterfactual": b["image"], "labels": a["labels"]}
+    paired = jax.jit(diffusion_step.make_train_step(UNET, AE, optimizer, SCHEDULE, cfg, paired=True))
+    _, metrics = paired(paired_state, pair, {}, np.float32(0.7))
+    _, plain = _step(cfg, optimizer)(plain_state, {"image": b["image"], "labels": a["labels"]}, {}, np.float32(0.7))
+    np.testing.assert_allclose(float(metrics["loss"]), float(plain["loss"]), rtol=1e-6)
+
+    _, with_a = paired(with_kernel(kernel), pair, {}, np.float32(0.7))
+    _, with_b = paired(with_kernel(kernel), {**pair, "image": b["image"]}, {}, np.float32(0.7))
+    assert abs(float(with_a["loss"]) - float(with_b["loss"])) > 1e-3

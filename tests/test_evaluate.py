@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from ldm_jax.evaluation.headline import headline, mean_grey_by_density
-from ldm_jax.evaluation.run import Options, evaluate, threshold_filter
+from ldm_jax.evaluation.filters import threshold_filter
+from ldm_jax.evaluation.run import Options, evaluate
 
 
 def test_threshold_filter_flattens_dense_tissue_but_keeps_fine_detail():
@@ -52,13 +53,30 @@ class _Images(html.parser.HTMLParser):
 def test_evaluate_writes_every_section_and_a_self_contained_report(two_processes, tmp_path):
     """On the checkpoint two processes wrote with parameters split over fsdp (the pod path):
     evaluate.py runs in one process and loads it whatever topology wrote it."""
-    options = Options(num=8, held_out=16, train_images=16, edits=4, steps=3, batch=8, classifier_steps=20)
+    options = Options(
+        num=8,
+        held_out=16,
+        train_images=16,
+        steps=3,
+        batch=8,
+        classifier_steps=20,
+        pairs=4,
+        filter_steps=2,
+        filter_strengths="1",
+        filter_guidance="2",
+    )
     results = evaluate(two_processes, options, tmp_path / "eval")
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    for section in ("reconstruction", "generation", "conditioning", "dense_tissue_removal", "memorization"):
+    for section in ("reconstruction", "generation", "conditioning", "dense_tissue_filters", "memorization"):
         assert section in saved and section in results
     assert 0 < saved["reconstruction"]["ssim"]["mean"] <= 1
-    assert set(saved["dense_tissue_removal"]) >= {"edit", "unedited", "threshold_filter"}
+    filters = saved["dense_tissue_filters"]["filters"]
+    edits = {"sdedit g=2 s=1", "ddim-inversion g=2 s=1", "sdedit g=2, density-only guidance s=1"}
+    assert set(filters) == {"unedited", "fat-only truth", "threshold filter"} | edits
+    for scores in filters.values():
+        assert 0 <= scores["mass_detectability"]["low"] <= scores["mass_detectability"]["high"] <= 1
+        assert scores["mass_detectability"]["pairs"] == 4
+    assert filters["fat-only truth"]["ssim_to_truth"] == pytest.approx(1.0)
     assert saved["memorization"]["training_images_searched"] == 16
     assert 0.0 <= saved["memorization"]["fraction_above_threshold"] <= 1.0
     assert np.isfinite(saved["generation"]["phantom_classifier_features"]["frechet_distance"])

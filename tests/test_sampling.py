@@ -169,13 +169,12 @@ class _ExactGaussianUNet(nn.Module):
         return sigma * (x - a * mu) / (abar * STD**2 + sigma**2)
 
 
-def _toy_edit(method, strength, images, source, target, num_steps=50):
+def _toy_edit(method, strength, images, source, target, num_steps=50, unet_class=None, guidance=1.0, guide="all"):
     schedule = make_schedule("linear", 1000)
-    unet = _ExactGaussianUNet(tuple(np.asarray(schedule.alphas_cumprod).tolist()))
+    unet = (unet_class or _ExactGaussianUNet)(tuple(np.asarray(schedule.alphas_cumprod).tolist()))
+    sampling = SamplerConfig(num_steps=num_steps, guidance_scale=guidance)
     edit = jax.jit(
-        make_edit(
-            unet, _IdentityAutoencoder(), schedule, SamplerConfig(num_steps=num_steps), method=method, strength=strength
-        )
+        make_edit(unet, _IdentityAutoencoder(), schedule, sampling, method=method, strength=strength, guide=guide)
     )
     b = images.shape[0]
     labels = (np.tile(attributes.parse_condition(source), (b, 1)), np.tile(attributes.parse_condition(target), (b, 1)))
@@ -215,12 +214,63 @@ def test_sdedit_at_full_strength_samples_the_target_class():
     assert MEANS[0] < partial.mean() < MEANS[3] - 0.05  # part of the way
 
 
+class _ExactDensityViewUNet(nn.Module):
+    """E[ε | x_t, labels] for x_0 ~ N(DENSITY_MEAN[density] + VIEW_SHIFT[view], STD²) per pixel (last
+    entries: the null labels). Linear in x_t, so guided sampling with scale g draws exactly from
+    N(μ_u + g (μ_c − μ_u), STD²)."""
+
+    alphas_cumprod: tuple
+
+    def __call__(self, x, t, labels):
+        abar = jnp.asarray(self.alphas_cumprod)[t][:, None, None, None]
+        mu = jnp.asarray([-0.2, -0.1, 0.1, 0.2, 0.0])[labels[:, 0]] + jnp.asarray([0.1, -0.1, 0.0])[labels[:, 2]]
+        a, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
+        return sigma * (x - a * mu[:, None, None, None]) / (abar * STD**2 + sigma**2)
+
+
+def test_density_only_guidance_holds_the_other_attributes_on_both_sides():
+    """Guidance 2 towards density A, view CC: with the all-null unconditional branch the view's
+    shift is amplified too, μ = 0 + 2 (−0.2 + 0.1) = −0.2; with only the density nulled it is
+    not, μ = 0.1 + 2 (−0.2) = −0.3."""
+    x = _density_d_images(16)
+    kw = dict(num_steps=1000, unet_class=_ExactDensityViewUNet, guidance=2.0)
+    both = _toy_edit("sdedit", 1.0, x, "density=D,view=CC", "density=A,view=CC", guide="all", **kw)
+    density = _toy_edit("sdedit", 1.0, x, "density=D,view=CC", "density=A,view=CC", guide="density", **kw)
+    assert abs(both.mean() - (-0.2)) < 0.01 and abs(density.mean() - (-0.3)) < 0.01, (both.mean(), density.mean())
+    assert abs(density.std() - STD) < 0.01
+
+
+class _ExactNegatingFilterUNet(nn.Module):
+    """E[ε | x_t, source] for x_0 | source ~ N(−source, STD²) per pixel: a "filter" that negates."""
+
+    alphas_cumprod: tuple
+
+    def __call__(self, x, t, labels, extra):
+        abar = jnp.asarray(self.alphas_cumprod)[t][:, None, None, None]
+        a, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
+        return sigma * (x + a * extra) / (abar * STD**2 + sigma**2)
+
+
+def test_counterfactual_edit_samples_the_source_conditional_target():
+    """The counterfactual method feeds the source latent to the UNet at every step: at full strength
+    the edit draws from p(x_0 | source) = N(−source, STD²) whatever the labels; at strength 0.3
+    it starts from the noised source and lands between."""
+    x = _density_d_images(16)
+    kw = dict(unet_class=_ExactNegatingFilterUNet)
+    full = _toy_edit("counterfactual", 1.0, x, "density=D", "density=D", num_steps=1000, **kw)
+    assert abs((full + x).mean()) < 0.01 and abs((full + x).std() - STD) < 0.01
+    partial = _toy_edit("counterfactual", 0.3, x, "density=D", "density=D", **kw)
+    assert -x.mean() < partial.mean() < x.mean() - 0.05
+
+
 def test_ddim_inversion_needs_the_ddim_sampler():
     schedule = make_schedule("linear", 100)
     with pytest.raises(ValueError, match="ddim sampler"):
         make_edit(None, None, schedule, SamplerConfig(sampler="ddpm"), method="ddim-inversion")
     with pytest.raises(ValueError, match="unknown edit method"):
         make_edit(None, None, schedule, method="blur")
+    with pytest.raises(ValueError, match="unknown guide"):
+        make_edit(None, None, schedule, guide="finding")
 
 
 def test_sample_cli_offers_every_registered_sampler():
@@ -365,6 +415,34 @@ def test_dicom_job_and_settings_guard(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_counterfactual_edit_runs_the_trained_filter(trained, tmp_path):
+    """sample.py --edit-method counterfactual loads the counterfactual stage's UNet and gives what
+    make_edit gives with it; the output is recorded as density A."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    phantoms = [generate_phantom(s, 64, density="D", finding="mass") for s in range(2)]
+    for s, p in enumerate(phantoms):
+        (inputs / f"scan{s}.png").write_bytes(encode_png(p.image))
+    args = ["--edit-input", str(inputs), "--edit-method", "counterfactual", "--edit-strength", "1"]
+    assert _sample(trained, tmp_path / "edit", *args, "--batch", "8", "--format", "npz", "--seed", "5") == 0
+    model = load_model(trained, stage="counterfactual")
+    assert model.stage == "counterfactual" and model.step == 4
+    sampling = SamplerConfig(num_steps=3, prediction=model.prediction, guidance_scale=3.0)
+    edit = jax.jit(
+        make_edit(model.unet, model.autoencoder, model.schedule, sampling, method="counterfactual", strength=1)
+    )
+    x = np.stack([p.image for p in phantoms]).astype(np.float32)[..., None] / 4095 * 2 - 1
+    null = attributes.null_labels(2)
+    expected = edit(
+        model.unet_params, model.ae_params, model.scale, x, null, null, image_keys(jax.random.PRNGKey(5), jnp.arange(2))
+    )
+    for i in range(2):
+        got = writers.decode_image((tmp_path / "edit" / f"{i:06d}.npz").read_bytes(), "npz")
+        np.testing.assert_allclose(got, np.asarray(expected)[i, ..., 0], atol=2e-3)
+    record = json.loads((tmp_path / "edit" / "manifest.jsonl").read_text().splitlines()[0])
+    assert record["method"] == "counterfactual" and record["condition"] == "density=A"
+
+
 def test_edit_at_strength_zero_writes_the_reconstruction(trained, tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()

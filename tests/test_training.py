@@ -79,10 +79,33 @@ def test_incompatible_workdir_is_refused(tmp_path):
     run_info.record_run(cfg, tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model"] == "phantom_micro"
+    (tmp_path / "diffusion" / "checkpoints" / "2").mkdir(parents=True)  # the diffusion stage has begun
     cfg.diffusion.steps = 10  # more steps: allowed on resume
     run_info.record_run(cfg, tmp_path)
     cfg.diffusion.prediction = "v"
     with pytest.raises(run_info.IncompatibleRunError, match="diffusion.prediction: saved 'eps', now 'v'"):
+        run_info.record_run(cfg, tmp_path)
+
+
+def test_a_stage_section_may_change_until_that_stage_has_a_checkpoint(tmp_path):
+    """A finished run may go on with a new stage (configs/phantom_filter.py adds counterfactual):
+    the section of a stage with no checkpoint is free; once it has one, it is pinned."""
+    cfg = micro_config()
+    run_info.record_run(cfg, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["counterfactual"]  # a run recorded before the stage existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "diffusion" / "checkpoints" / "4").mkdir(parents=True)
+    cfg.stages = "autoencoder,diffusion,counterfactual"
+    cfg.counterfactual.learning_rate = 5e-4
+    run_info.record_run(cfg, tmp_path)
+    (tmp_path / "counterfactual" / "checkpoints" / "2").mkdir(parents=True)
+    cfg.counterfactual.learning_rate = 1e-3
+    with pytest.raises(run_info.IncompatibleRunError, match="counterfactual.learning_rate: saved 0.0005, now 0.001"):
+        run_info.record_run(cfg, tmp_path)
+    cfg.counterfactual.learning_rate = 5e-4
+    cfg.diffusion.prediction = "v"
+    with pytest.raises(run_info.IncompatibleRunError, match="diffusion.prediction"):
         run_info.record_run(cfg, tmp_path)
 
 
@@ -302,8 +325,8 @@ def test_nonfinite_update_is_skipped_counted_and_stops_the_run(tmp_path):
     assert [r["skipped_total"] for r in rows] == [1, 2]
 
 
-def test_cli_trains_both_stages_and_writes_everything(trained_micro):
-    for stage in ("autoencoder", "diffusion"):
+def test_cli_trains_every_stage_and_writes_everything(trained_micro):
+    for stage in ("autoencoder", "diffusion", "counterfactual"):
         stage_dir = trained_micro / stage
         assert sorted(int(p.name) for p in (stage_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
         rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
@@ -314,8 +337,11 @@ def test_cli_trains_both_stages_and_writes_everything(trained_micro):
     assert "d_loss" not in ae_rows[0] and "d_loss" in ae_rows[-1]  # the GAN switches on at gan_start
     grids = sorted(p.name for p in (trained_micro / "diffusion" / "samples").iterdir())
     assert grids == ["step_0000004_density=A.png", "step_0000004_density=D.png"]
+    assert not (trained_micro / "counterfactual" / "samples").exists()  # no label grids for the filter
     meta = json.loads((trained_micro / "diffusion" / "checkpoints" / "4" / "meta" / "metadata").read_text())
     assert meta["autoencoder_step"] == 4 and meta["scale_factor"] > 0
+    filter_meta = trained_micro / "counterfactual" / "checkpoints" / "4" / "meta" / "metadata"
+    assert json.loads(filter_meta.read_text())["autoencoder_checkpoint"] == meta["autoencoder_checkpoint"]
     distribution = np.asarray(meta["label_distribution"])  # rows: labels..., count
     assert distribution.shape[1] == 5 and distribution[:, -1].sum() == 64  # every training record counted
     env = json.loads((trained_micro / "environment.json").read_text())

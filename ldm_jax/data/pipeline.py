@@ -342,7 +342,7 @@ class InputPipeline:
         }
         order = grain.MapDataset.range(len(source))
         self._order = order.shuffle(seed=seed) if shuffle else order
-        keys = ("image", "counterfactual") if _has_feature(source, "counterfactual") else ("image",)
+        keys = ("image", "counterfactual") if has_feature(source, "counterfactual") else ("image",)
         self._preprocess = Preprocess(
             LabelMap.for_source(source), float(max_value or _max_value(source)), image_size, bool(random_flip), keys
         )
@@ -415,6 +415,7 @@ class InputPipeline:
         self._iterator = self._iterate_from(state["position"])
 
 
-def _has_feature(source, key: str) -> bool:
+def has_feature(source, key: str) -> bool:
+    """Whether the records of ``source`` hold the feature ``key`` (e.g. ``"counterfactual"``)."""
     info = getattr(source, "dataset_info", None)
     return key in info.features if info is not None else key in source[0]

@@ -71,6 +71,13 @@ def reconstruction_metrics(x, y, value_range=MODEL_RANGE) -> dict[str, np.ndarra
     }
 
 
+def finite_mean(values) -> float:
+    """The mean of the finite values (e.g. PSNR, infinite for identical images); inf if none is."""
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("inf")
+
+
 # ----------------------------------------------------------------------------- Fréchet distance
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from ldm_jax.data.imageio import MAX_VALUE, encode_png, write_atomic
 
 SECTIONS = ("curves", "sample_grids", "forward_diffusion", "trajectory", "editing", "metrics")
+_MARKED_POINTS = 32
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 _STYLE = """
 body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -113,7 +114,7 @@ def _chart(title: str, series: dict, width: int = 480, height: int = 260) -> str
     plot_w, plot_h = width - left - right, height - top - bottom
 
     def xy(s, v):
-        return f"{left + (s - x0) / (x1 - x0) * plot_w:.1f},{top + (1 - (v - y0) / (y1 - y0)) * plot_h:.1f}"
+        return left + (s - x0) / (x1 - x0) * plot_w, top + (1 - (v - y0) / (y1 - y0)) * plot_h
 
     def label(x, y, value, anchor="start"):
         return f'<text x="{x}" y="{y}" text-anchor="{anchor}" font-size="11">{_text(_format(value))}</text>'
@@ -131,8 +132,10 @@ def _chart(title: str, series: dict, width: int = 480, height: int = 260) -> str
         colour = _COLOURS[i % len(_COLOURS)]
         parts.append(
             f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
-            f'points="{" ".join(xy(s, v) for s, v in points)}"/>'
+            f'points="{" ".join("%.1f,%.1f" % xy(s, v) for s, v in points)}"/>'
         )
+        if len(points) <= _MARKED_POINTS:  # short series (e.g. one operating point) get markers
+            parts += ['<circle cx="%.1f" cy="%.1f" r="3" fill="%s"/>' % (*xy(s, v), colour) for s, v in points]
         legend.append(f'<span style="color:{colour}">&#9632; {_text(name)}</span>')
     parts.append("</svg>")
     return f'<div class="chart"><b>{_text(title)}</b><br>{"".join(parts)}<br>{" ".join(legend)}</div>'

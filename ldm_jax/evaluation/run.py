@@ -9,9 +9,11 @@ Sections (each recorded in ``eval/metrics.json``):
   file is given); MS-SSIM diversity of samples and of real images.
 - ``conditioning``: the classifier's per-attribute accuracy and confusion matrices on
   samples generated per density class.
-- ``dense_tissue_removal`` (phantoms): dense held-out phantoms edited to density A against
-  their fat-only counterfactuals (SSIM, PSNR, lesion preservation, density after editing),
-  beside two baselines: the unedited image and an intensity-threshold filter.
+- ``dense_tissue_filters`` (phantoms): dense held-out phantoms in same-seed pairs with and
+  without a lesion, through every filter (the unedited image, the fat-only truth, a
+  threshold filter, the model's edits to density A swept over method, strength and guidance):
+  lesion detectability with 95% intervals, similarity to the truth, lesions kept and density
+  after filtering (``filters``).
 - ``memorization``: each sample's nearest training image by feature distance and by
   MS-SSIM; the fraction above the MS-SSIM threshold and the closest pairs.
 
@@ -22,6 +24,7 @@ their masks and counterfactuals; training images come from the run's own data so
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -31,7 +34,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage
 
 from ldm_jax import attributes
 from ldm_jax.cli import flag
@@ -40,13 +42,15 @@ from ldm_jax.diffusion import samplers
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.evaluation import classifier as clf
-from ldm_jax.evaluation import lesions, metrics, report
+from ldm_jax.evaluation import detectability, filters, lesions, metrics, report
 from ldm_jax.evaluation.inception import FID_WEIGHTS_ENV, inception_features, load_fid_inception
-from ldm_jax.sampling.generate import decode, denoiser, image_keys, make_edit, make_generate
+from ldm_jax.sampling import edit_inputs
+from ldm_jax.sampling.generate import decode, denoiser, encode_mode, image_keys, make_edit, make_generate
 from ldm_jax.sampling.grid import make_grid, to_pixels
 from ldm_jax.sampling.model import load_model
 
 DENSITY_CONDITIONS = tuple(f"density={d}" for d in attributes.ATTRIBUTES["density"])
+SECTIONS = ("reconstruction", "generation", "conditioning", "dense_tissue_filters", "memorization")
 TEST_SEED_OFFSET = 2_000_000_000  # mammo_phantoms' test split (never trained on)
 
 
@@ -57,11 +61,15 @@ class Options:
     num: int = flag(128, "generated samples (spread over the density classes)")
     held_out: int = flag(256, "held-out real images")
     train_images: int = flag(2048, "training images searched by the memorization audit")
-    edits: int = flag(32, "dense phantoms edited to density A")
-    steps: int = flag(50, "DDIM steps of samples and edits")
-    guidance: float = flag(3.0, "classifier-free guidance scale (1: none)")
-    edit_strength: float = flag(0.6, "fraction of the denoising steps the edits redo")
-    edit_method: str = flag("sdedit", "how the edits take the inputs to noise", choices=("sdedit", "ddim-inversion"))
+    steps: int = flag(50, "DDIM steps of samples")
+    guidance: float = flag(3.0, "classifier-free guidance scale of samples (1: none)")
+    pairs: int = flag(96, "dense same-seed phantom pairs (with / without the lesion) per lesion kind")
+    filter_steps: int = flag(20, "DDIM steps of the dense-tissue edits")
+    filter_strengths: str = flag("0.2,0.4,0.6,0.8,1.0", "edit strengths swept (fractions of the steps redone)")
+    filter_guidance: str = flag("1,3", "edit guidance scales swept")
+    filter_methods: str = flag(
+        "sdedit,ddim-inversion", "unsupervised edit methods swept (the counterfactual filter is added when trained)"
+    )
     batch: int = flag(32, "images per compiled call")
     copy_threshold: float = flag(0.95, "MS-SSIM above which a sample counts as a likely copy")
     classifier: str = flag("", "phantom classifier file (default <out>/phantom_classifier.msgpack, trained if missing)")
@@ -70,6 +78,10 @@ class Options:
         "", f"standard FID InceptionV3 weights file (default ${FID_WEIGHTS_ENV}; none: no Inception FD)"
     )
     seed: int = flag(0, "root seed")
+    sections: str = flag(",".join(SECTIONS), "comma-separated sections to run (default: all)")
+    real_images: str = flag(
+        "", "PNG/DICOM file or folder of real mammograms to show through the dense-tissue filters (unscored)"
+    )
 
 
 def _log(message: str) -> None:
@@ -117,18 +129,6 @@ def training_images(model, workdir: pathlib.Path, num: int) -> np.ndarray:
     return np.asarray(next(pipeline)["image"])
 
 
-def threshold_filter(images: np.ndarray, breast_masks: np.ndarray, quantile: float = 0.3) -> np.ndarray:
-    """Baseline dense-tissue filter: inside the breast, intensities above the breast's
-    ``quantile`` are pulled down to it, and the fine detail (image − Gaussian blur, σ = 1 px)
-    is added back so small bright lesions survive."""
-    out = images.copy()
-    for i, (x, breast) in enumerate(zip(images[..., 0], breast_masks)):
-        level = np.quantile(x[breast], quantile)
-        detail = x - ndimage.gaussian_filter(x, 1.0)
-        out[i, ..., 0] = np.where(breast, np.minimum(x, level) + detail, x)
-    return np.clip(out, -1.0, 1.0)
-
-
 class Evaluator:
     """Holds the model, jitted functions and the classifier for one evaluation."""
 
@@ -140,8 +140,14 @@ class Evaluator:
         self.sampling = SamplerConfig(num_steps=options.steps, prediction=m.prediction, guidance_scale=options.guidance)
         self.generate = jax.jit(make_generate(m.unet, m.autoencoder, m.schedule, m.latent_shape, self.sampling))
         ae = m.autoencoder
-        self.encode = jax.jit(lambda x: ae.apply({"params": m.ae_params}, x, method=ae.encode).mode())
+        self.encode = jax.jit(lambda x: encode_mode(ae, m.ae_params, x, 1.0))
         self.decode = jax.jit(lambda z: decode(ae, m.ae_params, z, 1.0))
+
+    @functools.cached_property
+    def counterfactual(self):
+        """The run's supervised dense-tissue filter (stage ``counterfactual``), None if not trained."""
+        trained = (self.workdir / "counterfactual" / "checkpoints").is_dir()
+        return load_model(self.workdir, stage="counterfactual") if trained else None
 
     def samples(self, conditions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``num`` images cycling over ``conditions``, and their labels."""
@@ -176,14 +182,21 @@ class Evaluator:
 
 
 def _summary(values) -> dict:
-    values = np.asarray(values, np.float64)
-    finite = values[np.isfinite(values)]
-    return {"mean": float(finite.mean()) if finite.size else float("inf"), "n": int(values.size)}
+    return {"mean": metrics.finite_mean(values), "n": int(np.size(values))}
+
+
+def _sections(options: Options) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in options.sections.split(",") if s.strip())
+    if not names or set(names) - set(SECTIONS):
+        raise ValueError(f"--sections {options.sections!r}: expected a comma-separated subset of {SECTIONS}")
+    return names
 
 
 def evaluate(workdir, options: Options = Options(), out=None) -> dict:
-    """Run every section, write ``<out>/metrics.json`` and ``<out>/report.html``; return the metrics."""
+    """Run the chosen sections, write ``<out>/metrics.json`` and ``<out>/report.html``; return the metrics."""
     start = time.perf_counter()
+    sections = _sections(options)
+    _edit_filters(options)  # bad flags fail before anything is computed
     out = pathlib.Path(out or pathlib.Path(workdir) / "eval")
     out.mkdir(parents=True, exist_ok=True)
     ev = Evaluator(workdir, options, out)
@@ -193,31 +206,76 @@ def evaluate(workdir, options: Options = Options(), out=None) -> dict:
         "autoencoder_step": model.autoencoder_step,
         "options": dataclasses.asdict(o),
     }
-    html: dict = {"title": f"ldm_jax evaluation: {pathlib.Path(workdir).name} (step {model.step})"}
+    html: dict = {"title": f"ldm_jax evaluation: {pathlib.Path(workdir).name} (step {model.step})", "editing": []}
 
     if not ev.phantoms:
         raise ValueError(
             f"evaluate.py grounds its checks on phantoms; this run trained on {model.config.data.dataset!r}"
         )
     real = held_out_phantoms(o.held_out, model.image_size)
-    _log(f"{o.held_out} held-out phantoms; reconstruction")
-    recon = _batched(lambda x: ev.decode(ev.encode(x)), (real["image"],), o.batch)
-    scores = metrics.reconstruction_metrics(real["image"], recon)
-    results["reconstruction"] = {name: _summary(v) for name, v in scores.items()}
-    results["reconstruction"]["calcification_specks"] = lesions.calcification_detectability(
-        real["image"], recon, real["mask"], real["breast_mask"], real["labels"][:, 1]
-    )
+    if "reconstruction" in sections:
+        _log(f"{o.held_out} held-out phantoms; reconstruction")
+        recon = _batched(lambda x: ev.decode(ev.encode(x)), (real["image"],), o.batch)
+        scores = metrics.reconstruction_metrics(real["image"], recon)
+        results["reconstruction"] = {name: _summary(v) for name, v in scores.items()}
+        results["reconstruction"]["calcification_specks"] = lesions.calcification_detectability(
+            real["image"], recon, real["mask"], real["breast_mask"], real["labels"][:, 1]
+        )
+    if sections == ("reconstruction",):
+        return _finish(ev, results, html, start, real)
 
     params, config = ev.classifier()
     results["classifier_held_out"] = clf.accuracy_report(params, config, real["image"], real["labels"])["accuracy"]
 
-    _log(f"generating {o.num} samples ({o.steps} steps, guidance {o.guidance})")
-    samples, targets = ev.samples(list(DENSITY_CONDITIONS))
-    real_features, fake_features = clf.features(params, config, real["image"]), clf.features(params, config, samples)
+    if {"generation", "conditioning", "memorization"} & set(sections):
+        _log(f"generating {o.num} samples ({o.steps} steps, guidance {o.guidance})")
+        samples, targets = ev.samples(list(DENSITY_CONDITIONS))
+        fake_features = clf.features(params, config, samples)
+        html["sample_grids"] = {
+            c: make_grid(to_pixels(samples[i :: len(DENSITY_CONDITIONS)][:16], 255, np.uint8))
+            for i, c in enumerate(DENSITY_CONDITIONS)
+        }
+        html["trajectory"] = _trajectory(ev)
+    if "generation" in sections:
+        results["generation"] = _generation(
+            real["image"], samples, clf.features(params, config, real["image"]), fake_features, o
+        )
+    if "conditioning" in sections:
+        pred_labels = clf.predict(params, config, samples)["labels"]
+        results["conditioning"] = {
+            "accuracy": clf.conditioning_accuracy(pred_labels, targets),
+            "confusion": {k: v.tolist() for k, v in clf.confusion_matrices(pred_labels, targets).items()},
+        }
+    if "dense_tissue_filters" in sections:
+        _log("dense-tissue filters")
+        results["dense_tissue_filters"], rows, html["filter_charts"] = _dense_tissue_filters(ev, params, config)
+        html["editing"] += rows
+    if "memorization" in sections:
+        _log("memorization audit")
+        results["memorization"], rows = _memorization(ev, samples, fake_features, params, config)
+        html["editing"] += rows
+    return _finish(ev, results, html, start, real)
+
+
+def _finish(ev: Evaluator, results: dict, html: dict, start: float, real: dict) -> dict:
+    """Write metrics.json and report.html (with the training curves and forward-diffusion frames)."""
+    results["seconds"] = time.perf_counter() - start
+    html["metrics"] = results
+    html["curves"] = {**_curves(ev.workdir), **html.pop("filter_charts", {})}
+    html["forward_diffusion"] = _forward_frames(ev.model, real["image"][0])
+    write_atomic(ev.out / "metrics.json", (json.dumps(_jsonable(results), indent=2) + "\n").encode())
+    report.write_report(ev.out / "report.html", html)
+    _log(f"wrote {ev.out / 'metrics.json'} and {ev.out / 'report.html'} in {results['seconds']:.0f} s")
+    return results
+
+
+def _generation(real_images, samples, real_features, fake_features, o: Options) -> dict:
+    """Fréchet distance, KID and precision/recall in the classifier's feature space (and
+    InceptionV3's when its weights are given); MS-SSIM diversity."""
     kid_mean, kid_std = metrics.kernel_inception_distance(
         real_features, fake_features, num_subsets=50, subset_size=min(len(samples), len(real_features))
     )
-    results["generation"] = {
+    out = {
         "phantom_classifier_features": {
             "frechet_distance": metrics.frechet_distance(real_features, fake_features),
             "kid_mean": kid_mean,
@@ -226,38 +284,30 @@ def evaluate(workdir, options: Options = Options(), out=None) -> dict:
         },
         "ms_ssim_diversity": {
             "samples": metrics.ms_ssim_diversity(samples, num_pairs=256),
-            "held_out_real": metrics.ms_ssim_diversity(real["image"], num_pairs=256),
+            "held_out_real": metrics.ms_ssim_diversity(real_images, num_pairs=256),
         },
     }
     if o.inception_weights or os.environ.get(FID_WEIGHTS_ENV):
         module, variables = load_fid_inception(o.inception_weights or None)
-        ri, fi = (
-            _batched(lambda x: inception_features(module, variables, x), (a,), 8) for a in (real["image"], samples)
-        )
-        results["generation"]["inception_features"] = {"frechet_distance": metrics.frechet_distance(ri, fi)}
+        ri, fi = (_batched(lambda x: inception_features(module, variables, x), (a,), 8) for a in (real_images, samples))
+        out["inception_features"] = {"frechet_distance": metrics.frechet_distance(ri, fi)}
     else:
         note = (
             "skipped: give --inception-weights (or $LDM_JAX_FID_WEIGHTS) pointing to the standard FID file "
             "pt_inception-2015-12-05-6726825d.pth for literature-comparable numbers; nothing is downloaded"
         )
         _log(f"InceptionV3 features {note}")
-        results["generation"]["inception_features"] = note
+        out["inception_features"] = note
+    return out
 
-    pred_labels = clf.predict(params, config, samples)["labels"]
-    results["conditioning"] = {
-        "accuracy": clf.conditioning_accuracy(pred_labels, targets),
-        "confusion": {k: v.tolist() for k, v in clf.confusion_matrices(pred_labels, targets).items()},
-    }
 
-    _log("dense-tissue removal")
-    results["dense_tissue_removal"], html["editing"] = _dense_tissue_removal(ev, params, config)
-
-    _log("memorization audit")
-    train = training_images(model, ev.workdir, o.train_images)
+def _memorization(ev: Evaluator, samples, fake_features, params, config) -> tuple[dict, list]:
+    """Each sample's nearest training image by feature distance and by MS-SSIM; the closest pairs."""
+    o = ev.options
+    train = training_images(ev.model, ev.workdir, o.train_images)
     index, distance = metrics.nearest_neighbours(fake_features, clf.features(params, config, train))
     ms_index, ms_score = metrics.nearest_by_ms_ssim(samples, train)
-    closest = np.argsort(-ms_score)[:4]
-    results["memorization"] = {
+    result = {
         "training_images_searched": len(train),
         "ms_ssim_threshold": o.copy_threshold,
         "fraction_above_threshold": metrics.fraction_above(ms_score, o.copy_threshold),
@@ -265,82 +315,162 @@ def evaluate(workdir, options: Options = Options(), out=None) -> dict:
         "nearest_feature_distance": {"min": float(distance.min()), "mean": float(distance.mean())},
         "feature_and_ms_ssim_agree": float(np.mean(index == ms_index)),
     }
-    html["editing"] += [
+    rows = [
         {
             "caption": f"memorization: sample {i} and its nearest training image (MS-SSIM {ms_score[i]:.3f})",
             "images": [("sample", samples[i]), ("nearest training image", train[ms_index[i]])],
         }
-        for i in closest
+        for i in np.argsort(-ms_score)[:4]
     ]
-
-    results["seconds"] = time.perf_counter() - start
-    html["metrics"] = results
-    html["curves"] = _curves(ev.workdir)
-    html["sample_grids"] = {
-        c: make_grid(to_pixels(samples[i :: len(DENSITY_CONDITIONS)][:16], 255, np.uint8))
-        for i, c in enumerate(DENSITY_CONDITIONS)
-    }
-    html["forward_diffusion"] = _forward_frames(model, real["image"][0])
-    html["trajectory"] = _trajectory(ev)
-    write_atomic(out / "metrics.json", (json.dumps(_jsonable(results), indent=2) + "\n").encode())
-    report.write_report(out / "report.html", html)
-    _log(f"wrote {out / 'metrics.json'} and {out / 'report.html'} in {results['seconds']:.0f} s")
-    return results
+    return result, rows
 
 
-def _dense_tissue_removal(ev: Evaluator, params, config):
-    """Dense (C/D) held-out phantoms with a finding, edited to density A, against their counterfactuals."""
-    from ldm_jax.data.phantoms import generate_phantom
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{name} is empty")
+    return values
 
+
+UNSUPERVISED_EDITS = ("sdedit", "ddim-inversion")
+
+
+def _edit_filters(options: Options, counterfactual: bool = False) -> list[filters.EditFilter]:
+    methods = [m.strip() for m in options.filter_methods.split(",") if m.strip()]
+    unknown = set(methods) - set(UNSUPERVISED_EDITS)
+    if unknown or not methods:
+        raise ValueError(f"--filter-methods {options.filter_methods!r}: expected some of {UNSUPERVISED_EDITS}")
+    strengths = _floats(options.filter_strengths, "filter-strengths")
+    if not all(0 < s <= 1 for s in strengths):
+        raise ValueError(f"--filter-strengths must be in (0, 1], got {strengths}")
+    guidance = _floats(options.filter_guidance, "filter-guidance")
+    if not all(g >= 1 for g in guidance):
+        raise ValueError(f"--filter-guidance must be >= 1, got {guidance}")
+    return filters.sweep(strengths, guidance, methods, counterfactual)
+
+
+def _dense_tissue_filters(ev: Evaluator, params, config):
+    """Every filter on the same dense same-seed pairs (``filters``): the metrics, example rows (and
+    the user's real images through the filters, unscored) and the detectability-against-similarity
+    charts."""
     o, m = ev.options, ev.model
-    phantoms = [
-        generate_phantom(
-            TEST_SEED_OFFSET + 10**6 + i, m.image_size, density=("C", "D")[i % 2], finding=(1, 2)[i // 2 % 2]
-        )
-        for i in range(o.edits)
-    ]
-    data = lesions.phantom_arrays(phantoms)
-    edit = jax.jit(
-        make_edit(m.unet, m.autoencoder, m.schedule, ev.sampling, method=o.edit_method, strength=o.edit_strength)
-    )
-    source, target = data["labels"], data["labels"].copy()
-    target[:, 0] = 0
-    keys = np.asarray(image_keys(jax.random.PRNGKey(o.seed + 1), jnp.arange(o.edits)))
-    edited = _batched(
-        lambda x, s, t, k: edit(m.unet_params, m.ae_params, m.scale, x, s, t, k),
-        (data["image"], source, target, keys),
-        o.batch,
-    )
-    candidates = {
-        "edit": edited,
-        "unedited": data["image"],
-        "threshold_filter": threshold_filter(data["image"], data["breast_mask"]),
+    pairs = {
+        kind: detectability.phantom_pairs(o.pairs, m.image_size, kind, TEST_SEED_OFFSET + 10**6 * (k + 1))
+        for k, kind in enumerate(detectability.KINDS)
     }
-    out = {"method": o.edit_method, "strength": o.edit_strength, "images": o.edits}
-    for name, images in candidates.items():
-        scores = metrics.reconstruction_metrics(data["counterfactual"], images)
-        density = clf.predict(params, config, images)["labels"][:, 0]
-        out[name] = {
-            "ssim_to_counterfactual": _summary(scores["ssim"]),
-            "psnr_to_counterfactual": _summary(scores["psnr"]),
-            "predicted_density_fraction": (np.bincount(density, minlength=4) / len(images)).tolist(),
-            "lesions_kept": lesions.lesion_preservation(
-                data["counterfactual"], images, data["mask"], data["breast_mask"], data["labels"][:, 1]
-            ),
-        }
-    rows = [
+    data = filters.stack_pairs(pairs)
+    labels = filters.edit_labels(data["labels"])
+    keys = np.asarray(image_keys(jax.random.PRNGKey(o.seed + 1), jnp.asarray(data["pair"])))
+
+    def predict_density(images):
+        return clf.predict(params, config, images)["labels"][:, 0]
+
+    outputs = {
+        "unedited": data["image"],
+        "fat-only truth": data["counterfactual"],
+        "threshold filter": filters.threshold_filter(data["image"], data["breast_mask"]),
+    }
+    results = {"pairs_per_kind": o.pairs, "edit_steps": o.filter_steps, "filters": {}}
+    edit_filters = _edit_filters(o, counterfactual=ev.counterfactual is not None)
+    edits = {}
+    for i, f in enumerate(edit_filters):
+        start = time.perf_counter()
+        edits[f.name] = _compiled_edit(ev, f)
+        outputs[f.name] = edits[f.name](data["image"], *labels, keys)
+        results["filters"][f.name] = {"seconds": time.perf_counter() - start}
+        _log(f"edit {i + 1}/{len(edit_filters)}: {f.name} ({results['filters'][f.name]['seconds']:.0f} s)")
+    for name, images in outputs.items():
+        results["filters"].setdefault(name, {}).update(filters.score(data, images, predict_density))
+    shown = _shown_filters(edit_filters)
+    rows = _filter_rows(data, outputs, shown)
+    if o.real_images:
+        rows += _real_image_rows(ev, edits, shown)
+    return results, rows, _filter_charts(results["filters"], edit_filters)
+
+
+def _compiled_edit(ev: Evaluator, f: filters.EditFilter):
+    """``edit(images, source_labels, target_labels, keys) -> images`` of one filter, jitted once and
+    run in fixed-size batches (the counterfactual filter runs the run's counterfactual UNet)."""
+    model = ev.counterfactual if f.method == "counterfactual" else ev.model
+    sampling = SamplerConfig(num_steps=ev.options.filter_steps, prediction=model.prediction, guidance_scale=f.guidance)
+    edit = jax.jit(
+        make_edit(
+            model.unet, model.autoencoder, model.schedule, sampling, method=f.method, strength=f.strength, guide=f.guide
+        )
+    )
+
+    def run(images, source, target, keys):
+        return _batched(
+            lambda x, s, t, k: edit(model.unet_params, model.ae_params, model.scale, x, s, t, k),
+            (images, source, target, keys),
+            ev.options.batch,
+        )
+
+    return run
+
+
+def _shown_filters(edit_filters) -> list[str]:
+    """The filters example rows show: the threshold filter and each edit family at its middle strength."""
+    families: dict = {}
+    for f in edit_filters:
+        families.setdefault(f.family, []).append(f.name)
+    return ["threshold filter"] + [names[len(names) // 2] for names in families.values()]
+
+
+def _filter_rows(data, outputs, shown, count: int = 4) -> list[dict]:
+    """Example pairs (with-lesion images): input, the fat-only truth and the ``shown`` filters."""
+    rows = []
+    for i in np.flatnonzero(data["has_lesion"])[:: max(1, int(data["has_lesion"].sum()) // count)][:count]:
+        finding = attributes.ATTRIBUTES["finding"][data["finding"][i]]
+        rows.append(
+            {
+                "caption": f"held-out dense phantom with a {finding}: "
+                f"{attributes.format_condition(data['labels'][i])} → density=A",
+                "images": [(name, outputs[name][i]) for name in ["unedited", "fat-only truth", *shown]],
+            }
+        )
+    return rows
+
+
+def _real_image_rows(ev: Evaluator, edits: dict, shown) -> list[dict]:
+    """The user's real mammograms (``--real-images``) through the ``shown`` filters, unscored (there is
+    no ground truth), named by position only; the captions say the models saw phantoms only."""
+    paths = edit_inputs.list_inputs(ev.options.real_images)
+    images = np.stack([edit_inputs.read_input(p, ev.model.image_size) for p in paths])[..., None]
+    source = attributes.null_labels(len(images))
+    target = source.copy()
+    target[:, filters.DENSITY] = 0
+    keys = np.asarray(image_keys(jax.random.PRNGKey(ev.options.seed + 2), jnp.arange(len(images))))
+    breast = images[..., 0] > -1.0 + 1e-3
+    outputs = {"threshold filter": filters.threshold_filter(images, breast)}
+    outputs.update({name: edits[name](images, source, target, keys) for name in shown if name in edits})
+    return [
         {
-            "caption": f"held-out phantom {i}: {attributes.format_condition(source[i])} → density=A",
-            "images": [
-                ("input", data["image"][i]),
-                ("edit", edited[i]),
-                ("ground truth (fat only)", data["counterfactual"][i]),
-                ("threshold filter", candidates["threshold_filter"][i]),
-            ],
+            "caption": f"real image {i + 1} of {len(images)} (not scored: no ground truth). Every model here was "
+            f"trained on phantoms only; this shows what it does to a real mammogram, not that it is right.",
+            "images": [("input", images[i]), *[(name, outputs[name][i]) for name in shown]],
         }
-        for i in range(min(6, o.edits))
+        for i in range(len(images))
     ]
-    return out, rows
+
+
+def _filter_charts(scores: dict, edit_filters) -> dict:
+    """Per lesion kind: detectability (AUC) against SSIM to the fat-only truth, one curve per edit
+    family over its strengths, one point per baseline."""
+    charts = {}
+    for kind in detectability.KINDS:
+        series = {
+            name: [(scores[name]["ssim_to_truth"], scores[name][f"{kind}_detectability"]["auc"])]
+            for name in ("unedited", "fat-only truth", "threshold filter")
+        }
+        for f in edit_filters:
+            s = scores[f.name]
+            series.setdefault(f.family, []).append((s["ssim_to_truth"], s[f"{kind}_detectability"]["auc"]))
+        charts[f"{kind} detectability (AUC, y) against SSIM to the fat-only truth (x)"] = series
+    return charts
 
 
 def _curves(workdir: pathlib.Path) -> dict:

@@ -11,9 +11,15 @@ def init_autoencoder_params(key, sample_key, autoencoder, image_shape):
     return autoencoder.init({"params": key, "sample": sample_key}, jnp.zeros(image_shape, jnp.float32))["params"]
 
 
-def init_unet_params(key, unet, latent_shape, num_attributes: int):
-    """Fresh UNet parameters for latents ``[B, h, w, c]`` and labels ``[B, num_attributes]``."""
-    b = latent_shape[0]
+def init_unet_params(key, unet, latent_shape, num_attributes: int, extra_channels: int = 0):
+    """Fresh UNet parameters for latents ``[B, h, w, c]``, labels ``[B, num_attributes]`` and, when
+    ``extra_channels`` > 0, ``extra [B, h, w, extra_channels]`` inputs concatenated to the latents."""
+    b, h, w, _ = latent_shape
+    extra = jnp.zeros((b, h, w, extra_channels), jnp.float32) if extra_channels else None
     return unet.init(
-        key, jnp.zeros(latent_shape, jnp.float32), jnp.zeros((b,), jnp.int32), jnp.zeros((b, num_attributes), jnp.int32)
+        key,
+        jnp.zeros(latent_shape, jnp.float32),
+        jnp.zeros((b,), jnp.int32),
+        jnp.zeros((b, num_attributes), jnp.int32),
+        extra=extra,
     )["params"]

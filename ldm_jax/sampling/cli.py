@@ -25,7 +25,8 @@ def run(args, edit) -> job.Summary:
     mesh = parallel.make_mesh(1)
     batch = args.batch or 4 * mesh.size
     parallel.check_batch_size(batch, mesh)
-    model = load_model(args.workdir, ema=args.ema, mesh=mesh)
+    stage = "counterfactual" if edit.edit_input is not None and edit.edit_method == "counterfactual" else "diffusion"
+    model = load_model(args.workdir, ema=args.ema, mesh=mesh, stage=stage)
     sampling = SamplerConfig(
         sampler=args.sampler,
         num_steps=args.steps,
@@ -96,7 +97,8 @@ def run(args, edit) -> job.Summary:
 def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicated, batch_sharding, scale) -> job.Job:
     inputs = edit_inputs.list_inputs(edit.edit_input)
     source = Conditions(edit.edit_from, model.label_distribution, args.seed)
-    target = Conditions(edit.edit_to, model.label_distribution, args.seed)
+    # The counterfactual filter's output is the fat-only breast of its training pairs: recorded as density A.
+    target = Conditions(edit.edit_to or "density=A", model.label_distribution, args.seed)
     edit_fn = parallel.compile_together(
         jax.jit(
             make_edit(
@@ -106,6 +108,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicat
                 sampling,
                 method=edit.edit_method,
                 strength=edit.edit_strength,
+                guide=edit.edit_guide,
             ),
             in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4,
             out_shardings=batch_sharding,
@@ -132,6 +135,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicat
             "condition": attributes.format_condition(target.labels([index])[0]),
             "method": edit.edit_method,
             "strength": edit.edit_strength,
+            "guide": edit.edit_guide,
         }
 
     root = pathlib.Path(edit.edit_input).absolute()
@@ -145,6 +149,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicat
         "edit_to": target.spec,
         "method": edit.edit_method,
         "strength": edit.edit_strength,
+        "guide": edit.edit_guide,
     }
     return job.Job(
         out=out,

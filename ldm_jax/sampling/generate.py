@@ -18,7 +18,8 @@ from ldm_jax import attributes
 from ldm_jax.diffusion import samplers
 from ldm_jax.diffusion.samplers import SamplerConfig
 
-EDIT_METHODS = ("sdedit", "ddim-inversion")
+EDIT_METHODS = ("sdedit", "ddim-inversion", "counterfactual")
+GUIDED_ATTRIBUTES = ("all", "density")
 
 
 def image_keys(root_key, indices):
@@ -36,6 +37,21 @@ def denoiser(unet, unet_params):
 
     def denoise(x, t, cond):
         return unet.apply({"params": unet_params}, x, t, cond)
+
+    return denoise
+
+
+def encode_mode(autoencoder, ae_params, images, scale):
+    """Scaled latents ``scale · mode(q(z | x))`` of images in [-1, 1] (deterministic)."""
+    return autoencoder.apply({"params": ae_params}, images, method=autoencoder.encode).mode() * scale
+
+
+def source_denoiser(unet, unet_params):
+    """``denoise(x, t, cond)`` of a UNet that also sees a source latent (the ``counterfactual`` stage):
+    ``cond = {"labels": [B, A], "source": [B, h, w, c]}``, the source concatenated to ``x``."""
+
+    def denoise(x, t, cond):
+        return unet.apply({"params": unet_params}, x, t, cond["labels"], extra=cond["source"])
 
     return denoise
 
@@ -63,7 +79,16 @@ def make_generate(unet, autoencoder, schedule, latent_shape, sampling: SamplerCo
     return generate
 
 
-def make_edit(unet, autoencoder, schedule, sampling: SamplerConfig = SamplerConfig(), *, method="sdedit", strength=0.6):
+def make_edit(
+    unet,
+    autoencoder,
+    schedule,
+    sampling: SamplerConfig = SamplerConfig(),
+    *,
+    method="sdedit",
+    strength=0.6,
+    guide="all",
+):
     """``edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys) -> images``.
 
     The image is encoded (posterior mode) to z_0, taken to the grid step of ``sampling``'s grid
@@ -74,29 +99,44 @@ def make_edit(unet, autoencoder, schedule, sampling: SamplerConfig = SamplerConf
     - ``ddim-inversion``: z_t by deterministic DDIM inversion under the source labels
       (no guidance), then DDIM (η = 0) under the target labels, so with strength 1 and
       equal labels the image comes back up to the inversion error.
+    - ``counterfactual``: SDEdit's start, denoised by a UNet trained on (image, fat-only
+      counterfactual) pairs (the ``counterfactual`` stage) that also sees z_0 at every step,
+      under the *source* labels (what is known of the input); the target is what the
+      pairs taught it, so ``target_labels`` are not used.
+
+    Guidance's unconditional branch is the all-null labels (``guide="all"``), or the
+    conditioning labels with only the density nulled (``guide="density"``): ε̃ = u + s·(c − u) then pushes
+    along the density condition alone, with every other attribute held on both sides.
 
     Strength 0 returns decode(encode(x)). Images are NHWC in [-1, 1].
     """
     if method not in EDIT_METHODS:
         raise ValueError(f"unknown edit method {method!r}; expected one of {EDIT_METHODS}")
+    if guide not in GUIDED_ATTRIBUTES:
+        raise ValueError(f"unknown guide {guide!r}; expected one of {GUIDED_ATTRIBUTES}")
     if method == "ddim-inversion" and sampling.sampler != "ddim":
         raise ValueError(f"ddim-inversion edits denoise with the ddim sampler, not {sampling.sampler!r}")
     start = None if strength == 0 else samplers.start_step_for_strength(strength, sampling.num_steps)
 
     def edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys):
-        z0 = autoencoder.apply({"params": ae_params}, images, method=autoencoder.encode).mode() * scale
+        z0 = encode_mode(autoencoder, ae_params, images, scale)
         if start is None:
             return decode(autoencoder, ae_params, z0, scale)
-        denoise = denoiser(unet, unet_params)
-        if method == "sdedit":
-            z_t, _ = samplers.sdedit_start(schedule, z0, keys, strength, sampling)
+        labels = source_labels if method == "counterfactual" else target_labels
+        null = jnp.asarray(attributes.null_labels(images.shape[0]))
+        if guide == "density":
+            null = labels.at[:, 0].set(null[:, 0])
+        if method == "counterfactual":
+            denoise = source_denoiser(unet, unet_params)
+            cond, null = {"labels": labels, "source": z0}, {"labels": null, "source": z0}
         else:
+            denoise, cond = denoiser(unet, unet_params), labels
+        if method == "ddim-inversion":
             unguided = dataclasses.replace(sampling, guidance_scale=1.0)
             z_t = samplers.ddim_invert(denoise, schedule, z0, unguided, cond=source_labels, start_step=start)
-        null = attributes.null_labels(images.shape[0])
-        z = samplers.sample(
-            denoise, schedule, z_t, keys, sampling, cond=target_labels, null_cond=null, start_step=start
-        )
+        else:
+            z_t, _ = samplers.sdedit_start(schedule, z0, keys, strength, sampling)
+        z = samplers.sample(denoise, schedule, z_t, keys, sampling, cond=cond, null_cond=null, start_step=start)
         return decode(autoencoder, ae_params, z, scale)
 
     return edit

@@ -31,7 +31,8 @@ class SamplingModel:
     """UNet + autoencoder with their weights, and the run facts sampling depends on.
 
     ``label_distribution`` is ``[K, A + 1]``: the distinct training label rows and their
-    counts (last column); None for checkpoints written before it was recorded.
+    counts (last column); None for checkpoints written before it was recorded. ``stage`` is the
+    training stage of the UNet (``UNET_STAGES``).
     """
 
     unet: Any
@@ -45,10 +46,11 @@ class SamplingModel:
     ema: bool
     autoencoder_step: int
     label_distribution: np.ndarray | None
+    stage: str = "diffusion"
 
     @property
     def prediction(self) -> str:
-        return self.config.diffusion.prediction
+        return self.config[self.stage].prediction
 
     @property
     def image_size(self) -> int:
@@ -60,33 +62,38 @@ class SamplingModel:
         return architecture.latent_shape(self.config)
 
 
-def load_model(workdir, *, ema: bool = True, mesh=None) -> SamplingModel:
-    """The newest diffusion checkpoint of ``workdir`` (see the module docstring).
+UNET_STAGES = ("diffusion", "counterfactual")
 
-    Raises ``FileNotFoundError`` when the workdir has no complete diffusion checkpoint.
+
+def load_model(workdir, *, ema: bool = True, mesh=None, stage: str = "diffusion") -> SamplingModel:
+    """The newest checkpoint of ``workdir``'s UNet ``stage`` (see the module docstring): the
+    ``diffusion`` model, or the ``counterfactual`` filter, whose UNet also takes the source
+    latent (``generate.source_denoiser``).
+
+    Raises ``FileNotFoundError`` when the workdir has no complete checkpoint of that stage.
     """
+    if stage not in UNET_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {UNET_STAGES}")
     workdir = pathlib.Path(workdir)
     mesh = mesh if mesh is not None else parallel.make_mesh(1)
-    directory = workdir / "diffusion" / "checkpoints"
+    directory = workdir / stage / "checkpoints"
+    hint = f"train the {stage} stage first (train.py --workdir {workdir}" + (
+        ", with --config.stages including counterfactual)" if stage == "counterfactual" else ")"
+    )
     if not directory.is_dir():
-        raise FileNotFoundError(
-            f"{workdir} has no diffusion checkpoints ({directory} is missing): train the "
-            f"diffusion stage first (train.py --workdir {workdir})"
-        )
+        raise FileNotFoundError(f"{workdir} has no {stage} checkpoints ({directory} is missing): {hint}")
     checkpointer = Checkpointer(directory, async_save=False)
     try:
         step = checkpointer.latest_step()
         if step is None:
-            raise FileNotFoundError(
-                f"no complete diffusion checkpoint in {directory}: train the diffusion "
-                f"stage first (train.py --workdir {workdir})"
-            )
+            raise FileNotFoundError(f"no complete {stage} checkpoint in {directory}: {hint}")
         meta = checkpointer.restore_meta(step)
         cfg = architecture.resolve(meta["config"])
         unet = presets.build_unet(cfg.unet, dtype=jax.numpy.dtype(cfg.compute_dtype))
         latent = (1, *architecture.latent_shape(cfg))
         key, num_attributes = jax.random.PRNGKey(0), len(attributes.ATTRIBUTES)
-        abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, num_attributes))
+        source_channels = latent[-1] if stage == "counterfactual" else 0
+        abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, num_attributes, source_channels))
         field = "ema_params" if ema else "params"
         tree = {field: {"unet": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))}}
         unet_params = checkpointer.restore_subtree(step, tree)[field]["unet"]
@@ -102,10 +109,11 @@ def load_model(workdir, *, ema: bool = True, mesh=None) -> SamplingModel:
         unet_params=unet_params,
         ae_params=ae_params,
         scale=float(meta["scale_factor"]),
-        schedule=schedule_from_config(cfg.diffusion),
+        schedule=schedule_from_config(cfg[stage]),
         config=cfg,
         step=int(step),
         ema=ema,
         autoencoder_step=int(ae_step),
         label_distribution=None if distribution is None else np.asarray(distribution, np.int64),
+        stage=stage,
     )

@@ -12,7 +12,7 @@ import ml_collections
 
 from ldm_jax.models import architecture
 
-STAGES = ("autoencoder", "diffusion")
+STAGES = ("autoencoder", "diffusion", "counterfactual")
 
 
 def _optimizer(**overrides) -> dict:
@@ -29,6 +29,35 @@ def _optimizer(**overrides) -> dict:
     )
     cfg.update(overrides)
     return cfg
+
+
+def _diffusion() -> dict:
+    """The settings of a UNet stage (``diffusion``, ``counterfactual``)."""
+    return _optimizer(
+        learning_rate=1e-4,
+        warmup_steps=500,
+        lr_schedule="constant",
+        weight_decay=0.0,
+        accum_steps=1,  # gradient accumulation: micro-batches per update
+        schedule="scaled_linear",
+        num_train_timesteps=1000,
+        beta_start=0.0015,
+        beta_end=0.0195,
+        zero_terminal_snr=False,
+        prediction="eps",  # model output: eps | x0 | v
+        weighting="min_snr",  # uniform | min_snr
+        min_snr_gamma=5.0,
+        loss_type="l2",
+        # Classifier-free guidance (diffusion_step.drop_labels): rows trained unconditional,
+        # rows with one attribute given, and per-attribute dropout on the other rows.
+        uncond_dropout=0.1,
+        single_attribute_rate=0.2,
+        label_dropout=0.1,
+        ema_decay=0.9999,
+        ema_warmup=10.0,
+        scale_factor_batches=4,  # batches used to estimate 1/std of the latents
+        autoencoder_checkpoint="",  # "" → <workdir>/autoencoder/checkpoints (latest step)
+    )
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -83,33 +112,11 @@ def default_config() -> ml_collections.ConfigDict:
         )
     )
 
-    cfg.diffusion = ml_collections.ConfigDict(
-        _optimizer(
-            learning_rate=1e-4,
-            warmup_steps=500,
-            lr_schedule="constant",
-            weight_decay=0.0,
-            accum_steps=1,  # gradient accumulation: micro-batches per update
-            schedule="scaled_linear",
-            num_train_timesteps=1000,
-            beta_start=0.0015,
-            beta_end=0.0195,
-            zero_terminal_snr=False,
-            prediction="eps",  # model output: eps | x0 | v
-            weighting="min_snr",  # uniform | min_snr
-            min_snr_gamma=5.0,
-            loss_type="l2",
-            # Classifier-free guidance (diffusion_step.drop_labels): rows trained unconditional,
-            # rows with one attribute given, and per-attribute dropout on the other rows.
-            uncond_dropout=0.1,
-            single_attribute_rate=0.2,
-            label_dropout=0.1,
-            ema_decay=0.9999,
-            ema_warmup=10.0,
-            scale_factor_batches=4,  # batches used to estimate 1/std of the latents
-            autoencoder_checkpoint="",  # "" → <workdir>/autoencoder/checkpoints (latest step)
-        )
-    )
+    cfg.diffusion = ml_collections.ConfigDict(_diffusion())
+    # The supervised dense-tissue filter (stage "counterfactual", not in the default stages): a UNet
+    # trained on (image → fat-only counterfactual) latent pairs of mammo_phantoms, seeing the
+    # source latent beside the noisy one (diffusion_step, "Paired"). Same keys as diffusion.
+    cfg.counterfactual = ml_collections.ConfigDict(_diffusion())
 
     cfg.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
     cfg.log = ml_collections.ConfigDict(
@@ -131,6 +138,7 @@ def default_config() -> ml_collections.ConfigDict:
 RESUMABLE_KEYS = (
     "autoencoder.steps",
     "diffusion.steps",
+    "counterfactual.steps",
     "checkpoint.",
     "log.",
     "mesh.",
@@ -150,14 +158,16 @@ def stages_of(cfg) -> tuple[str, ...]:
     return stages
 
 
-def incompatible_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Flattened keys whose values differ between two config dicts, except ``RESUMABLE_KEYS``."""
+def incompatible_keys(saved: dict, current: dict, prefix: str = "", untrained: tuple[str, ...] = ()) -> list[str]:
+    """Flattened keys whose values differ between two config dicts, except ``RESUMABLE_KEYS`` and the
+    sections of ``untrained`` stages (no checkpoint yet: nothing was trained under them)."""
+    free = RESUMABLE_KEYS + tuple(f"{stage}." for stage in untrained) + tuple(untrained)
     diffs = []
     for key in sorted(set(saved) | set(current)):
         name = f"{prefix}{key}"
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += incompatible_keys(a, b, name + ".")
-        elif a != b and not any(name == k or (k.endswith(".") and name.startswith(k)) for k in RESUMABLE_KEYS):
+            diffs += incompatible_keys(a, b, name + ".", untrained)
+        elif a != b and not any(name == k or (k.endswith(".") and name.startswith(k)) for k in free):
             diffs.append(f"{name}: saved {a!r}, now {b!r}")
     return diffs

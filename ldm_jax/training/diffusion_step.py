@@ -7,6 +7,10 @@ with the labels c partly replaced by their null index (``drop_labels``), so that
 network is also the unconditional and partially conditioned model that classifier-free
 guidance and partial conditions (``density=D``) sample with, and an EMA of the weights
 kept in the state.
+
+Paired (the ``counterfactual`` stage): the latent z is the pair's target (the phantom's fat-only
+counterfactual) and the UNet also sees the source image's latent s · mode(E(x_src)),
+concatenated to z_t, so it learns p(z | x_src): a supervised dense-tissue filter.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from ldm_jax import attributes
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.models.init import init_unet_params
+from ldm_jax.sampling.generate import encode_mode
 from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update, guarded_update
 
 
-def init_state(key, unet, optimizer, latent_shape, num_attributes: int) -> TrainState:
-    """Fresh UNet state for latents ``[B, h, w, c]``; EMA starts equal to the weights."""
-    return state_around(init_unet_params(key, unet, latent_shape, num_attributes), optimizer, key)
+def init_state(key, unet, optimizer, latent_shape, num_attributes: int, extra_channels: int = 0) -> TrainState:
+    """Fresh UNet state for latents ``[B, h, w, c]`` (and ``extra_channels`` of source latents);
+    EMA starts equal to the weights."""
+    return state_around(init_unet_params(key, unet, latent_shape, num_attributes, extra_channels), optimizer, key)
 
 
 def state_around(unet_params, optimizer, key) -> TrainState:
@@ -100,17 +106,24 @@ def drop_labels(key, labels, cfg, num_classes=attributes.NUM_CLASSES):
     return jnp.where(drop, jnp.asarray(num_classes, labels.dtype), labels)
 
 
-def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder, optimizer, schedule, cfg):
+def train_step(
+    state: TrainState, batch, ae_params, scale, *, unet, autoencoder, optimizer, schedule, cfg, paired=False
+):
     """One optimizer update over ``cfg.accum_steps`` micro-batches; non-finite updates are skipped.
 
     ``batch`` holds ``image`` ``[B, H, W, C]`` (encoded by ``autoencoder``), or ``latents`` when
     ``autoencoder`` is None (the benchmark's ``ldm64``), with ``labels`` ``[B, A]`` when the UNet
     is class-conditioned and ``context`` ``[B, L, D]`` when it cross-attends (``sd15``).
+    ``paired``: ``image`` is the source and ``counterfactual`` the target (module docstring).
     """
     key = jax.random.fold_in(state.rng, state.step)
     k_enc, k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 5)
+    source = None
     if autoencoder is None:
         z = batch["latents"]
+    elif paired:
+        z = encode_latents(autoencoder, ae_params, batch["counterfactual"], k_enc, scale)
+        source = jax.lax.stop_gradient(encode_mode(autoencoder, ae_params, batch["image"], scale))
     else:
         z = encode_latents(autoencoder, ae_params, batch["image"], k_enc, scale)
     b = z.shape[0]
@@ -120,13 +133,14 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
     labels = drop_labels(k_drop, batch["labels"], cfg, unet.num_classes) if unet.num_classes else None
 
     def loss_fn(params, micro, index):
-        z_t, t, labels, context, z, noise = micro
+        z_t, t, labels, context, source, z, noise = micro
         out = unet.apply(
             {"params": params},
             z_t,
             t,
             labels,
             context,
+            extra=source,
             train=True,
             rngs={"dropout": jax.random.fold_in(k_dropout, index)},
         )
@@ -150,7 +164,7 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
     grad_fn = jax.value_and_grad(loss_fn)
     loss, grads = 0.0, jax.tree.map(jnp.zeros_like, state.params["unet"])
     for j in range(accum):
-        micro = jax.tree.map(lambda a: a[j::accum], (z_t, t, labels, batch.get("context"), z, noise))
+        micro = jax.tree.map(lambda a: a[j::accum], (z_t, t, labels, batch.get("context"), source, z, noise))
         micro_loss, micro_grads = grad_fn(state.params["unet"], micro, j)
         loss = loss + micro_loss / accum
         grads = jax.tree.map(lambda a, g: a + g / accum, grads, micro_grads)
@@ -167,7 +181,7 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
     return new_state, metrics
 
 
-def make_train_step(unet, autoencoder, optimizer, schedule, cfg):
+def make_train_step(unet, autoencoder, optimizer, schedule, cfg, paired=False):
     """``step(state, batch, ae_params, scale)`` with the networks, schedule and config bound."""
     check_label_dropout(cfg)
 
@@ -182,6 +196,7 @@ def make_train_step(unet, autoencoder, optimizer, schedule, cfg):
             optimizer=optimizer,
             schedule=schedule,
             cfg=cfg,
+            paired=paired,
         )
 
     return step

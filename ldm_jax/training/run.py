@@ -2,7 +2,9 @@
 
 Stage ``autoencoder`` trains the KL autoencoder (+ PatchGAN) on images; stage
 ``diffusion`` freezes it, measures the latent scale factor and trains the conditional
-UNet on scaled latents. Each stage lives in ``<workdir>/<stage>/`` (checkpoints,
+UNet on scaled latents. The optional stage ``counterfactual`` trains a second UNet the same
+way on (image → fat-only counterfactual) pairs, seeing the image's latent: the supervised
+dense-tissue filter. Each stage lives in ``<workdir>/<stage>/`` (checkpoints,
 ``metrics.jsonl``, TensorBoard events, sample PNGs).
 """
 
@@ -54,6 +56,9 @@ def train(cfg, workdir, devices=None) -> None:
             train_autoencoder(cfg, mesh, workdir, source, jax.random.fold_in(key, 0), sigterm)
         if "diffusion" in stages:
             train_diffusion(cfg, mesh, workdir, source, jax.random.fold_in(key, 1), sigterm)
+        if "counterfactual" in stages:
+            check_pairs(cfg, source)
+            train_diffusion(cfg, mesh, workdir, source, jax.random.fold_in(key, 3), sigterm, stage="counterfactual")
 
 
 def check_batch_sizes(cfg, stages, mesh) -> None:
@@ -75,6 +80,17 @@ def check_image_size(cfg, source) -> None:
             f"data set {cfg.data.dataset!r} (config {cfg.data.config!r}) stores {found}, but "
             f"data.image_size={cfg.data.image_size}: choose the data config of that size, or "
             f"set data.image_size to the stored size, or data.resize=True to resize"
+        )
+
+
+def check_pairs(cfg, source) -> None:
+    """The counterfactual stage needs a data set that stores each image's counterfactual."""
+    from ldm_jax.data.pipeline import has_feature
+
+    if not has_feature(source, "counterfactual"):
+        raise ValueError(
+            f"stage 'counterfactual' trains on (image, counterfactual) pairs, and data set "
+            f"{cfg.data.dataset!r} stores no counterfactual: use mammo_phantoms"
         )
 
 
@@ -156,10 +172,12 @@ def estimate_scale_factor(autoencoder, ae_params, pipeline, num_batches, key) ->
     return diffusion_step.latent_scale_factor(np.concatenate(latents))
 
 
-def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None):
+def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None, stage="diffusion"):
+    """Train the UNet of ``stage``: ``diffusion``, or ``counterfactual`` (paired, see the module docstring)."""
     from ldm_jax.data.pipeline import all_labels
 
-    dcfg = cfg.diffusion
+    dcfg = cfg[stage]
+    paired = stage == "counterfactual"
     ae_dir = str(pathlib.Path(dcfg.autoencoder_checkpoint or workdir / "autoencoder" / "checkpoints").absolute())
     autoencoder, ae_params, ae_step = restore.load_autoencoder(cfg, ae_dir, None, mesh, cfg.mesh.fsdp_min_size)
     unet = presets.build_unet(cfg.unet, dtype=_dtype(cfg))
@@ -172,16 +190,17 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None):
         optimizer=optimizer,
         latent_shape=latent_shape,
         num_attributes=len(attributes.ATTRIBUTES),
+        extra_channels=latent_shape[-1] if paired else 0,
     )
-    stage = Stage(
-        name="diffusion",
+    run = Stage(
+        name=stage,
         steps=dcfg.steps,
         init=init,
-        step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg),
+        step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg, paired=paired),
     )
     pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size)
-    checkpointer = Checkpointer(workdir / "diffusion" / "checkpoints", async_save=False)
-    state, meta, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline, cfg)
+    checkpointer = Checkpointer(workdir / stage / "checkpoints", async_save=False)
+    state, meta, shardings = restore_or_init(run, checkpointer, mesh, key, pipeline, cfg)
     checkpointer.close()
     if meta is not None:
         scale = meta["scale_factor"]
@@ -191,8 +210,8 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None):
             autoencoder, ae_params, estimate_from, dcfg.scale_factor_batches, jax.random.fold_in(key, 1)
         )
     distribution = (meta or {}).get("label_distribution") or restore.label_distribution(all_labels(source)).tolist()
-    stage.extra_args = (ae_params, np.float32(scale))
-    stage.meta = {
+    run.extra_args = (ae_params, np.float32(scale))
+    run.meta = {
         "model": cfg.model,
         "config": cfg.to_dict(),
         "scale_factor": scale,
@@ -200,9 +219,10 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None):
         "autoencoder_step": ae_step,
         "label_distribution": distribution,
     }
-    stage.on_sample = _grid_sampler(cfg, mesh, unet, autoencoder, ae_params, schedule, scale, key)
+    if not paired:
+        run.on_sample = _grid_sampler(cfg, mesh, unet, autoencoder, ae_params, schedule, scale, key)
     run_stage(
-        stage,
+        run,
         pipeline=pipeline,
         mesh=mesh,
         workdir=workdir,

@@ -11,7 +11,7 @@ import jax
 
 from ldm_jax.data.imageio import write_atomic
 from ldm_jax.models.architecture import resolve
-from ldm_jax.training.config import incompatible_keys
+from ldm_jax.training.config import STAGES, incompatible_keys
 
 
 class IncompatibleRunError(ValueError):
@@ -21,11 +21,13 @@ class IncompatibleRunError(ValueError):
 def record_run(cfg, workdir: pathlib.Path) -> None:
     """Refuse a workdir whose saved config is incompatible; then write ``config.json`` (the config with
     its architecture filled in, ``resolve``) and ``environment.json``. A config saved before the
-    architecture sections existed is compared as its preset fills it."""
+    architecture sections existed is compared as its preset fills it; the section of a stage with no
+    checkpoint yet may change (e.g. a ``counterfactual`` stage added to a finished run)."""
     saved_path = workdir / "config.json"
     current = resolve(cfg).to_dict()
     if saved_path.exists():
-        diffs = incompatible_keys(resolve(json.loads(saved_path.read_text())).to_dict(), current)
+        untrained = tuple(stage for stage in STAGES if not _has_checkpoint(workdir / stage / "checkpoints"))
+        diffs = incompatible_keys(resolve(json.loads(saved_path.read_text())).to_dict(), current, untrained=untrained)
         if diffs:
             raise IncompatibleRunError(
                 f"{workdir} holds a run with a different config; use a new --workdir or the same settings:\n  "
@@ -35,6 +37,10 @@ def record_run(cfg, workdir: pathlib.Path) -> None:
         return
     write_atomic(saved_path, json.dumps(current, indent=2, sort_keys=True).encode())
     write_atomic(workdir / "environment.json", json.dumps(environment(), indent=2).encode())
+
+
+def _has_checkpoint(directory: pathlib.Path) -> bool:
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
 def environment() -> dict:
