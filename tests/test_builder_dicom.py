@@ -96,7 +96,10 @@ def test_build_and_read_back_without_tensorflow(built, dicom_set):
             phantom, pid = expected[rel]
             image = decode_png(example["image"])
             assert image.dtype == np.uint16 and image.shape == (64, 64)
-            np.testing.assert_array_equal(image, dicom.load_mammogram(root / rel, 64).image)
+            loaded = dicom.load_mammogram(root / rel, 64)
+            np.testing.assert_array_equal(image, loaded.image)
+            assert example["breast_fraction"] == pytest.approx(loaded.breast_fraction, abs=1e-6)
+            assert 0.3 < example["breast_fraction"] < 0.9
             assert [example[a] for a in attributes.ATTRIBUTE_NAMES] == phantom.labels.tolist()
             assert example["patient"].decode() == dicom.salted_hash(SALT, pid)
             patients_per_split.setdefault(split, set()).add(example["patient"])
@@ -259,7 +262,7 @@ def test_every_record_read_back_holds_only_known_features_and_no_identifier(buil
 
     root, _, expected = dicom_set
     secrets = _secrets(root, expected)
-    keys = {"image", "id", "patient", *attributes.ATTRIBUTE_NAMES}
+    keys = {"image", "id", "patient", "breast_fraction", *attributes.ATTRIBUTE_NAMES}
     assert set(built.info.features) == keys
     data_dir = str(pathlib.Path(built.data_dir).parents[2])
     count = 0
