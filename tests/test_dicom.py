@@ -149,11 +149,13 @@ def _variant(path, source, raw=None, **tags):
     import pydicom
 
     ds = pydicom.dcmread(source)
-    for keyword, value in tags.items():
-        if value is None:
-            del ds[keyword]
-        else:
-            setattr(ds, keyword, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the crafted values it is asked to write
+        for keyword, value in tags.items():
+            if value is None:
+                del ds[keyword]
+            else:
+                setattr(ds, keyword, value)
     ds.save_as(path)
     if raw:
         path.write_bytes(path.read_bytes().replace(*raw))
