@@ -300,15 +300,7 @@ def test_malformed_corpus_build_stores_or_reports_every_file(tmp_path, capfd):
     rows = [["good.dcm", "P"]] + [[path.name, "P"] for path, _ in cases]
     labels = _write_csv(root / "labels.csv", ["path", "patient"], rows)
     capfd.readouterr()
-    builder = mammo_dicom.MammoDicom(
-        data_dir=tmp_path / "data",
-        config="64",
-        dicom_dir=root,
-        labels=labels,
-        salt=SALT,
-        max_fail_fraction=1.0,
-    )
-    builder.download_and_prepare(file_format="array_record")
+    builder = _build(tmp_path, (root, labels, None), max_fail_fraction=1.0)
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err and "DOE" not in out + err
     expected = {f"labels.csv:{i + 3}": dicom.REASONS[key] for i, (_, key) in enumerate(cases)}
