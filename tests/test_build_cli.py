@@ -113,6 +113,7 @@ def test_missing_file_named_in_csv_fails(tmp_path, dicom_dir, capsys):
         ("--split-fractions", "0.5,0.5", "split fractions '0.5,0.5'"),
         ("--workers", "0", "workers 0"),
         ("--frame", "-1", "frame -1"),
+        ("--max-pixels", "100", "max pixels 100"),
         ("--config", "300", "--config '300': mammo_dicom has configs 64, 128, 256, 512, 1024"),
     ],
 )

@@ -135,7 +135,9 @@ def _build_dicom(options: Options, dicom: DicomOptions, parser: Parser) -> int:
 
     if dicom.dicom_dir is None or not dicom.labels:
         raise ValueError("--dataset mammo_dicom needs --dicom-dir and --labels")
-    fractions = check_build_options(dicom.max_fail_fraction, dicom.split_fractions, dicom.workers, dicom.frame)
+    fractions = check_build_options(
+        dicom.max_fail_fraction, dicom.split_fractions, dicom.workers, dicom.frame, dicom.max_pixels
+    )
     data_dir = options.data_dir
     builder = MammoDicom(
         data_dir=data_dir,

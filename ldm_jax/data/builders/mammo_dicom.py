@@ -315,7 +315,13 @@ def failure_budget(max_fail_fraction: float, total: int) -> int:
     return int(fractions.Fraction(repr(float(max_fail_fraction))) * total)
 
 
-def check_build_options(max_fail_fraction: float, split_fractions, num_workers: int, frame: int | None = None):
+def check_build_options(
+    max_fail_fraction: float,
+    split_fractions,
+    num_workers: int,
+    frame: int | None = None,
+    max_pixels: int = dicom.MAX_PIXELS,
+):
     """ValueError naming a bad build option; returns the split fractions as 3 floats."""
     if not 0.0 <= max_fail_fraction <= 1.0:
         raise ValueError(f"max fail fraction {max_fail_fraction}: expected a fraction in [0, 1]")
@@ -333,6 +339,8 @@ def check_build_options(max_fail_fraction: float, split_fractions, num_workers: 
         raise ValueError(f"workers {num_workers}: expected at least 1")
     if frame is not None and frame < 0:
         raise ValueError(f"frame {frame}: expected a frame index >= 0")
+    if max_pixels < dicom.MIN_SIDE**2:
+        raise ValueError(f"max pixels {max_pixels}: expected at least {dicom.MIN_SIDE**2} (the smallest image)")
     return split
 
 
@@ -378,7 +386,7 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
         split gets no image (unless ``allow_missing_splits``: it is then left out). ``frame``
         picks a frame of multi-frame files; ``max_pixels`` bounds the declared Rows x Columns.
         """
-        self._fractions = check_build_options(max_fail_fraction, split_fractions, num_workers, frame)
+        self._fractions = check_build_options(max_fail_fraction, split_fractions, num_workers, frame, max_pixels)
         self._inputs = dict(dicom_dir=dicom_dir, labels=labels, csv_format=csv_format)
         self._salt = salt.encode() if isinstance(salt, str) else salt
         self._max_fail_fraction = max_fail_fraction
