@@ -84,21 +84,18 @@ class Mammogram:
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence pydicom's warnings and log, its child loggers included: they quote element
-    values (names, dates...) and print decoder tracebacks."""
-    names = [n for n in logging.root.manager.loggerDict if n == "pydicom" or n.startswith("pydicom.")]
-    loggers = [logging.getLogger(n) for n in ["pydicom", *names]]
-    saved = [(lg.disabled, lg.level) for lg in loggers]
-    for lg in loggers:
-        lg.disabled = True
-    loggers[0].setLevel(logging.CRITICAL + 1)  # child loggers made later inherit this level
+    """Silence pydicom's warnings and log: they quote element values (names, dates...), and its
+    decoders log tracebacks. The level is set on the "pydicom" logger, so that its child loggers
+    (``pydicom.pixels...``, which inherit it) are silenced too, also those made later."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, (disabled, level) in zip(loggers, saved):
-            lg.disabled, lg.level = disabled, level
+        logger.setLevel(level)
 
 
 def read_dicom(path: str | os.PathLike, header_only: bool = False):
