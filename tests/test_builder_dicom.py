@@ -96,7 +96,10 @@ def test_build_and_read_back_without_tensorflow(built, dicom_set):
             phantom, pid = expected[rel]
             image = decode_png(example["image"])
             assert image.dtype == np.uint16 and image.shape == (64, 64)
-            np.testing.assert_array_equal(image, dicom.load_mammogram(root / rel, 64).image)
+            loaded = dicom.load_mammogram(root / rel, 64)
+            np.testing.assert_array_equal(image, loaded.image)
+            assert example["breast_fraction"] == pytest.approx(loaded.breast_fraction, abs=1e-6)
+            assert 0.3 < example["breast_fraction"] < 0.9
             assert [example[a] for a in attributes.ATTRIBUTE_NAMES] == phantom.labels.tolist()
             assert example["patient"].decode() == dicom.salted_hash(SALT, pid)
             patients_per_split.setdefault(split, set()).add(example["patient"])
@@ -259,7 +262,7 @@ def test_every_record_read_back_holds_only_known_features_and_no_identifier(buil
 
     root, _, expected = dicom_set
     secrets = _secrets(root, expected)
-    keys = {"image", "id", "patient", *attributes.ATTRIBUTE_NAMES}
+    keys = {"image", "id", "patient", "breast_fraction", *attributes.ATTRIBUTE_NAMES}
     assert set(built.info.features) == keys
     data_dir = str(pathlib.Path(built.data_dir).parents[2])
     count = 0
@@ -284,3 +287,42 @@ def test_every_record_read_back_holds_only_known_features_and_no_identifier(buil
         data = path.read_bytes()
         for secret in secrets:
             assert secret not in data, f"{secret!r} found in {path.name}"
+
+
+def test_malformed_corpus_build_stores_or_reports_every_file(tmp_path, capfd):
+    """Each crafted file ends as a stored image or a report line with its fixed reason; the
+    terminal shows no traceback and the report no header text."""
+    from test_dicom import _malformed_corpus
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    cases = _malformed_corpus(root, generate_phantom(3, size=64, laterality="L", view="CC"))
+    rows = [["good.dcm", "P"]] + [[path.name, "P"] for path, _ in cases]
+    labels = _write_csv(root / "labels.csv", ["path", "patient"], rows)
+    capfd.readouterr()
+    builder = _build(tmp_path, (root, labels, None), max_fail_fraction=1.0)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "DOE" not in out + err
+    expected = {f"labels.csv:{i + 3}": dicom.REASONS[key] for i, (_, key) in enumerate(cases)}
+    assert {s["row"]: s["reason"] for s in builder.report["skipped"]} == expected
+    assert sum(builder.report["written"].values()) == 1
+
+
+def test_failure_budget_counts_exactly():
+    assert mammo_dicom.failure_budget(0.29, 100) == 29  # int(0.29 * 100) is 28
+    assert mammo_dicom.failure_budget(0.05, 19) == 0 and mammo_dicom.failure_budget(1.0, 7) == 7
+    assert [mammo_dicom.failure_budget(f / 100, 100) for f in range(101)] == list(range(101))
+
+
+def test_short_rows_are_padded_and_disagreeing_duplicates_name_both_lines(tmp_path):
+    (tmp_path / "a.dcm").touch()
+    labels = tmp_path / "l.csv"
+    labels.write_text("density,path,finding,laterality\nA,a.dcm\n")  # the row ends early
+    (row,) = mammo_dicom.read_label_csvs(labels, tmp_path)
+    assert (row.path, row.density, row.finding, row.laterality) == ("a.dcm", 0, None, None)
+    labels.write_text("path,finding,laterality\na.dcm,mass,L\na.dcm,calcification,\na.dcm,none,R\n")
+    with pytest.raises(ValueError, match=r"l\.csv:2 and l\.csv:4 name the same image with different laterality"):
+        mammo_dicom.read_label_csvs(labels, tmp_path)
+    labels.write_text("path,finding,laterality\na.dcm,calcification,L\na.dcm,mass,\n")  # findings merge
+    (row,) = mammo_dicom.read_label_csvs(labels, tmp_path)
+    assert (row.finding, row.laterality) == (1, 0)

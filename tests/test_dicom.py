@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ldm_jax.data import dicom
+from ldm_jax.data import dicom, segment
 from ldm_jax.data.phantoms import generate_phantom
 
 
@@ -109,21 +109,14 @@ def test_voi_lut_is_preferred_and_applied(tmp_path, phantom):
     np.testing.assert_allclose(out, lut[phantom.image] / 60000.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 3, 4])
-def test_breast_box_matches_phantom_mask(seed):
-    p = generate_phantom(seed, size=64, laterality="L")
-    top, bottom, left, right = dicom.breast_box(p.image / 4095.0)
-    rows, cols = np.nonzero(p.breast_mask)
-    # the mask's outermost skin pixels are ~0 in the image, hence a pixel or two of slack
-    assert abs(top - rows.min()) <= 1 and abs(bottom - (rows.max() + 1)) <= 1
-    assert left == 0 and abs(right - (cols.max() + 1)) <= 2
-
-
-def test_breast_box_ignores_separate_marker():
-    image = np.zeros((40, 60), np.float32)
-    image[5:35, 0:30] = 0.6  # breast at the chest wall
-    image[2:6, 50:56] = 1.0  # a bright "L CC" marker, separated by background
-    assert dicom.breast_box(image) == (5, 35, 0, 30)
+def test_separate_marker_is_background_and_out_of_the_crop():
+    image = np.zeros((80, 120), np.float32)
+    image[10:70, 0:60] = 0.6  # breast at the chest wall
+    image[4:16, 96:112] = 1.0  # a bright "L CC" marker, separated by background
+    out, flipped, fraction = dicom.preprocess(image, 16)
+    assert not flipped and out.max() == round(0.6 * 4095)  # the marker is gone
+    grown = (60 + 2 * segment.GROW) * (60 + segment.GROW)  # the breast plus the mask's grown rim
+    assert fraction == pytest.approx(grown / image.size, abs=0.005)
 
 
 def test_right_breast_is_flipped_to_chest_wall_left(tmp_path):
@@ -141,34 +134,116 @@ def test_right_breast_is_flipped_to_chest_wall_left(tmp_path):
 
 def test_crop_pad_resize_geometry():
     image = np.zeros((100, 80), np.float32)
-    image[10:90, 0:40] = 0.5  # breast 80 x 40: padded to 80 x 80 then resized
-    out, flipped = dicom.preprocess(image, 16)
+    image[10:90, 0:40] = 0.5  # breast 80 x 40 (+ the mask's grown rim): padded square, resized
+    out, flipped, _ = dicom.preprocess(image, 16)
     assert not flipped
     row = out[8]
     assert row[:7].min() == round(0.5 * 4095)  # left half is breast
     assert row[9:].max() == 0  # right half is padding
-    assert out[0, 0] == round(0.5 * 4095) and out[15, 0] == round(0.5 * 4095)  # rows fill the height
+    assert out[1, 0] == round(0.5 * 4095) and out[14, 0] == round(0.5 * 4095)  # rows fill the height
+    assert 0 < out[0, 0] < round(0.5 * 4095)  # but for the mask's rim of background
 
 
-def test_bad_files_raise_dicom_error_with_reason(tmp_path, phantom):
-    from pydicom.uid import JPEG2000Lossless, MPEG2MPML
+def _variant(path, source, raw=None, **tags):
+    """``source`` with ``tags`` set (None deletes one) and ``raw`` (old, new) byte replacements."""
+    import pydicom
 
-    good = write_dicom(tmp_path / "good.dcm", phantom.image).read_bytes()
-    (tmp_path / "trunc.dcm").write_bytes(good[: len(good) * 2 // 3])
+    ds = pydicom.dcmread(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the crafted values it is asked to write
+        for keyword, value in tags.items():
+            if value is None:
+                del ds[keyword]
+            else:
+                setattr(ds, keyword, value)
+    ds.save_as(path)
+    if raw:
+        path.write_bytes(path.read_bytes().replace(*raw))
+    return path
+
+
+def _malformed_corpus(tmp_path, phantom):
+    """(file, expected reason key) pairs: crafted, truncated and non-mammogram DICOMs."""
+    from pydicom.uid import JPEG2000Lossless, MPEG2MPML, RLELossless
+
+    good = write_dicom(tmp_path / "good.dcm", phantom.image)
+    data = good.read_bytes()
+    pixel_start = len(data) - phantom.image.nbytes - 12  # the (7FE0,0010) Pixel Data element, last
+    cases = [(tmp_path / "junk.dcm", "not_dicom"), (tmp_path / "sr.dcm", "no_pixels")]
     (tmp_path / "junk.dcm").write_bytes(b"this is not dicom" * 20)
     write_dicom(tmp_path / "sr.dcm", None, with_pixels=False)
+    for cut in (pixel_start + 12, pixel_start + 100, len(data) - 2):  # inside the pixel data
+        (tmp_path / f"cut{cut}.dcm").write_bytes(data[:cut])
+        cases.append((tmp_path / f"cut{cut}.dcm", "truncated"))
     mpeg = dicom.read_dicom(write_dicom(tmp_path / "j2k.dcm", phantom.image, compress=JPEG2000Lossless))
     mpeg.file_meta.TransferSyntaxUID = MPEG2MPML  # a video syntax: no image decoder exists
     mpeg.save_as(tmp_path / "mpeg.dcm")
-    cases = {
-        "trunc.dcm": "corrupt or truncated",
-        "junk.dcm": "not a DICOM",
-        "sr.dcm": "no pixel data",
-        "mpeg.dcm": "unsupported transfer syntax MPEG2",
+    cases.append((tmp_path / "mpeg.dcm", "syntax"))
+    rle = dicom.read_dicom(write_dicom(tmp_path / "rle.dcm", phantom.image, compress=RLELossless))
+    rle.PixelData = rle.PixelData[: len(rle.PixelData) // 2] + bytes(len(rle.PixelData) - len(rle.PixelData) // 2)
+    rle.save_as(tmp_path / "rle_bad.dcm")  # decoded segments come out short: pydicom logs a traceback
+    cases.append((tmp_path / "rle_bad.dcm", "truncated"))
+    variants = {
+        "ct": ("not_mg", {"Modality": "CT"}),
+        "rgb": ("colour", {"PhotometricInterpretation": "RGB"}),
+        "phi_photometric": ("colour", {"PhotometricInterpretation": "DOE^JANE PID-12345"}),
+        "three_samples": ("colour", {"SamplesPerPixel": 3}),
+        "one_bit": ("one_bit", {"BitsAllocated": 1, "BitsStored": 1, "HighBit": 0}),
+        "one_bit_stored": ("one_bit", {"BitsStored": 1, "HighBit": 0}),
+        "frames": ("multi_frame", {"NumberOfFrames": 2}),
+        "huge": ("too_large", {"Rows": 60000, "Columns": 60000}),
+        "zero_rows": ("bad_size", {"Rows": 0}),
+        "no_rows": ("bad_size", {"Rows": None}),
+        "bad_frames": (
+            "bad_size",
+            {"NumberOfFrames": 7, "raw": (b"\x28\x00\x08\x00IS\x02\x007 ", b"\x28\x00\x08\x00IS\x02\x00ab")},
+        ),
+        "bad_vr": ("bad_size", {"raw": (b"\x28\x00\x10\x00US", b"\x28\x00\x10\x00DA")}),
+        "bad_window": ("voi", {"WindowCenter": 100, "WindowWidth": 0}),
     }
-    for name, reason in cases.items():
-        with pytest.raises(dicom.DicomError, match=reason):
-            dicom.load_mammogram(tmp_path / name, 32)
+    for name, (key, tags) in variants.items():
+        cases.append((_variant(tmp_path / f"{name}.dcm", good, **tags), key))
+    small = generate_phantom(0, size=64).image[:40, :40]
+    cases.append((write_dicom(tmp_path / "small.dcm", small), "too_small"))
+    cases.append((write_dicom(tmp_path / "flat.dcm", np.full((64, 64), 700)), "no_contrast"))
+    return cases
+
+
+def test_malformed_corpus_ends_in_one_fixed_reason_each(tmp_path, phantom, capfd, caplog):
+    """Every crafted file raises ``DicomError`` with the expected reason from the fixed
+    vocabulary; nothing reaches the terminal or the log (no decoder traceback, no tag value)."""
+    cases = _malformed_corpus(tmp_path, phantom)
+    capfd.readouterr()
+    caplog.clear()
+    got = {}
+    for path, key in cases:
+        with pytest.raises(dicom.DicomError) as error:
+            dicom.load_mammogram(path, 32)
+        got[path.name] = error.value.key
+        assert error.value.reason == dicom.REASONS[error.value.key] and "DOE" not in error.value.reason
+    assert got == {path.name: key for path, key in cases}
+    out, err = capfd.readouterr()
+    assert out + err == "" and caplog.text == ""
+
+
+def test_chosen_frame_of_a_multi_frame_image(tmp_path):
+    frames = [generate_phantom(s, size=64, laterality="L").image for s in (1, 2)]
+    single = dicom.load_mammogram(write_dicom(tmp_path / "one.dcm", frames[1]), 32).image
+    path = _variant(tmp_path / "two.dcm", write_dicom(tmp_path / "t.dcm", frames[0]), NumberOfFrames=2)
+    path.write_bytes(path.read_bytes() + b"")  # same header, now with both frames' data
+    ds = dicom.read_dicom(path)
+    ds.PixelData = np.stack(frames).astype("<u2").tobytes()
+    ds.save_as(path)
+    np.testing.assert_array_equal(dicom.load_mammogram(path, 32, frame=1).image, single)
+    with pytest.raises(dicom.DicomError, match="chosen frame"):
+        dicom.load_mammogram(path, 32, frame=2)
+
+
+def test_size_limit_is_an_option(tmp_path, phantom):
+    path = write_dicom(tmp_path / "p.dcm", phantom.image)
+    with pytest.raises(dicom.DicomError, match="max-pixels"):
+        dicom.load_mammogram(path, 32, max_pixels=64 * 64 - 1)
+    assert dicom.load_mammogram(path, 32, max_pixels=64 * 64).image.shape == (32, 32)
 
 
 def test_patient_hash_is_salted_and_identifier_free(tmp_path, phantom):

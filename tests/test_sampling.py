@@ -117,13 +117,39 @@ def test_dicom_output_is_marked_synthetic_and_has_no_patient_fields():
     assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
     assert ds.ConversionType == "SYN" and ds.SeriesDescription == "SYNTHETIC"
     assert "SYNTHETIC" in ds.ImageComments and "density=A" in ds.ImageComments
-    patient = [e.keyword for e in ds.iterall() if e.tag.group == 0x0010]
-    assert patient == []
-    for keyword in ("InstitutionName", "StudyDate", "ContentDate", "AccessionNumber", "ReferringPhysicianName"):
+    patient = {e.keyword: e.value for e in ds.iterall() if e.tag.group == 0x0010}
+    assert set(patient) == {"PatientName", "PatientID", "PatientBirthDate", "PatientSex"}  # Type 2: present
+    assert all(value in ("", None) for value in patient.values())  # and empty
+    for keyword in ("StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID"):
+        assert ds[keyword].value in ("", None)
+    for keyword in ("InstitutionName", "ContentDate", "PatientAge", "OtherPatientIDs"):
         assert keyword not in ds
+    assert ds.Laterality == "L" and ds.PatientOrientation in ("", None)  # labels np.zeros(4): laterality L
     assert ds.pixel_array.max() == 4095 and ds.BitsStored == 12
     other = writers.encode_image(image, "dicom", labels=np.zeros(4), description="", job_uid="j", index=1)
     assert pydicom.dcmread(io.BytesIO(other)).SOPInstanceUID != ds.SOPInstanceUID
+
+
+@pytest.mark.parametrize("laterality", ["R", None])
+def test_dicom_output_passes_the_standards_validator(tmp_path, laterality):
+    """``dciodvfy`` (Debian package dicom3tools; .ci/run installs it) finds no error in the
+    output, with the laterality label given (R) and not given (null)."""
+    import shutil
+    import subprocess
+
+    import pydicom
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not found: install the Debian package dicom3tools (apt-get install -y dicom3tools)")
+    labels = attributes.parse_condition(f"laterality={laterality}" if laterality else "density=B")
+    image = np.linspace(-1, 1, 64 * 48, dtype=np.float32).reshape(64, 48)
+    path = tmp_path / "out.dcm"
+    path.write_bytes(writers.encode_image(image, "dicom", labels=labels, description="x", job_uid="j", index=0))
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert "SCImage" in lines  # it validated the file as a Secondary Capture image
+    assert [line for line in lines if line.startswith("Error")] == []
+    assert pydicom.dcmread(path).Laterality == (laterality or "")
 
 
 # ----------------------------------------------------------------------------- per-example noise

@@ -8,7 +8,8 @@
 ``DIR/mammo_dicom.salt``, created with a random salt when missing, mode 0600) or
 ``--salt``. The salt is never written into the data set; keep the file to rebuild with the
 same splits and ids, and do not share it. A build report (skipped images by label-CSV
-line and reason, no identifiers) is written to ``--report``, also when the build fails.
+line and a reason from a fixed list, warnings, the error that stopped the build; no
+identifiers) is written to ``--report``, also when the build fails.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pathlib
 import secrets
 import sys
 
-from ldm_jax.cli import Parser, flag, run
+from ldm_jax.cli import ERRORS, Parser, flag, run
+from ldm_jax.data.dicom import MAX_PIXELS
 from ldm_jax.data.imageio import write_atomic
 
 DATASETS = ("mammo_phantoms", "mammo_dicom")
@@ -29,7 +31,11 @@ DATASETS = ("mammo_phantoms", "mammo_dicom")
 class Options:
     dataset: str = flag(help="the data set to build", choices=DATASETS)
     data_dir: pathlib.Path = flag(help="TFDS data directory to write into")
-    config: str | None = flag(None, "builder config: the output resolution, e.g. 128 (phantoms also 64_tiny...)")
+    config: str | None = flag(
+        None,
+        "builder config: the output resolution, e.g. 128 (phantoms also 64_tiny...); default 128 for "
+        "mammo_phantoms, 512 for mammo_dicom",
+    )
     split_sizes: str | None = flag(None, "mammo_phantoms: examples per split, e.g. train=1000,validation=100,test=100")
 
 
@@ -40,6 +46,9 @@ class DicomOptions:
     csv_format: str = flag("auto", "label CSV layout", choices=("auto", "vindr", "cbis", "generic"))
     max_fail_fraction: float = flag(0.05, "fail the build when more than this fraction of images is unusable")
     split_fractions: str = flag("0.8,0.1,0.1", "train,validation,test patient fractions")
+    allow_missing_splits: bool = flag(False, "leave out a split whose images all fail, instead of failing")
+    frame: int | None = flag(None, "the frame to take from multi-frame files (refused without it)")
+    max_pixels: int = flag(MAX_PIXELS, "refuse images whose header declares more Rows x Columns")
     salt: str | None = flag(None, "secret salt (prefer --salt-file: arguments are visible to ps)")
     salt_file: pathlib.Path | None = flag(
         None, "secret salt file (default DATA_DIR/mammo_dicom.salt, created if missing)"
@@ -95,31 +104,53 @@ def build_phantoms(config: str, data_dir, split_sizes: dict[str, int] | None = N
 
 def _build_phantoms(args: Options) -> None:
     split_sizes = _parse_mapping(args.split_sizes, "--split-sizes") if args.split_sizes else None
-    builder = build_phantoms(args.config, args.data_dir, split_sizes)
+    builder = build_phantoms(check_config(args.dataset, args.config), args.data_dir, split_sizes)
     print(f"mammo_phantoms/{builder.builder_config.name}: {_sizes(builder)} in {builder.data_dir}")
 
 
+def _builder_class(dataset: str):
+    if dataset == "mammo_phantoms":
+        from ldm_jax.data.builders.mammo_phantoms import MammoPhantoms
+
+        return MammoPhantoms
+    from ldm_jax.data.builders.mammo_dicom import MammoDicom
+
+    return MammoDicom
+
+
+def check_config(dataset: str, config: str | None) -> str:
+    """The builder config name (the builder's default when ``config`` is None); ValueError naming
+    the valid ones otherwise."""
+    cls = _builder_class(dataset)
+    names = [c.name for c in cls.BUILDER_CONFIGS]
+    if config is None:
+        return cls.DEFAULT_CONFIG_NAME
+    if config not in names:
+        raise ValueError(f"--config {config!r}: {dataset} has configs {', '.join(names)}")
+    return config
+
+
 def _build_dicom(options: Options, dicom: DicomOptions, parser: Parser) -> int:
-    from ldm_jax.data.builders.mammo_dicom import BuildError, MammoDicom
+    from ldm_jax.data.builders.mammo_dicom import BuildError, MammoDicom, check_build_options
 
     if dicom.dicom_dir is None or not dicom.labels:
         raise ValueError("--dataset mammo_dicom needs --dicom-dir and --labels")
-    try:
-        fractions = tuple(float(f) for f in dicom.split_fractions.split(","))
-    except ValueError:
-        raise ValueError(
-            f"--split-fractions {dicom.split_fractions!r}: expected three numbers like 0.8,0.1,0.1"
-        ) from None
+    fractions = check_build_options(
+        dicom.max_fail_fraction, dicom.split_fractions, dicom.workers, dicom.frame, dicom.max_pixels
+    )
     data_dir = options.data_dir
     builder = MammoDicom(
         data_dir=data_dir,
-        config=options.config,
+        config=check_config(options.dataset, options.config),
         dicom_dir=dicom.dicom_dir,
         labels=dicom.labels,
         csv_format=dicom.csv_format,
         salt=load_salt(dicom, data_dir),
         max_fail_fraction=dicom.max_fail_fraction,
         split_fractions=fractions,
+        allow_missing_splits=dicom.allow_missing_splits,
+        frame=dicom.frame,
+        max_pixels=dicom.max_pixels,
         num_workers=dicom.workers,
         progress=True,
     )
@@ -127,13 +158,20 @@ def _build_dicom(options: Options, dicom: DicomOptions, parser: Parser) -> int:
     if builder.is_prepared():
         print(f"{builder.data_dir} is already built; delete it to rebuild", file=sys.stderr)
         return 0
+    report_path.unlink(missing_ok=True)  # a report from an earlier run must not pass for this one's
     try:
         builder.download_and_prepare(file_format="array_record")
-    except BuildError as error:
-        return parser.fail(error, 1)
+    except (BuildError, *ERRORS) as error:
+        if builder.report:
+            builder.report["error"] = str(error)
+        if isinstance(error, BuildError):
+            return parser.fail(error, 1)
+        raise
     finally:
         if builder.report:
             write_atomic(report_path, json.dumps(builder.report, indent=1).encode())
+            for warning in builder.report["warnings"]:
+                print(f"warning: {warning}", file=sys.stderr)
             print(f"build report: {report_path}", file=sys.stderr)
     skipped = len(builder.report.get("skipped", []))
     print(f"mammo_dicom/{builder.builder_config.name}: {_sizes(builder)}, {skipped} skipped, in {builder.data_dir}")

@@ -5,7 +5,10 @@
 - ``npz``: ``image`` float32 [H, W] in the model range [-1, 1] (unquantised) and ``labels``.
 - ``dicom``: Secondary Capture, ImageType DERIVED\\SECONDARY, ConversionType SYN (synthetic
   image), SeriesDescription and ImageComments that say SYNTHETIC; no patient, study-date
-  or institution data at all. Its UIDs are derived from the job and the image index
+  or institution data at all: the Type 2 attributes the standard requires (PatientName,
+  PatientID, StudyDate...) are present and empty, so the file validates (``dciodvfy``).
+  Laterality is the sample's laterality label (empty when not conditioned on), and
+  PatientOrientation is empty. Its UIDs are derived from the job and the image index
   (``job_uid``), so a rerun writes the same bytes.
 
 Every format is a deterministic function of the image and its metadata (no timestamps).
@@ -18,6 +21,7 @@ import zipfile
 
 import numpy as np
 
+from ldm_jax import attributes
 from ldm_jax.data.imageio import decode_png, encode_png, to_model_range
 from ldm_jax.sampling.grid import FFDM_MAX, to_pixels
 
@@ -44,7 +48,7 @@ def encode_image(
         return encode_png(to_pixels(image, 255, np.uint8))
     if fmt == "npz":
         return _npz({"image": image, "labels": np.asarray(labels, np.int32)})
-    return _dicom(to_pixels(image, FFDM_MAX, np.uint16), description, job_uid, index)
+    return _dicom(to_pixels(image, FFDM_MAX, np.uint16), _laterality(labels), description, job_uid, index)
 
 
 def decode_image(data: bytes, fmt: str) -> np.ndarray:
@@ -76,7 +80,31 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def _dicom(pixels: np.ndarray, description: str, job_uid: str, index: int) -> bytes:
+# Type 2 attributes of the Patient and General Study modules: present, and empty here
+_EMPTY_TYPE_2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "PatientOrientation",
+)
+
+
+def _laterality(labels) -> str:
+    """ "L"/"R" from the label array's laterality entry; "" when it is null or not given."""
+    values = attributes.ATTRIBUTES["laterality"]
+    labels = np.asarray(labels).reshape(-1)
+    index = attributes.ATTRIBUTE_NAMES.index("laterality")
+    value = int(labels[index]) if labels.size > index else -1
+    return values[value] if 0 <= value < len(values) else ""
+
+
+def _dicom(pixels: np.ndarray, laterality: str, description: str, job_uid: str, index: int) -> bytes:
     """A Secondary Capture DICOM of a synthetic 12-bit image (see the module docstring)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -90,7 +118,10 @@ def _dicom(pixels: np.ndarray, description: str, job_uid: str, index: int) -> by
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[job_uid, "study"])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[job_uid, "series"])
+    for keyword in _EMPTY_TYPE_2:
+        setattr(ds, keyword, "")
     ds.Modality = "OT"
+    ds.Laterality = laterality
     ds.ConversionType = "SYN"  # DICOM defined term: synthetic image
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.SeriesDescription = SYNTHETIC

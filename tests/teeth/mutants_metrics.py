@@ -69,15 +69,15 @@ MUTANTS = [
     Mutant(
         "dicom_id_is_the_relative_path",
         "ldm_jax/data/builders/mammo_dicom.py",
-        '"id": key, "patient": patient}',
-        '"id": row.path, "patient": patient}',
+        '"id": key,\n                "patient": patient,\n',
+        '"id": row.path,\n                "patient": patient,\n',
         (_DICOM,),
     ),
     Mutant(
         "dicom_patient_feature_carries_the_path",
         "ldm_jax/data/builders/mammo_dicom.py",
-        '"id": key, "patient": patient}',
-        '"id": key, "patient": f"{patient}|{row.path}"}',
+        '"id": key,\n                "patient": patient,\n',
+        '"id": key,\n                "patient": f"{patient}|{row.path}",\n',
         (_DICOM,),
     ),
     Mutant(

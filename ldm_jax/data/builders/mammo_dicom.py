@@ -12,13 +12,21 @@ Label CSV layouts (``csv_format``):
   ``.dcm`` file under its first folder.
 * ``generic``: ``path,density,finding,view,laterality[,patient]``; values are names
   (``C``, ``mass``, ``MLO``, ``R``) or indices; empty means unknown. View and laterality
-  fall back to the DICOM tags, the patient to the DICOM PatientID.
+  fall back to the DICOM tags, the patient to the DICOM PatientID (a warning says so:
+  CBIS-DDSM gives every image its own PatientID, so patient-level splits need the column).
 * ``auto``: chosen from the header.
+
+Rows naming one image are merged (a finding list: mass > calcification > none); rows that
+disagree on density, view, laterality or patient are an error naming both lines.
 
 Split by patient: a keyed hash (HMAC-SHA256 with a secret salt) of the patient decides
 the split, so one patient's images never straddle splits. No identifier is written: the
 ``patient`` feature is the salted hash, ``id`` the salted hash of the file's path. Unknown
 labels are stored as -1 (TFDS ClassLabel's "no label"); the pipeline maps them to null.
+``breast_fraction`` is the share of the input image inside the breast mask (a check on the
+crop). Files that are not usable mammograms are skipped with a reason from
+``dicom.REASONS``; a split left without any image is an error before anything is written
+(or, with ``allow_missing_splits``, left out with a warning).
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ import collections
 import concurrent.futures
 import csv
 import dataclasses
+import fractions
+import io
+import itertools
 import multiprocessing
 import os
 import pathlib
@@ -61,32 +72,49 @@ class ImageRow:
     laterality: int | None = None
 
     def merge(self, other: "ImageRow") -> None:
-        """Fold another row for the same image into this one."""
-        for name in ("density", "view", "laterality"):
-            if getattr(self, name) is None:
-                setattr(self, name, getattr(other, name))
+        """Fold another row for the same image into this one; ValueError naming both rows when
+        they disagree on a label other than the finding (an image may hold several findings)."""
+        for name in ("density", "view", "laterality", "patient"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None and mine != theirs:
+                raise ValueError(f"{self.ref} and {other.ref} name the same image with different {name}")
+            if mine is None:
+                setattr(self, name, theirs)
         if _FINDING_RANK[other.finding] > _FINDING_RANK[self.finding]:
             self.finding = other.finding
-        self.patient = self.patient or other.patient
 
 
 # ----------------------------------------------------------------------------- CSV parsing
 
 
 def _read_csv(path: pathlib.Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Lower-cased header and ``(line number, row)`` pairs of a CSV file."""
+    """Lower-cased header and ``(line number, row)`` pairs of a UTF-8 CSV file.
+
+    Short rows are padded with empty cells; a row longer than the header, or text that is not
+    UTF-8, is a ValueError naming the file and line.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"label CSV {path} does not exist")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip().lower() for h in next(reader)]
-        except StopIteration:
-            raise ValueError(f"label CSV {path} is empty") from None
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"label CSV {path}:{line} is not UTF-8 text (save it as UTF-8)") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
         rows = []
         for row in reader:
-            if any(cell.strip() for cell in row):
-                rows.append((reader.line_num, {h: (v or "").strip() for h, v in zip(header, row)}))
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) > len(header):
+                raise ValueError(f"label CSV {path}:{reader.line_num} has {len(row)} fields, the header {len(header)}")
+            rows.append((reader.line_num, {h: v.strip() for h, v in zip(header, row + [""] * len(header))}))
+    except StopIteration:
+        raise ValueError(f"label CSV {path} is empty") from None
+    except csv.Error as e:
+        raise ValueError(f"label CSV {path}:{reader.line_num} is not valid CSV ({e})") from None
     return header, rows
 
 
@@ -205,6 +233,8 @@ def _parse_rows(fmt: str, csv_path: pathlib.Path, rows, dicom_dir: pathlib.Path)
                 _label("laterality", {"LEFT": "L", "RIGHT": "R"}.get(side, side), ref),
             )
         else:
+            if not row["path"]:
+                raise ValueError(f"{ref}: the path is empty")
             candidates = [row["path"]]
             parsed = ImageRow(
                 ref,
@@ -266,17 +296,52 @@ def split_of(patient_hash: str, fractions: tuple[float, float, float]) -> str:
 # ----------------------------------------------------------------------------- builder
 
 
-def _process(path: str, size: int):
-    """Worker: a ``Mammogram`` or the failure reason (a PHI-free string).
+def _process(path: str, size: int, frame: int | None, max_pixels: int):
+    """Worker: a ``Mammogram`` or the failure reason (from ``dicom.REASONS``).
 
-    Errors outside ``DicomError`` are reported by type only: their messages may quote values.
+    Errors outside ``DicomError`` get the fixed "unexpected" reason: their messages may quote values.
     """
     try:
-        return dicom.load_mammogram(path, size)
+        return dicom.load_mammogram(path, size, frame=frame, max_pixels=max_pixels)
     except dicom.DicomError as e:
         return e.reason
-    except Exception as e:  # one odd file must not end a long build; it counts as a failure
-        return f"unexpected error while processing ({type(e).__name__})"
+    except Exception:  # one odd file must not end a long build; it counts as a failure
+        return dicom.REASONS["unexpected"]
+
+
+def failure_budget(max_fail_fraction: float, total: int) -> int:
+    """How many of ``total`` images may fail: ``max_fail_fraction`` of them, counted exactly as
+    the decimal number given (0.29 of 100 is 29, where floating point makes it 28.999...)."""
+    return int(fractions.Fraction(repr(float(max_fail_fraction))) * total)
+
+
+def check_build_options(
+    max_fail_fraction: float,
+    split_fractions,
+    num_workers: int,
+    frame: int | None = None,
+    max_pixels: int = dicom.MAX_PIXELS,
+):
+    """ValueError naming a bad build option; returns the split fractions as 3 floats."""
+    if not 0.0 <= max_fail_fraction <= 1.0:
+        raise ValueError(f"max fail fraction {max_fail_fraction}: expected a fraction in [0, 1]")
+    try:
+        parts = split_fractions.split(",") if isinstance(split_fractions, str) else split_fractions
+        split = tuple(float(f) for f in parts)
+    except (TypeError, ValueError):
+        split = ()
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
+        raise ValueError(
+            f"split fractions {split_fractions!r}: expected three non-negative numbers (train, validation, "
+            "test) summing to 1, like 0.8,0.1,0.1"
+        )
+    if num_workers < 1:
+        raise ValueError(f"workers {num_workers}: expected at least 1")
+    if frame is not None and frame < 0:
+        raise ValueError(f"frame {frame}: expected a frame index >= 0")
+    if max_pixels < dicom.MIN_SIDE**2:
+        raise ValueError(f"max pixels {max_pixels}: expected at least {dicom.MIN_SIDE**2} (the smallest image)")
+    return split
 
 
 class MammoDicomConfig(tfds.core.BuilderConfig):
@@ -290,8 +355,11 @@ class MammoDicomConfig(tfds.core.BuilderConfig):
 class MammoDicom(tfds.core.GeneratorBasedBuilder):
     """Mammograms from DICOM files and label CSVs (VinDr-Mammo, CBIS-DDSM, generic)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "Breast segmentation (labels and film edges left out), breast_fraction feature.",
+    }
     BUILDER_CONFIGS = [MammoDicomConfig(size=s) for s in (64, 128, 256, 512, 1024)]
     DEFAULT_CONFIG_NAME = "512"
 
@@ -304,29 +372,26 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
         salt: bytes | None = None,
         max_fail_fraction: float = 0.05,
         split_fractions=(0.8, 0.1, 0.1),
+        allow_missing_splits: bool = False,
+        frame: int | None = None,
+        max_pixels: int = dicom.MAX_PIXELS,
         num_workers: int = 1,
         progress: bool = False,
         **kwargs,
     ):
         """Build inputs (needed only to prepare; reading takes ``data_dir``/``config`` only).
 
-        ``salt`` is the secret key of the patient/id hashes (kept out of the data set);
-        the build fails when more than ``max_fail_fraction`` of the images are unusable.
+        ``salt`` is the secret key of the patient/id hashes (kept out of the data set); the
+        build fails when more than ``max_fail_fraction`` of the images are unusable, or when a
+        split gets no image (unless ``allow_missing_splits``: it is then left out). ``frame``
+        picks a frame of multi-frame files; ``max_pixels`` bounds the declared Rows x Columns.
         """
-        if not 0.0 <= max_fail_fraction <= 1.0:
-            raise ValueError(f"max_fail_fraction must be in [0, 1], got {max_fail_fraction}")
-        fractions = tuple(float(f) for f in split_fractions)
-        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-            raise ValueError(
-                f"split_fractions (train, validation, test) must be 3 non-negative numbers "
-                f"summing to 1, got {split_fractions}"
-            )
-        if num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self._fractions = check_build_options(max_fail_fraction, split_fractions, num_workers, frame, max_pixels)
         self._inputs = dict(dicom_dir=dicom_dir, labels=labels, csv_format=csv_format)
         self._salt = salt.encode() if isinstance(salt, str) else salt
         self._max_fail_fraction = max_fail_fraction
-        self._fractions = fractions
+        self._allow_missing_splits = allow_missing_splits
+        self._decode_options = (frame, max_pixels)
         self._num_workers = num_workers
         self._progress = progress
         self.report: dict = {}
@@ -339,11 +404,12 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
             **{name: tfds.features.ClassLabel(names=list(values)) for name, values in attributes.ATTRIBUTES.items()},
             "id": tfds.features.Text(),
             "patient": tfds.features.Text(),
+            "breast_fraction": tfds.features.Scalar(dtype=np.float32),
         }
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(features),
             description="DICOM mammograms with density, finding, view and laterality labels: 12-bit values "
-            "in 16-bit PNGs, chest wall left, split by salted patient hash.",
+            "in 16-bit PNGs, chest wall left, breast segmented, split by salted patient hash.",
             metadata=tfds.core.MetadataDict(max_value=dicom.MAX_VALUE, orientation="chest wall left"),
         )
 
@@ -353,17 +419,13 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
             raise BuildError(
                 "mammo_dicom needs dicom_dir, labels and salt to build (see python -m ldm_jax.data.build --help)"
             )
+        self.report = {"dataset": self.name, "config": self.builder_config.name, "skipped": [], "warnings": []}
         dicom_dir = pathlib.Path(self._inputs["dicom_dir"])
         rows = read_label_csvs(self._inputs["labels"], dicom_dir, self._inputs["csv_format"])
-        self.report = {
-            "dataset": self.name,
-            "config": self.builder_config.name,
-            "images_in_csv": len(rows),
-            "max_fail_fraction": self._max_fail_fraction,
-            "skipped": [],
-        }
-        self._failure_budget = int(np.floor(self._max_fail_fraction * len(rows)))
+        self.report |= {"images_in_csv": len(rows), "max_fail_fraction": self._max_fail_fraction}
+        self._failure_budget = failure_budget(self._max_fail_fraction, len(rows))
         by_split: dict[str, list] = {s: [] for s in SPLITS}
+        from_tags = 0
         for row in rows:
             if row.patient is not None:
                 patient = dicom.salted_hash(self._salt, row.patient)
@@ -374,11 +436,46 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
                     self._fail(row, e.reason)
                     continue
                 if patient is None:
-                    self._fail(row, "no patient id (no CSV patient column and no DICOM PatientID)")
+                    self._fail(row, dicom.REASONS["no_patient"])
                     continue
+                from_tags += 1
             by_split[split_of(patient, self._fractions)].append((row, patient))
+        if from_tags:
+            self.report["warnings"].append(
+                f"{from_tags} image(s) have no patient in the label CSV: their DICOM PatientID is used, which "
+                "CBIS-DDSM-like data sets set per image; add a patient column for patient-level splits"
+            )
         self.report["written"] = {s: 0 for s in SPLITS}
-        return {s: self._generate_examples(s, items) for s, items in by_split.items() if items}
+        generators = {}
+        for split, items in by_split.items():
+            first = self._first_usable(split, items) if items else None
+            if first is not None:
+                generators[split] = self._generate_examples(split, items[first[0] :], first[1])
+            elif items:
+                self._unusable_split(split, len(items))
+            elif self._fractions[SPLITS.index(split)] > 0:
+                self.report["warnings"].append(f"split {split!r} left out: no patient was drawn into it")
+        return generators
+
+    def _unusable_split(self, split: str, count: int) -> None:
+        """A split whose images all failed: a BuildError, or left out with a warning when allowed."""
+        if not self._allow_missing_splits:
+            raise BuildError(
+                f"split {split!r} would be empty: all {count} of its images are unusable (see the build "
+                "report; fix the inputs or pass --allow-missing-splits to leave the split out)"
+            )
+        self.report["warnings"].append(f"split {split!r} left out: all {count} of its images are unusable")
+
+    def _first_usable(self, split: str, items) -> tuple[int, dicom.Mammogram] | None:
+        """``(index, Mammogram)`` of the first usable image of a split (failures before it are
+        recorded), None when there is none: TFDS needs every split it is given to hold one."""
+        dicom_dir = pathlib.Path(self._inputs["dicom_dir"])
+        for index, (row, _) in enumerate(items):
+            result = _process(str(dicom_dir / row.path), self.builder_config.size, *self._decode_options)
+            if not isinstance(result, str):
+                return index, result
+            self._fail(row, result)
+        return None
 
     def _fail(self, row: ImageRow, reason: str) -> None:
         """Record a skipped image; stop the build once the failure budget is spent."""
@@ -393,16 +490,16 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
 
     def _results(self, paths: list[str]):
         """``_process`` over ``paths`` in order; with workers, a bounded look-ahead of processes."""
-        size = self.builder_config.size
+        args = (self.builder_config.size, *self._decode_options)
         if self._num_workers == 1:
-            yield from (_process(path, size) for path in paths)
+            yield from (_process(path, *args) for path in paths)
             return
         context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
         pool = concurrent.futures.ProcessPoolExecutor(self._num_workers, mp_context=context)
         try:
             pending = collections.deque()
             for path in paths:
-                pending.append(pool.submit(_process, path, size))
+                pending.append(pool.submit(_process, path, *args))
                 if len(pending) >= 4 * self._num_workers:
                     yield pending.popleft().result()
             while pending:
@@ -410,11 +507,12 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _generate_examples(self, split: str, items):
+    def _generate_examples(self, split: str, items, first: dicom.Mammogram):
+        """Examples of ``items``, whose first image is already processed (``first``)."""
         from tqdm.auto import tqdm
 
         dicom_dir = pathlib.Path(self._inputs["dicom_dir"])
-        results = self._results([str(dicom_dir / row.path) for row, _ in items])
+        results = itertools.chain([first], self._results([str(dicom_dir / row.path) for row, _ in items[1:]]))
         for (row, patient), result in tqdm(
             zip(items, results),
             total=len(items),
@@ -427,7 +525,12 @@ class MammoDicom(tfds.core.GeneratorBasedBuilder):
                 continue
             key = dicom.salted_hash(self._salt, "path:" + row.path)
             tags = {"view": result.view, "laterality": result.laterality}
-            example = {"image": encode_png(result.image[..., None]), "id": key, "patient": patient}
+            example = {
+                "image": encode_png(result.image[..., None]),
+                "id": key,
+                "patient": patient,
+                "breast_fraction": result.breast_fraction,
+            }
             for name in attributes.ATTRIBUTE_NAMES:
                 value = getattr(row, name)
                 if value is None and tags.get(name) is not None:
