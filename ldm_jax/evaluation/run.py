@@ -156,9 +156,14 @@ class Evaluator:
         )
         return images, labels
 
+    @property
+    def classifier_file(self) -> pathlib.Path:
+        """``options.classifier``, or ``<out>/phantom_classifier.msgpack``."""
+        return pathlib.Path(self.options.classifier or self.out / "phantom_classifier.msgpack")
+
     def classifier(self):
         """``(params, config)``: loaded, or trained on phantoms at the model's size and saved."""
-        path = pathlib.Path(self.options.classifier or self.out / "phantom_classifier.msgpack")
+        path = self.classifier_file
         if path.exists():
             params, config = clf.load_classifier(path)
             if config.image_size != self.model.image_size:
@@ -288,8 +293,10 @@ def evaluate(workdir, options: Options = Options(), out=None) -> dict:
     return results
 
 
-def _dense_tissue_removal(ev: Evaluator, params, config):
-    """Dense (C/D) held-out phantoms with a finding, edited to density A, against their counterfactuals."""
+def dense_edits(ev: Evaluator) -> tuple[dict, dict]:
+    """``(data, candidates)``: ``options.edits`` dense (C/D) held-out phantoms with a finding
+    (``lesions.phantom_arrays``), and ``{"edit", "unedited", "threshold_filter"}``: each image
+    edited to density A, as it is, and through ``threshold_filter``."""
     from ldm_jax.data.phantoms import generate_phantom
 
     o, m = ev.options, ev.model
@@ -316,6 +323,30 @@ def _dense_tissue_removal(ev: Evaluator, params, config):
         "unedited": data["image"],
         "threshold_filter": threshold_filter(data["image"], data["breast_mask"]),
     }
+    return data, candidates
+
+
+def edit_rows(data: dict, candidates: dict, count: int = 6) -> list[dict]:
+    """The report's ``editing`` rows of the first ``count`` ``dense_edits``: input, edit, fat-only
+    truth and threshold filter."""
+    return [
+        {
+            "caption": f"held-out phantom {i}: {attributes.format_condition(data['labels'][i])} → density=A",
+            "images": [
+                ("input", data["image"][i]),
+                ("edit", candidates["edit"][i]),
+                ("ground truth (fat only)", data["counterfactual"][i]),
+                ("threshold filter", candidates["threshold_filter"][i]),
+            ],
+        }
+        for i in range(min(count, len(data["image"])))
+    ]
+
+
+def _dense_tissue_removal(ev: Evaluator, params, config):
+    """Dense (C/D) held-out phantoms with a finding, edited to density A, against their counterfactuals."""
+    o = ev.options
+    data, candidates = dense_edits(ev)
     out = {"method": o.edit_method, "strength": o.edit_strength, "images": o.edits}
     for name, images in candidates.items():
         scores = metrics.reconstruction_metrics(data["counterfactual"], images)
@@ -328,19 +359,7 @@ def _dense_tissue_removal(ev: Evaluator, params, config):
                 data["counterfactual"], images, data["mask"], data["breast_mask"], data["labels"][:, 1]
             ),
         }
-    rows = [
-        {
-            "caption": f"held-out phantom {i}: {attributes.format_condition(source[i])} → density=A",
-            "images": [
-                ("input", data["image"][i]),
-                ("edit", edited[i]),
-                ("ground truth (fat only)", data["counterfactual"][i]),
-                ("threshold filter", candidates["threshold_filter"][i]),
-            ],
-        }
-        for i in range(min(6, o.edits))
-    ]
-    return out, rows
+    return out, edit_rows(data, candidates)
 
 
 def _curves(workdir: pathlib.Path) -> dict:
