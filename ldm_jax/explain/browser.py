@@ -1,5 +1,5 @@
 """A page opened in headless Chromium, driven over the Chrome DevTools Protocol: no Python
-packages, one pipe.
+packages, two pipes.
 
 Chromium started with ``--remote-debugging-pipe`` reads protocol commands on its fd 3 and writes
 responses and events on its fd 4, each message a JSON object ended by a NUL byte. ``Page`` opens
@@ -18,6 +18,7 @@ import pathlib
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -30,11 +31,17 @@ def find_browser() -> str | None:
     return next((path for name in EXECUTABLES if (path := shutil.which(name))), None)
 
 
-def _high(fd: int) -> int:
-    """``fd`` moved to a descriptor >= 10 (close-on-exec), so the child's 3 and 4 can be set from it."""
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+_TRAMPOLINE = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+    "os.close(int(sys.argv[1])); os.close(int(sys.argv[2])); os.execvp(sys.argv[3], sys.argv[3:])"
+)
+
+
+def _above_4(fd: int) -> int:
+    """``fd`` moved to a descriptor >= 10, clear of the 3 and 4 the browser gets."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
     os.close(fd)
-    return high
+    return moved
 
 
 class Page:
@@ -46,16 +53,19 @@ class Page:
         if executable is None:
             raise FileNotFoundError(f"no headless Chromium on the PATH: install Debian's {PACKAGE}")
         self.timeout, self.events, self._next_id, self._buffer = timeout, [], 0, b""
-        commands_read, self._commands = (_high(fd) for fd in os.pipe())
-        self._replies, replies_write = (_high(fd) for fd in os.pipe())
+        commands_read, self._commands = (_above_4(fd) for fd in os.pipe())
+        self._replies, replies_write = (_above_4(fd) for fd in os.pipe())
         self._profile = tempfile.TemporaryDirectory(prefix="explain-chromium-", ignore_cleanup_errors=True)
 
-        def child_fds():  # the protocol's fixed descriptors: commands on 3, replies on 4
-            os.dup2(commands_read, 3)
-            os.dup2(replies_write, 4)
-
+        # A small Python trampoline gives the browser its protocol descriptors (commands on 3,
+        # replies on 4); a preexec_fn would fork this multithreaded (JAX) process instead.
         self._process = subprocess.Popen(
             [
+                sys.executable,
+                "-c",
+                _TRAMPOLINE,
+                str(commands_read),
+                str(replies_write),
                 executable,
                 "--headless",
                 "--remote-debugging-pipe",
@@ -66,8 +76,7 @@ class Page:
                 f"--window-size={width},{height}",
                 "about:blank",
             ],
-            pass_fds=(3, 4),
-            preexec_fn=child_fds,
+            pass_fds=(commands_read, replies_write),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -168,13 +168,19 @@ def reverse_trajectory(ev: Evaluator, condition: str = "density=D", seed: int = 
     keys = image_keys(jax.random.PRNGKey(seed), jnp.arange(1))
     x_T = jax.random.normal(keys[0], (1, *m.latent_shape))
     sampling = SamplerConfig(num_steps=ev.sampling.num_steps, prediction=m.prediction)
-    final, path = samplers.sample(
-        denoiser(m.unet, m.unet_params), m.schedule, x_T, keys, sampling, cond=labels, return_trajectory=True
-    )
     ts = sampling.grid(m.schedule.num_steps)
-    xt = path[:-1, 0]
-    prediction = m.unet.apply({"params": m.unet_params}, xt, jnp.asarray(ts), jnp.repeat(labels, len(ts), 0))
-    x0_hat, _ = forward.x0_eps_from_prediction(m.schedule, xt, jnp.asarray(ts), prediction, m.prediction)
+
+    @jax.jit
+    def trajectory(unet_params):
+        final, path = samplers.sample(
+            denoiser(m.unet, unet_params), m.schedule, x_T, keys, sampling, cond=labels, return_trajectory=True
+        )
+        xt = path[:-1, 0]
+        prediction = m.unet.apply({"params": unet_params}, xt, jnp.asarray(ts), jnp.repeat(labels, len(ts), 0))
+        x0_hat, _ = forward.x0_eps_from_prediction(m.schedule, xt, jnp.asarray(ts), prediction, m.prediction)
+        return final, xt, x0_hat
+
+    final, xt, x0_hat = trajectory(m.unet_params)
     return {
         "t": ts.tolist(),
         "xt": np.asarray(ev.decode(xt / m.scale)),

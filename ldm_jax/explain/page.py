@@ -239,31 +239,34 @@ def _schedules(schedule, x0, T: int) -> str:
 
 
 def _horizon(x0, ev, options: Options) -> str:
-    rows, images = {}, []
-    for T in HORIZONS:
-        row = []
-        for name in SCHEDULES:
+    columns = [f"T = {T}" for T in HORIZONS]
+    rows = {"ᾱ_{T−1}": [["", *columns]], "SNR(T−1)": [["", *columns]], "KL per pixel (nats)": [["", *columns]]}
+    images = []
+    for name in SCHEDULES:
+        values, row = [], []
+        for T in HORIZONS:
             s = make_schedule(name, T)
             level = figures.signal_levels(s, [T - 1])
-            rows[f"{name}, T = {T}"] = {
-                "ᾱ_{T−1}": _n(level["alpha_bar"][0]),
-                "SNR(T−1)": _n(level["snr"][0]),
-                "KL(q(x_{T−1}|x_0) ‖ N(0,I)) per pixel, nats": _n(figures.prior_kl(s, x0)),
-            }
-            row.append(report.figure(figures.noised(s, x0, [T - 1])[0], f"{name}, x_{T - 1}"))
-        images.append(f'<div class="row"><p>T = {T}</p>{"".join(row)}</div>')
+            values.append((level["alpha_bar"][0], level["snr"][0], figures.prior_kl(s, x0)))
+            row.append(report.figure(figures.noised(s, x0, [T - 1])[0], f"T = {T}: x_{T - 1}"))
+        for key, column in zip(rows, zip(*values)):
+            rows[key].append([name, *(_n(v) for v in column)])
+        images.append(f'<div class="row"><p>{name}</p>{"".join(row)}</div>')
+    kept = [row[0] for row in rows["SNR(T−1)"][1:] if float(row[1]) > 1]
     parts = [
         _p(
             "The β ranges are fixed per step, so T decides how much signal survives (Franzese et al. 2022,",
-            "“How much is enough?”). With T = 10 the phantom is still plainly visible at the last step;",
-            "a sampler that starts from pure noise N(0, I) then starts from the wrong distribution, and the",
-            "KL divergence below is that mismatch. Large T leaves almost no signal but costs more steps to",
-            "train and to sample; fast samplers (DDIM, DPM-Solver++) walk a short grid of a long schedule.",
+            f"“How much is enough?”). With T = {HORIZONS[0]}, the {' and '.join(kept)} schedules still have",
+            "SNR > 1 at the last step: the phantom is plainly there. A sampler that starts from pure noise",
+            "N(0, I) then starts from the wrong distribution; the KL divergence below is that mismatch.",
+            "Large T leaves almost no signal but costs more steps to train and to sample; fast samplers",
+            "(DDIM, DPM-Solver++) walk a short grid of a long schedule.",
         ),
         _fig(
             "horizon-table",
             "ldm_jax.diffusion.schedule.make_schedule, forward.snr, ldm_jax.explain.figures.prior_kl",
-            "Terminal signal for T = 10, 100, 1000 under each schedule (default β ranges).",
+            "Terminal signal for T = 10, 100, 1000 under each schedule (default β ranges), and the mean per-pixel "
+            "KL(q(x_{T−1} | x_0) ‖ N(0, I)) of the phantom.",
             report.table(rows),
         ),
         _fig(
@@ -364,12 +367,12 @@ def _reverse(ev, seed: int) -> str:
     traj = figures.reverse_trajectory(ev, "density=D", seed)
     n = len(traj["t"])
     picks = np.unique(np.linspace(0, n - 1, min(8, n)).round().astype(int))
-    steps = "".join(
-        f'<div class="row"><p>t = {traj["t"][i]}</p>'
-        + report.figure(traj["xt"][i], f"decoded x_{traj['t'][i]}")
-        + report.figure(traj["x0_hat"][i], "x̂_0")
+    steps = (
+        '<div class="row"><p>the latent x_t, decoded</p>'
+        + "".join(report.figure(traj["xt"][i], f"t = {traj['t'][i]}") for i in picks)
+        + '</div><div class="row"><p>x̂_0 predicted at that step</p>'
+        + "".join(report.figure(traj["x0_hat"][i], f"t = {traj['t'][i]}") for i in picks)
         + "</div>"
-        for i in picks
     )
     same = figures.same_noise_by_density(ev, seed)
     return "".join(
@@ -377,7 +380,7 @@ def _reverse(ev, seed: int) -> str:
             _p(
                 "The data distribution is unknown, so q(x_{t−1} | x_t) cannot be written down; a UNet learns it.",
                 f"It predicts the noise (here: {ev.model.prediction}) and with it x̂_0, the clean image it believes in;",
-                "a sampler steps from x_T ~ N(0, I) down to x_0. Early x̂_0 are blurry averages; detail comes last.",
+                "a sampler steps from x_T ~ N(0, I) down to x_0, each step moving towards the current x̂_0.",
             ),
             _fig(
                 "reverse-trajectory",
@@ -436,12 +439,28 @@ def _filter(ev, workdir) -> str:
     if evaluated.exists():
         removal = json.loads(evaluated.read_text()).get("dense_tissue_removal")
         if removal:
+            header = ["", "SSIM to truth", "PSNR (dB)", "masses kept", "calcifications kept", "predicted A/B/C/D"]
+            grid = [header] + [
+                [
+                    name,
+                    _n(removal[name]["ssim_to_counterfactual"]["mean"]),
+                    _n(removal[name]["psnr_to_counterfactual"]["mean"]),
+                    *(
+                        "{preserved} of {detected}".format(**removal[name]["lesions_kept"][kind])
+                        for kind in ("mass", "calcification")
+                    ),
+                    " / ".join(_n(f, 2) for f in removal[name]["predicted_density_fraction"]),
+                ]
+                for name in ("edit", "unedited", "threshold_filter")
+            ]
             parts.append(
                 _fig(
                     "filter-evaluation",
                     f"evaluate.py (ldm_jax.evaluation.run), read from {evaluated}",
-                    f"evaluate.py's dense-tissue removal on {removal['images']} edits of this run.",
-                    report.table(removal),
+                    f"evaluate.py's dense-tissue removal on {removal['images']} edits of this run "
+                    f"({removal['method']}, strength {removal['strength']:g}): lesions detected in the truth and "
+                    "still found after the filter, and the phantom classifier's density fractions.",
+                    report.table({"dense-tissue removal": grid}),
                 )
             )
     return "".join(parts)
