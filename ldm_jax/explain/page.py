@@ -127,7 +127,7 @@ def _forward(schedule, x0, ts, ev, user_image) -> str:
             "Each step mixes in a little noise: q(x_t | x_{t−1}) = N(√(1−β_t) x_{t−1}, β_t I).",
             "After t steps the image keeps the fraction √ᾱ_t of its amplitude, ᾱ_t = ∏_{s≤t} (1−β_s),",
             "and the signal-to-noise ratio is SNR(t) = ᾱ_t / (1−ᾱ_t).",
-            f"This page uses the schedule {schedule_name(ev)} with T = {schedule.num_steps} steps (t counts from 0).",
+            f"This page uses the schedule {_schedule_name(ev)} with T = {schedule.num_steps} steps (t counts from 0).",
         ),
         _forward_slider("forward-phantom", "A mammogram phantom", figures.forward_frames(schedule, x0, ts, ev)),
     ]
@@ -135,16 +135,18 @@ def _forward(schedule, x0, ts, ev, user_image) -> str:
         frames = figures.forward_frames(schedule, user_image, ts, ev)
         parts.append(_forward_slider("forward-image", "Your mammogram", frames))
     if ev is not None:
+        h, w, c = ev.model.latent_shape
         parts.append(
             _p(
-                "The latent is 16 times smaller than the image here, and the noise destroys it in the same way;",
-                "decoding a noisy latent shows what the autoencoder makes of it.",
+                f"The {h}×{w}×{c} latent has {x0.shape[0] * x0.shape[1] // (h * w)} times fewer positions than the",
+                "image, and the noise destroys it in the same way; decoding a noisy latent shows what the",
+                "autoencoder makes of it.",
             )
         )
     return "".join(parts)
 
 
-def schedule_name(ev) -> str:
+def _schedule_name(ev) -> str:
     if ev is None:
         return "linear (DDPM: β from 1e-4 to 0.02)"
     d = ev.model.config.diffusion
@@ -205,7 +207,8 @@ def _schedules(schedule, x0, T: int) -> str:
         + "</div>"
         for name in SCHEDULES
     )
-    terminal = {name: {"ᾱ_{T−1}": _n(v["alpha_bar"][-1]), "SNR(T−1)": _n(v["snr"][-1])} for name, v in levels.items()}
+    terminal = [["", "ᾱ_{T−1}", "SNR(T−1)"]]
+    terminal += [[name, _n(v["alpha_bar"][-1]), _n(v["snr"][-1])] for name, v in levels.items()]
     return "".join(
         [
             _p(
@@ -232,7 +235,7 @@ def _schedules(schedule, x0, T: int) -> str:
                 "schedule-terminal",
                 "ldm_jax.diffusion.schedule.make_schedule(zero_terminal_snr=...)",
                 "What is left at the last step: ᾱ_{T−1} and the SNR there.",
-                report.table(terminal),
+                report.table({f"T = {T}": terminal}),
             ),
         ]
     )
@@ -379,7 +382,7 @@ def _reverse(ev, seed: int) -> str:
         [
             _p(
                 "The data distribution is unknown, so q(x_{t−1} | x_t) cannot be written down; a UNet learns it.",
-                f"It predicts the noise (here: {ev.model.prediction}) and with it x̂_0, the clean image it believes in;",
+                f"Its output (this run predicts {ev.model.prediction}) gives x̂_0, its estimate of the clean image;",
                 "a sampler steps from x_T ~ N(0, I) down to x_0, each step moving towards the current x̂_0.",
             ),
             _fig(
@@ -475,7 +478,7 @@ def _evaluator(workdir, options: Options):
         steps=options.steps,
         guidance=options.guidance,
         classifier=options.classifier,
-        batch=max(options.edits, 1),
+        batch=options.edits,
         seed=options.seed,
     )
     return evaluation.Evaluator(workdir, eval_options, pathlib.Path(workdir) / "eval")
@@ -527,5 +530,5 @@ def _intro(workdir, ev) -> str:
     return _p(
         f"Every figure below was computed by ldm_jax when this page was built, from the run {workdir}",
         f"(diffusion step {m.step}, autoencoder step {m.autoencoder_step}, {m.image_size}×{m.image_size} images,",
-        f"{attributes.ATTRIBUTE_NAMES[0]} conditioning among {len(attributes.ATTRIBUTE_NAMES)} attributes).",
+        f"conditioned on {', '.join(attributes.ATTRIBUTE_NAMES)}).",
     )
