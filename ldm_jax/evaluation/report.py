@@ -79,6 +79,7 @@ def image_tag(image, alt: str = "") -> str:
 
 
 def figure(image, caption) -> str:
+    """An embedded image with its caption below."""
     return f"<figure>{image_tag(image, caption)}<figcaption>{_text(caption)}</figcaption></figure>"
 
 
@@ -175,7 +176,8 @@ def _trajectory(section: dict) -> str:
     return "".join(figure(f, c) for c, f in zip(captions, frames))
 
 
-def _editing(rows: list) -> str:
+def image_rows(rows: list) -> str:
+    """Rows of captioned images: ``[{"caption": str, "images": [(label, image), ...]}, ...]``."""
     return "".join(
         f'<div class="row"><p>{_text(row.get("caption", ""))}</p>'
         f"{''.join(figure(image, label) for label, image in row['images'])}</div>"
@@ -200,6 +202,7 @@ def _value(value) -> str:
 
 
 def table(metrics: dict) -> str:
+    """``{name: value}`` as a two-column table (nested dicts as nested tables, 2-D lists as grids)."""
     rows = "".join(f"<tr><th>{_text(k)}</th><td>{_value(v)}</td></tr>" for k, v in metrics.items())
     return f"<table>{rows}</table>"
 
@@ -209,7 +212,7 @@ _RENDER = {
     "sample_grids": ("Samples per condition", _sample_grids),
     "forward_diffusion": ("Forward diffusion", _forward_diffusion),
     "trajectory": ("Denoising trajectory", _trajectory),
-    "editing": ("Editing", _editing),
+    "editing": ("Editing", image_rows),
     "metrics": ("Metrics", table),
 }
 

@@ -201,11 +201,11 @@ def _schedules(schedule, x0, T: int) -> str:
     with np.errstate(divide="ignore"):  # log SNR = -inf at a zero terminal SNR (the chart drops it)
         log_snr = {name: list(enumerate(np.log(v["snr"]).tolist())) for name, v in levels.items()}
     ts = [T // 10, T // 4, T // 2, (3 * T) // 4]
-    images = "".join(
-        f'<div class="row"><p>{_esc(name)}</p>'
-        + "".join(report.figure(x, f"t = {t}") for t, x in zip(ts, figures.noised(table[name], x0, ts)))
-        + "</div>"
-        for name in SCHEDULES
+    images = report.image_rows(
+        [
+            {"caption": name, "images": [(f"t = {t}", x) for t, x in zip(ts, figures.noised(table[name], x0, ts))]}
+            for name in SCHEDULES
+        ]
     )
     terminal = [["", "ᾱ_{T−1}", "SNR(T−1)"]]
     terminal += [[name, _n(v["alpha_bar"][-1]), _n(v["snr"][-1])] for name, v in levels.items()]
@@ -251,10 +251,10 @@ def _horizon(x0, ev, options: Options) -> str:
             s = make_schedule(name, T)
             level = figures.signal_levels(s, [T - 1])
             values.append((level["alpha_bar"][0], level["snr"][0], figures.prior_kl(s, x0)))
-            row.append(report.figure(figures.noised(s, x0, [T - 1])[0], f"T = {T}: x_{T - 1}"))
+            row.append((f"T = {T}: x_{T - 1}", figures.noised(s, x0, [T - 1])[0]))
         for key, column in zip(rows, zip(*values)):
             rows[key].append([name, *(_n(v) for v in column)])
-        images.append(f'<div class="row"><p>{name}</p>{"".join(row)}</div>')
+        images.append({"caption": name, "images": row})
     kept = [row[0] for row in rows["SNR(T−1)"][1:] if float(row[1]) > 1]
     parts = [
         _p(
@@ -276,7 +276,7 @@ def _horizon(x0, ev, options: Options) -> str:
             "horizon-images",
             "ldm_jax.diffusion.forward.q_sample at t = T − 1",
             "The phantom at the last step, x_{T−1}, for each T and schedule.",
-            "".join(images),
+            report.image_rows(images),
         ),
     ]
     if ev is None:
@@ -296,11 +296,11 @@ def _horizon(x0, ev, options: Options) -> str:
             cells["density accuracy"] = _n(row["density_accuracy"])
             cells["Fréchet distance (classifier features)"] = _n(row["frechet_distance"])
         table[f"{row['steps']} DDIM steps"] = cells
-    samples = "".join(
-        f'<div class="row"><p>{row["steps"]} steps</p>'
-        + "".join(report.figure(row["images"][i], DENSITY_LABELS[i]) for i in range(min(4, len(row["images"]))))
-        + "</div>"
-        for row in quality
+    samples = report.image_rows(
+        [
+            {"caption": f"{row['steps']} steps", "images": list(zip(evaluation.DENSITY_CONDITIONS, row["images"]))}
+            for row in quality
+        ]
     )
     classifier = "" if "density_accuracy" in quality[0] else " (no phantom classifier file: accuracy and FD left out)"
     parts.append(
@@ -315,9 +315,6 @@ def _horizon(x0, ev, options: Options) -> str:
         )
     )
     return "".join(parts)
-
-
-DENSITY_LABELS = tuple(evaluation.DENSITY_CONDITIONS)
 
 
 def _needs_run(what: str) -> str:
@@ -370,12 +367,11 @@ def _reverse(ev, seed: int) -> str:
     traj = figures.reverse_trajectory(ev, "density=D", seed)
     n = len(traj["t"])
     picks = np.unique(np.linspace(0, n - 1, min(8, n)).round().astype(int))
-    steps = (
-        '<div class="row"><p>the latent x_t, decoded</p>'
-        + "".join(report.figure(traj["xt"][i], f"t = {traj['t'][i]}") for i in picks)
-        + '</div><div class="row"><p>x̂_0 predicted at that step</p>'
-        + "".join(report.figure(traj["x0_hat"][i], f"t = {traj['t'][i]}") for i in picks)
-        + "</div>"
+    steps = report.image_rows(
+        [
+            {"caption": caption, "images": [(f"t = {traj['t'][i]}", traj[key][i]) for i in picks]}
+            for key, caption in (("xt", "the latent x_t, decoded"), ("x0_hat", "x̂_0 predicted at that step"))
+        ]
     )
     same = figures.same_noise_by_density(ev, seed)
     return "".join(
@@ -407,12 +403,7 @@ def _filter(ev, workdir) -> str:
     if ev is None:
         return _needs_run("the dense-tissue filter")
     data, candidates = evaluation.dense_edits(ev)
-    rows = "".join(
-        f'<div class="row"><p>{_esc(row["caption"])}</p>'
-        + "".join(report.figure(image, label) for label, image in row["images"])
-        + "</div>"
-        for row in evaluation.edit_rows(data, candidates)
-    )
+    rows = report.image_rows(evaluation.edit_rows(data, candidates))
     measured = {}
     for name, images in candidates.items():
         scores = metrics.reconstruction_metrics(data["counterfactual"], images)
