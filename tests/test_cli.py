@@ -18,6 +18,7 @@ CLIS = {  # prog: command
     "bench.py": ["bench.py"],
     "python -m ldm_jax.data.build": ["-m", "ldm_jax.data.build"],
     "demo_seeds.py": ["benchmarks/demo_seeds.py"],
+    "explain.py": ["explain.py"],
 }
 
 BAD = [  # (prog, arguments): one bad flag value and one bad input per CLI
@@ -46,6 +47,9 @@ BAD = [  # (prog, arguments): one bad flag value and one bad input per CLI
         ],
     ),
     ("demo_seeds.py", ["--seeds", "zero"]),
+    ("explain.py", ["--frames", "0"]),
+    ("explain.py", ["--workdir", "{tmp}/nowhere"]),
+    ("explain.py", ["--frames", "1001", "--out", "{tmp}/x.html"]),  # more frames than the T = 1000 timesteps
 ]
 
 

@@ -5,7 +5,7 @@ Every ``.py`` under ``ldm_jax/`` is parsed with ``ast``; every ``import x`` and
 an ``ldm_jax`` module is an edge from the importing module's package to the imported one's.
 A module may import its own package and packages of lower layers; an edge to a higher
 layer, or to another package of the same layer, fails the test. The CLIs (train.py,
-sample.py, evaluate.py, bench.py) sit above all of it and are not checked.
+sample.py, evaluate.py, bench.py, explain.py) sit above all of it and are not checked.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ LAYERS = (
     ("sampling",),
     ("training",),  # writes sample grids with sampling
     ("evaluation", "benchmarking"),
+    ("explain",),  # the explainer page: figures from every layer below
 )
 RANK = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
 

@@ -67,8 +67,7 @@ def headline(workdir, options: Options = Options(), out=None) -> dict:
         "guidance": options.guidance,
         "steps": options.steps,
     }
-    classifier_file = pathlib.Path(options.classifier or out / "phantom_classifier.msgpack")
-    if classifier_file.exists():
+    if ev.classifier_file.exists():
         params, config = ev.classifier()
         predicted = clf.predict(params, config, samples)["labels"]
         result["density_accuracy"] = clf.conditioning_accuracy(predicted, targets)["density"]

@@ -33,7 +33,7 @@ from ldm_jax.data.imageio import MAX_VALUE, encode_png, write_atomic
 SECTIONS = ("curves", "sample_grids", "forward_diffusion", "trajectory", "editing", "metrics")
 _MARKED_POINTS = 32
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-_STYLE = """
+STYLE = """
 body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 h2{border-bottom:1px solid #ccc;padding-bottom:.2em}
 figure{display:inline-block;margin:.4em;text-align:center;vertical-align:top}
@@ -43,7 +43,7 @@ table{border-collapse:collapse;margin:.3em 0}
 td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}
 .row{margin:.5em 0;border-bottom:1px dotted #ccc}.chart{display:inline-block;margin:.5em}
 """
-_SLIDER_SCRIPT = """
+SLIDER_SCRIPT = """
 document.querySelectorAll('.slider').forEach(function(box){
   var frames=box.querySelectorAll('.frame'), range=box.querySelector('input'), label=box.querySelector('.t');
   function show(){frames.forEach(function(f,i){f.hidden=(i!=range.value);});
@@ -79,7 +79,8 @@ def image_tag(image, alt: str = "") -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{_text(alt)}">'
 
 
-def _figure(image, caption) -> str:
+def figure(image, caption) -> str:
+    """An embedded image with its caption below."""
     return f"<figure>{image_tag(image, caption)}<figcaption>{_text(caption)}</figcaption></figure>"
 
 
@@ -96,7 +97,7 @@ def _format(value) -> str:
 # ----------------------------------------------------------------------------- sections
 
 
-def _chart(title: str, series: dict, width: int = 480, height: int = 260) -> str:
+def chart(title: str, series: dict, width: int = 480, height: int = 260) -> str:
     """Inline SVG line chart of ``{name: [(step, value), ...]}``; non-finite points are dropped."""
     clean = {}
     for name, points in series.items():
@@ -142,39 +143,47 @@ def _chart(title: str, series: dict, width: int = 480, height: int = 260) -> str
 
 
 def _curves(curves: dict) -> str:
-    return "".join(_chart(title, series) for title, series in curves.items())
+    return "".join(chart(title, series) for title, series in curves.items())
 
 
 def _sample_grids(grids: dict) -> str:
-    return "".join(_figure(image, condition) for condition, image in grids.items())
+    return "".join(figure(image, condition) for condition, image in grids.items())
+
+
+def slider(labels: list[str], frames: list[str]) -> str:
+    """One frame (HTML) shown at a time behind an ``<input type=range>``; ``labels[i]`` is shown
+    beside the range while frame i is (``SLIDER_SCRIPT`` does the switching)."""
+    if len(labels) != len(frames) or not frames:
+        raise ValueError(f"a slider needs one label per frame, got {len(labels)} labels and {len(frames)} frames")
+    shown = "".join(
+        f'<div class="frame" data-t="{_text(label)}"{" hidden" if i else ""}>{frame}</div>'  # frame 0 shown
+        for i, (label, frame) in enumerate(zip(labels, frames))
+    )
+    return (
+        f'<div class="slider">{shown}<input type="range" min="0" max="{len(frames) - 1}" step="1" value="0" '
+        f'aria-label="diffusion step"> <span class="t"></span></div>'
+    )
 
 
 def _forward_diffusion(section: dict) -> str:
     ts, frames = list(section["t"]), list(section["frames"])
     if len(ts) != len(frames) or not frames:
         raise ValueError(f"forward_diffusion needs one frame per t, got {len(ts)} t and {len(frames)} frames")
-    images = "".join(
-        f'<div class="frame" data-t="t = {_text(t)}"{" hidden" if i else ""}>'  # frame 0 shown
-        f"{image_tag(f, f't = {t}')}</div>"
-        for i, (t, f) in enumerate(zip(ts, frames))
-    )
-    return (
-        f'<div class="slider">{images}<input type="range" min="0" max="{len(frames) - 1}" step="1" value="0" '
-        f'aria-label="diffusion step"> <span class="t"></span></div>'
-    )
+    return slider([f"t = {t}" for t in ts], [image_tag(f, f"t = {t}") for t, f in zip(ts, frames)])
 
 
 def _trajectory(section: dict) -> str:
     captions, frames = list(section["captions"]), list(section["frames"])
     if len(captions) != len(frames):
         raise ValueError(f"trajectory needs one caption per frame, got {len(captions)} and {len(frames)}")
-    return "".join(_figure(f, c) for c, f in zip(captions, frames))
+    return "".join(figure(f, c) for c, f in zip(captions, frames))
 
 
-def _editing(rows: list) -> str:
+def image_rows(rows: list) -> str:
+    """Rows of captioned images: ``[{"caption": str, "images": [(label, image), ...]}, ...]``."""
     return "".join(
         f'<div class="row"><p>{_text(row.get("caption", ""))}</p>'
-        f"{''.join(_figure(image, label) for label, image in row['images'])}</div>"
+        f"{''.join(figure(image, label) for label, image in row['images'])}</div>"
         for row in rows
     )
 
@@ -182,7 +191,7 @@ def _editing(rows: list) -> str:
 def _value(value) -> str:
     """A metric cell: a nested table for dicts, a grid for 2-D arrays (e.g. confusion matrices)."""
     if isinstance(value, dict):
-        return _table(value)
+        return table(value)
     if isinstance(value, (list, tuple, np.ndarray)):
         array = np.asarray(value, dtype=object)
         if array.ndim == 2:
@@ -195,7 +204,8 @@ def _value(value) -> str:
     return _text(_format(value))
 
 
-def _table(metrics: dict) -> str:
+def table(metrics: dict) -> str:
+    """``{name: value}`` as a two-column table (nested dicts as nested tables, 2-D lists as grids)."""
     rows = "".join(f"<tr><th>{_text(k)}</th><td>{_value(v)}</td></tr>" for k, v in metrics.items())
     return f"<table>{rows}</table>"
 
@@ -205,8 +215,8 @@ _RENDER = {
     "sample_grids": ("Samples per condition", _sample_grids),
     "forward_diffusion": ("Forward diffusion", _forward_diffusion),
     "trajectory": ("Denoising trajectory", _trajectory),
-    "editing": ("Editing", _editing),
-    "metrics": ("Metrics", _table),
+    "editing": ("Editing", image_rows),
+    "metrics": ("Metrics", table),
 }
 
 
@@ -215,16 +225,24 @@ def render_report(report: dict) -> str:
     unknown = set(report) - set(SECTIONS) - {"title"}
     if unknown:
         raise ValueError(f"unknown report sections {sorted(unknown)}; expected title and {SECTIONS}")
-    title = _text(report.get("title", "Evaluation report"))
-    body = [f"<h1>{title}</h1>"]
+    title = report.get("title", "Evaluation report")
+    body = [f"<h1>{_text(title)}</h1>"]
     for key in SECTIONS:
         if report.get(key) is not None:
             heading, render = _RENDER[key]
             body.append(f'<section id="{key}"><h2>{heading}</h2>{render(report[key])}</section>')
-    script = f"<script>{_SLIDER_SCRIPT}</script>" if report.get("forward_diffusion") is not None else ""
+    script = SLIDER_SCRIPT if report.get("forward_diffusion") is not None else ""
+    return page(title, "".join(body), script)
+
+
+def page(title: str, body: str, script: str = "", style: str = "") -> str:
+    """A whole HTML document: ``title`` (escaped), ``body`` (HTML), ``STYLE`` then ``style``, and an
+    inline ``script``."""
+    title = _text(title)
+    script = f"<script>{script}</script>" if script else ""
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{_STYLE}</style></head><body>{''.join(body)}{script}</body></html>\n"
+        f"<style>{STYLE}{style}</style></head><body>{body}{script}</body></html>\n"
     )
 
 

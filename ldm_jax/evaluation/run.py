@@ -64,7 +64,7 @@ class Options:
     steps: int = flag(50, "DDIM steps of samples")
     guidance: float = flag(3.0, "classifier-free guidance scale of samples (1: none)")
     pairs: int = flag(96, "dense same-seed phantom pairs (with / without the lesion) per lesion kind")
-    filter_steps: int = flag(20, "DDIM steps of the dense-tissue edits")
+    filter_steps: int = flag(10, "DDIM steps of the dense-tissue edits")
     filter_strengths: str = flag("0.2,0.4,0.6,0.8,1.0", "edit strengths swept (fractions of the steps redone)")
     filter_guidance: str = flag("1,3", "edit guidance scales swept")
     filter_methods: str = flag(
@@ -162,9 +162,14 @@ class Evaluator:
         )
         return images, labels
 
+    @property
+    def classifier_file(self) -> pathlib.Path:
+        """``options.classifier``, or ``<out>/phantom_classifier.msgpack``."""
+        return pathlib.Path(self.options.classifier or self.out / "phantom_classifier.msgpack")
+
     def classifier(self):
         """``(params, config)``: loaded, or trained on phantoms at the model's size and saved."""
-        path = pathlib.Path(self.options.classifier or self.out / "phantom_classifier.msgpack")
+        path = self.classifier_file
         if path.exists():
             params, config = clf.load_classifier(path)
             if config.image_size != self.model.image_size:
@@ -378,20 +383,20 @@ def _dense_tissue_filters(ev: Evaluator, params, config):
     edits = {}
     for i, f in enumerate(edit_filters):
         start = time.perf_counter()
-        edits[f.name] = _compiled_edit(ev, f)
+        edits[f.name] = compiled_edit(ev, f)
         outputs[f.name] = edits[f.name](data["image"], *labels, keys)
         results["filters"][f.name] = {"seconds": time.perf_counter() - start}
         _log(f"edit {i + 1}/{len(edit_filters)}: {f.name} ({results['filters'][f.name]['seconds']:.0f} s)")
     for name, images in outputs.items():
         results["filters"].setdefault(name, {}).update(filters.score(data, images, predict_density))
-    shown = _shown_filters(edit_filters)
-    rows = _filter_rows(data, outputs, shown)
+    shown = shown_filters(edit_filters)
+    rows = filter_rows(data, outputs, shown)
     if o.real_images:
         rows += _real_image_rows(ev, edits, shown)
     return results, rows, _filter_charts(results["filters"], edit_filters)
 
 
-def _compiled_edit(ev: Evaluator, f: filters.EditFilter):
+def compiled_edit(ev: Evaluator, f: filters.EditFilter):
     """``edit(images, source_labels, target_labels, keys) -> images`` of one filter, jitted once and
     run in fixed-size batches (the counterfactual filter runs the run's counterfactual UNet)."""
     model = ev.counterfactual if f.method == "counterfactual" else ev.model
@@ -412,7 +417,7 @@ def _compiled_edit(ev: Evaluator, f: filters.EditFilter):
     return run
 
 
-def _shown_filters(edit_filters) -> list[str]:
+def shown_filters(edit_filters) -> list[str]:
     """The filters example rows show: the threshold filter and each edit family at its middle strength."""
     families: dict = {}
     for f in edit_filters:
@@ -420,7 +425,7 @@ def _shown_filters(edit_filters) -> list[str]:
     return ["threshold filter"] + [names[len(names) // 2] for names in families.values()]
 
 
-def _filter_rows(data, outputs, shown, count: int = 4) -> list[dict]:
+def filter_rows(data, outputs, shown, count: int = 4) -> list[dict]:
     """Example pairs (with-lesion images): input, the fat-only truth and the ``shown`` filters."""
     rows = []
     for i in np.flatnonzero(data["has_lesion"])[:: max(1, int(data["has_lesion"].sum()) // count)][:count]:
