@@ -320,6 +320,27 @@ def test_start_step_continues_the_same_trajectory(sampler):
     np.testing.assert_allclose(np.asarray(part), np.asarray(traj[6:]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_known_region_is_kept_and_the_rest_sampled_as_without_it(sampler):
+    """``known = (mask, latents)``: where the mask is 0 each step ends on the known latent (the last
+    one is the result); where it is 1 the chain is the one sampled without ``known``. The toy
+    denoiser treats examples independently, so the mask is over examples: rows 0-7 generated,
+    rows 8-15 known."""
+    sched = _schedule()
+    denoise = toy.mixture_eps_fn(sched, MIXTURE)
+    x_T = jax.random.normal(jax.random.key(0), (16, 2))
+    key = jax.random.key(3)
+    config = SamplerConfig(sampler=sampler, num_steps=10)
+    known = jax.random.normal(jax.random.key(9), (10, 16, 2))
+    mask = (jnp.arange(16) < 8).astype(jnp.float32)[:, None]
+    free = _run(denoise, sched, config)(x_T, key)
+    kept = _run(denoise, sched, config, known=(mask, known))(x_T, key)
+    np.testing.assert_array_equal(np.asarray(kept[8:]), np.asarray(known[-1, 8:]))
+    np.testing.assert_allclose(np.asarray(kept[:8]), np.asarray(free[:8]), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="known latents of shape"):
+        _run(denoise, sched, config, known=(mask, known[1:]))(x_T, key)
+
+
 def test_sdedit_start_noises_to_the_grid_step():
     """strength 0.3 of 50 leading steps: the last 15 remain, start_step 35 (t = 280); x_t - √ᾱ x_0
     over 8192 values has std √(1-ᾱ_280) within 5/√(2n) (relative) and mean within 5·std/√n."""

@@ -289,10 +289,40 @@ def test_counterfactual_edit_samples_the_source_conditional_target():
     assert -x.mean() < partial.mean() < x.mean() - 0.05
 
 
+class _ExactLeftHalfDensityUNet(nn.Module):
+    """E[ε | x_t, density] for x_0 ~ N(μ, STD²) per pixel with μ = MEANS[density] in the left half
+    of the image (columns < 4) and 0 in the right half, whatever the density."""
+
+    alphas_cumprod: tuple
+
+    def __call__(self, x, t, labels):
+        abar = jnp.asarray(self.alphas_cumprod)[t][:, None, None, None]
+        left = (jnp.arange(x.shape[2]) < x.shape[2] // 2)[None, None, :, None]
+        mu = jnp.where(left, jnp.asarray(MEANS)[labels[:, 0]][:, None, None, None], 0.0)
+        a, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
+        return sigma * (x - a * mu) / (abar * STD**2 + sigma**2)
+
+
+def test_diffedit_moves_only_where_the_condition_acts_and_keeps_the_rest_exactly():
+    """Density acts on the left half only: DiffEdit's mask is that half, which the exact transport
+    x ↦ x − μ_D + μ_A moves as ddim-inversion would, while the right half comes back bit for bit
+    (every step there takes the inversion's own latent, and the last one is z_0)."""
+    rng = np.random.default_rng(2)
+    x = (STD * rng.standard_normal((4, 8, 8, 1))).astype(np.float32)
+    x[:, :, :4] += MEANS[3]
+    kw = dict(num_steps=1000, unet_class=_ExactLeftHalfDensityUNet)
+    edited = _toy_edit("diffedit", 1.0, x, "density=D", "density=A", **kw)
+    np.testing.assert_allclose(edited[:, :, :4], x[:, :, :4] - MEANS[3] + MEANS[0], atol=0.01)
+    np.testing.assert_array_equal(edited[:, :, 4:], x[:, :, 4:])
+    inverted = _toy_edit("ddim-inversion", 1.0, x, "density=D", "density=A", **kw)
+    np.testing.assert_allclose(edited[:, :, :4], inverted[:, :, :4], atol=1e-3)
+
+
 def test_ddim_inversion_needs_the_ddim_sampler():
     schedule = make_schedule("linear", 100)
-    with pytest.raises(ValueError, match="ddim sampler"):
-        make_edit(None, None, schedule, SamplerConfig(sampler="ddpm"), method="ddim-inversion")
+    for method in ("ddim-inversion", "diffedit"):
+        with pytest.raises(ValueError, match="ddim sampler"):
+            make_edit(None, None, schedule, SamplerConfig(sampler="ddpm"), method=method)
     with pytest.raises(ValueError, match="unknown edit method"):
         make_edit(None, None, schedule, method="blur")
     with pytest.raises(ValueError, match="unknown guide"):

@@ -357,6 +357,7 @@ def sample(
     null_cond=None,
     start_step: int | None = None,
     return_trajectory: bool = False,
+    known=None,
 ):
     """Run ``sampling``'s sampler from ``x_T`` [B, ...] at grid step ``start_step`` down to x_0.
 
@@ -365,6 +366,11 @@ def sample(
     see ``sdedit_start``), and the step's carry starts afresh there. Returns x_0, and with
     ``return_trajectory`` also the latents [n + 1, B, ...] from ``x_T`` to x_0, where
     n = num_steps - start_step.
+
+    ``known = (mask, latents)`` keeps a known region (blended diffusion, Avrahami et al. 2022;
+    DiffEdit, Couairon et al. 2023): after step k, x ← mask · x + (1 − mask) · latents[k], with
+    ``latents`` [n, B, ...] the known latents at the levels the steps reach (e.g. a DDIM
+    inversion's trajectory, reversed) and ``mask`` broadcastable to x (1: generated).
     """
     sampler = SAMPLERS[sampling.sampler]
     grid = sampling.grid(schedule.num_steps)
@@ -376,17 +382,22 @@ def sample(
 
     ts = grid[start:]
     levels = _levels(schedule, ts, np.append(ts[1:], -1))
+    mask, known_latents = (None, None) if known is None else known
+    if known is not None and jnp.shape(known_latents) != (len(ts), *jnp.shape(x_T)):
+        raise ValueError(f"known latents of shape {jnp.shape(known_latents)}: expected {(len(ts), *jnp.shape(x_T))}")
 
     def body(carry, inputs):
         x, state = carry
-        i, t, lv = inputs
+        i, t, lv, x_known = inputs
         x0, eps = predict(x, t)
         z = standard_normal(key, i, x.shape, x.dtype)
         x, state = sampler.step(x, x0, eps, lv, state, z, sampling.eta)
+        if x_known is not None:
+            x = mask * x + (1 - mask) * x_known
         x = x.astype(x_T.dtype)
         return (x, state), (x if return_trajectory else None)
 
-    xs = (np.arange(start, sampling.num_steps), ts, levels)
+    xs = (np.arange(start, sampling.num_steps), ts, levels, known_latents)
     (x0, _), traj = jax.lax.scan(body, (x_T, sampler.init(x_T)), xs)
     if return_trajectory:
         return x0, jnp.concatenate([x_T[None], traj])

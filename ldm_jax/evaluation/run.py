@@ -51,6 +51,7 @@ from ldm_jax.sampling.model import load_model
 
 DENSITY_CONDITIONS = tuple(f"density={d}" for d in attributes.ATTRIBUTES["density"])
 SECTIONS = ("reconstruction", "generation", "conditioning", "dense_tissue_filters", "memorization")
+UNSUPERVISED_EDITS = ("sdedit", "ddim-inversion", "diffedit")
 TEST_SEED_OFFSET = 2_000_000_000  # mammo_phantoms' test split (never trained on)
 
 
@@ -68,7 +69,8 @@ class Options:
     filter_strengths: str = flag("0.2,0.4,0.6,0.8,1.0", "edit strengths swept (fractions of the steps redone)")
     filter_guidance: str = flag("1,3", "edit guidance scales swept")
     filter_methods: str = flag(
-        "sdedit,ddim-inversion", "unsupervised edit methods swept (the counterfactual filter is added when trained)"
+        ",".join(UNSUPERVISED_EDITS),
+        "unsupervised edit methods swept (the counterfactual filter is added when trained)",
     )
     batch: int = flag(32, "images per compiled call")
     copy_threshold: float = flag(0.95, "MS-SSIM above which a sample counts as a likely copy")
@@ -338,9 +340,6 @@ def _floats(text: str, name: str) -> list[float]:
     if not values:
         raise ValueError(f"--{name} is empty")
     return values
-
-
-UNSUPERVISED_EDITS = ("sdedit", "ddim-inversion")
 
 
 def _edit_filters(options: Options, counterfactual: bool = False) -> list[filters.EditFilter]:

@@ -15,10 +15,13 @@ import jax
 import jax.numpy as jnp
 
 from ldm_jax import attributes
-from ldm_jax.diffusion import samplers
+from ldm_jax.diffusion import forward, samplers
 from ldm_jax.diffusion.samplers import SamplerConfig
 
-EDIT_METHODS = ("sdedit", "ddim-inversion", "counterfactual")
+EDIT_METHODS = ("sdedit", "ddim-inversion", "diffedit", "counterfactual")
+MASK_DRAWS = 4  # diffedit: noise draws the edit mask averages over
+MASK_STRENGTH = 0.5  # diffedit: the mask is read at the grid step where half of the steps remain
+MASK_THRESHOLD = 0.5  # diffedit: the mask holds where the normalised difference exceeds this
 GUIDED_ATTRIBUTES = ("all", "density")
 
 
@@ -79,6 +82,22 @@ def make_generate(unet, autoencoder, schedule, latent_shape, sampling: SamplerCo
     return generate
 
 
+def edit_mask(denoise, schedule, z0, source_labels, target_labels, keys, sampling: SamplerConfig):
+    """DiffEdit's mask ``[B, h, w, 1]``: the channel-mean |UNet(z_t, t, target) − UNet(z_t, t, source)|
+    averaged over ``MASK_DRAWS`` noisings of z0 to the grid step ``MASK_STRENGTH`` of the way up,
+    divided by its maximum per image, above ``MASK_THRESHOLD`` (1: regenerate, 0: keep)."""
+    grid = sampling.grid(schedule.num_steps)
+    t = jnp.full((z0.shape[0],), grid[samplers.start_step_for_strength(MASK_STRENGTH, sampling.num_steps)])
+    difference = 0.0
+    for draw in range(MASK_DRAWS):
+        noise = samplers.standard_normal(keys, sampling.num_steps + 1 + draw, z0.shape, z0.dtype)
+        z_t = forward.q_sample(schedule, z0, t, noise)
+        change = denoise(z_t, t, target_labels) - denoise(z_t, t, source_labels)
+        difference = difference + jnp.mean(jnp.abs(change), axis=-1, keepdims=True) / MASK_DRAWS
+    peak = jnp.max(difference, axis=(1, 2, 3), keepdims=True)
+    return (difference > MASK_THRESHOLD * peak).astype(z0.dtype)
+
+
 def make_edit(
     unet,
     autoencoder,
@@ -99,6 +118,10 @@ def make_edit(
     - ``ddim-inversion``: z_t by deterministic DDIM inversion under the source labels
       (no guidance), then DDIM (η = 0) under the target labels, so with strength 1 and
       equal labels the image comes back up to the inversion error.
+    - ``diffedit`` (Couairon et al. 2023): ``ddim-inversion`` that regenerates only where the
+      model's prediction moves between the source and the target labels (``edit_mask``);
+      elsewhere each step takes the inversion's latent of that level, so the rest of the
+      image comes back unchanged;
     - ``counterfactual``: SDEdit's start, denoised by a UNet trained on (image, fat-only
       counterfactual) pairs (the ``counterfactual`` stage) that also sees z_0 at every step,
       under the *source* labels (what is known of the input); the target is what the
@@ -114,8 +137,8 @@ def make_edit(
         raise ValueError(f"unknown edit method {method!r}; expected one of {EDIT_METHODS}")
     if guide not in GUIDED_ATTRIBUTES:
         raise ValueError(f"unknown guide {guide!r}; expected one of {GUIDED_ATTRIBUTES}")
-    if method == "ddim-inversion" and sampling.sampler != "ddim":
-        raise ValueError(f"ddim-inversion edits denoise with the ddim sampler, not {sampling.sampler!r}")
+    if method in ("ddim-inversion", "diffedit") and sampling.sampler != "ddim":
+        raise ValueError(f"{method} edits denoise with the ddim sampler, not {sampling.sampler!r}")
     start = None if strength == 0 else samplers.start_step_for_strength(strength, sampling.num_steps)
 
     def edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys):
@@ -131,12 +154,20 @@ def make_edit(
             cond, null = {"labels": labels, "source": z0}, {"labels": null, "source": z0}
         else:
             denoise, cond = denoiser(unet, unet_params), labels
-        if method == "ddim-inversion":
+        known = None
+        if method in ("ddim-inversion", "diffedit"):
             unguided = dataclasses.replace(sampling, guidance_scale=1.0)
-            z_t = samplers.ddim_invert(denoise, schedule, z0, unguided, cond=source_labels, start_step=start)
+            z_t, path = samplers.ddim_invert(
+                denoise, schedule, z0, unguided, cond=source_labels, start_step=start, return_trajectory=True
+            )
+            if method == "diffedit":
+                mask = edit_mask(denoise, schedule, z0, source_labels, labels, keys, sampling)
+                known = (mask, path[::-1][1:])  # after each step: the inversion's latent of that level
         else:
             z_t, _ = samplers.sdedit_start(schedule, z0, keys, strength, sampling)
-        z = samplers.sample(denoise, schedule, z_t, keys, sampling, cond=cond, null_cond=null, start_step=start)
+        z = samplers.sample(
+            denoise, schedule, z_t, keys, sampling, cond=cond, null_cond=null, start_step=start, known=known
+        )
         return decode(autoencoder, ae_params, z, scale)
 
     return edit

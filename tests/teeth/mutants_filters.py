@@ -1,0 +1,79 @@
+"""Planted bugs in the dense-tissue filters, their measure and the counterfactual stage that the
+tests must catch (see run.py)."""
+
+from run import Mutant
+
+_DETECT = "tests/test_detectability.py::test_auc_is_the_mann_whitney_probability_with_ties_counted_half"
+_PAIRED = "tests/test_diffusion_step.py::test_paired_step_denoises_the_counterfactual_and_sees_the_image"
+_GUIDE = "tests/test_sampling.py::test_density_only_guidance_holds_the_other_attributes_on_both_sides"
+_FILTER = "tests/test_sampling.py::test_counterfactual_edit_samples_the_source_conditional_target"
+_LABELS = "tests/test_filters.py::test_edits_are_told_everything_but_the_finding"
+_SECTION = "tests/test_training.py::test_a_stage_section_may_change_until_that_stage_has_a_checkpoint"
+
+MUTANTS = [
+    Mutant(
+        "auc_ties_count_nothing",
+        "ldm_jax/evaluation/detectability.py",
+        "+ 0.5 * (pos[:, None] == neg[None, :])",
+        "+ 0.0 * (pos[:, None] == neg[None, :])",
+        (_DETECT,),
+    ),
+    Mutant(
+        "paired_step_denoises_the_image_not_its_counterfactual",
+        "ldm_jax/training/diffusion_step.py",
+        'z = encode_latents(autoencoder, ae_params, batch["counterfactual"], k_enc, scale)',
+        'z = encode_latents(autoencoder, ae_params, batch["image"], k_enc, scale)',
+        (_PAIRED,),
+    ),
+    Mutant(
+        "density_guide_nulls_everything",
+        "ldm_jax/sampling/generate.py",
+        "            null = labels.at[:, 0].set(null[:, 0])\n",
+        "            null = null\n",
+        (_GUIDE,),
+    ),
+    Mutant(
+        "counterfactual_filter_never_sees_its_source",
+        "ldm_jax/sampling/generate.py",
+        'cond, null = {"labels": labels, "source": z0}, {"labels": null, "source": z0}',
+        'cond, null = {"labels": labels, "source": 0 * z0}, {"labels": null, "source": 0 * z0}',
+        (_FILTER,),
+    ),
+    Mutant(
+        "edits_told_the_finding",
+        "ldm_jax/evaluation/filters.py",
+        "    source[:, FINDING] = attributes.NUM_CLASSES[FINDING]\n",
+        "",
+        (_LABELS,),
+    ),
+    Mutant(
+        "a_started_stage_section_stays_free",
+        "ldm_jax/training/run_info.py",
+        'untrained = tuple(stage for stage in STAGES if not _has_checkpoint(workdir / stage / "checkpoints"))',
+        "untrained = STAGES",
+        (_SECTION,),
+    ),
+]
+MUTANTS += [
+    Mutant(
+        "diffedit_keeps_latents_one_level_off",
+        "ldm_jax/sampling/generate.py",
+        "known = (mask, path[::-1][1:])",
+        "known = (mask, path[::-1][:-1])",
+        ("tests/test_sampling.py::test_diffedit_moves_only_where_the_condition_acts_and_keeps_the_rest_exactly",),
+    ),
+    Mutant(
+        "diffedit_mask_inverted",
+        "ldm_jax/sampling/generate.py",
+        "return (difference > MASK_THRESHOLD * peak).astype(z0.dtype)",
+        "return (difference <= MASK_THRESHOLD * peak).astype(z0.dtype)",
+        ("tests/test_sampling.py::test_diffedit_moves_only_where_the_condition_acts_and_keeps_the_rest_exactly",),
+    ),
+    Mutant(
+        "known_region_ignored",
+        "ldm_jax/diffusion/samplers.py",
+        "            x = mask * x + (1 - mask) * x_known\n",
+        "            x = x\n",
+        ("tests/test_samplers.py::test_known_region_is_kept_and_the_rest_sampled_as_without_it",),
+    ),
+]
