@@ -44,6 +44,17 @@ def test_paired_bootstrap_interval_covers_the_true_auc_95_percent_of_the_time():
     assert np.mean(widths) < 0.12, np.mean(widths)
 
 
+def test_pairs_that_differ_by_a_hair_are_chance_with_an_interval_that_covers_it():
+    """After an edit that makes both images of a pair nearly equal (s⁺_i = s⁻_i + 1e-6), telling
+    lesions from breasts is chance: over different seeds every comparison is decided by the
+    breasts alone, so the AUC is exactly ½, and so is every resample. Counting the same-breast
+    comparisons would put the AUC at ½ + 1/(2n) and the bootstrap (which compares a resampled
+    pair with its own copy) above it."""
+    breasts = np.random.default_rng(3).normal(size=96)
+    r = det.paired_auc(breasts + 1e-6, breasts, resamples=500)
+    assert r["auc"] == 0.5 and r["low"] == 0.5 and r["high"] == 0.5, r
+
+
 def test_paired_auc_rejects_unpaired_or_bad_scores():
     with pytest.raises(ValueError, match="equal lengths"):
         det.paired_auc([1.0, 2.0, 3.0], [1.0, 2.0])

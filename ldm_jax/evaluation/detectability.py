@@ -14,10 +14,18 @@ Detectability is the area under the ROC curve of those scores, the Mann–Whitne
 
     AUC = P(s⁺ > s⁻) + ½ P(s⁺ = s⁻)
 
-over every (with-lesion, without-lesion) image of the set. Its 95% interval is a percentile
-bootstrap over *pairs* (both images of a drawn seed go in together, so the pairing's correlation
-is kept): with counts w_b of each pair in resample b and C[i, j] the comparison of positive i
-with negative j, AUC_b = w_bᵀ C w_b / n².
+over (with-lesion, without-lesion) images of *different* seeds: a reader sees one image at a
+time, so the AUC is about telling lesions from breasts, and the same-breast comparison C[i, i]
+is left out. Its 95% interval is a percentile bootstrap over *pairs* (both images of a drawn
+seed go in together, so the pairing's correlation is kept): with counts w_b of each pair in
+resample b and C[i, j] the comparison of positive i with negative j (i ≠ j),
+
+    AUC_b = Σ_{i≠j} w_i C[i, j] w_j / Σ_{i≠j} w_i w_j.
+
+Leaving the diagonal out also keeps the bootstrap centred: with it, a resampled pair would be
+compared with its own copy (weight Σ w_i² instead of n), which biases the interval whenever
+same-breast comparisons differ from the rest, e.g. after an edit that makes the two images of
+a pair nearly equal.
 """
 
 from __future__ import annotations
@@ -46,19 +54,22 @@ def auc(positives, negatives) -> float:
 
 
 def paired_auc(positives, negatives, *, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
-    """AUC of paired scores (``positives[i]`` and ``negatives[i]`` from one seed) with a percentile
-    bootstrap interval over pairs: ``{"auc", "low", "high", "pairs"}``."""
+    """AUC over different seeds of paired scores (``positives[i]`` and ``negatives[i]`` from one
+    seed) with a percentile bootstrap interval over pairs (module docstring):
+    ``{"auc", "low", "high", "pairs"}``."""
     c = comparison_matrix(positives, negatives)
     n = c.shape[0]
     if c.shape != (n, n) or n < 2:
         raise ValueError(f"paired scores need equal lengths >= 2, got {c.shape}")
+    np.fill_diagonal(c, 0.0)
     draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     counts = np.zeros((resamples, n))
     np.add.at(counts, (np.arange(resamples)[:, None], draws), 1.0)
-    boot = np.einsum("bi,ij,bj->b", counts, c, counts) / n**2
+    compared = n**2 - np.sum(counts**2, axis=1)  # Σ_{i≠j} w_i w_j
+    boot = np.einsum("bi,ij,bj->b", counts, c, counts) / compared
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(boot, [tail, 100 - tail])
-    return {"auc": float(c.mean()), "low": float(low), "high": float(high), "pairs": n}
+    return {"auc": float(c.sum() / (n * (n - 1))), "low": float(low), "high": float(high), "pairs": n}
 
 
 def lesion_score(image, lesion_mask, breast_mask, kind: str) -> float:

@@ -77,3 +77,12 @@ MUTANTS += [
         ("tests/test_samplers.py::test_known_region_is_kept_and_the_rest_sampled_as_without_it",),
     ),
 ]
+MUTANTS += [
+    Mutant(
+        "auc_compares_a_breast_with_itself",
+        "ldm_jax/evaluation/detectability.py",
+        "    np.fill_diagonal(c, 0.0)\n",
+        "",
+        ("tests/test_detectability.py::test_pairs_that_differ_by_a_hair_are_chance_with_an_interval_that_covers_it",),
+    ),
+]
