@@ -55,6 +55,13 @@ def test_pairs_that_differ_by_a_hair_are_chance_with_an_interval_that_covers_it(
     assert r["auc"] == 0.5 and r["low"] == 0.5 and r["high"] == 0.5, r
 
 
+def test_few_pairs_still_give_a_finite_interval():
+    """With 3 pairs, 1 resample in 9 draws one pair three times and compares no two seeds; it is
+    left out rather than turning the interval into nan."""
+    r = det.paired_auc([3.0, 2.0, 5.0], [1.0, 0.0, 4.0], resamples=200)
+    assert r["auc"] == 4 / 6 and 0 <= r["low"] <= r["high"] <= 1, r  # 3>0, 2>1, 5>1, 5>0 of 6
+
+
 def test_paired_auc_rejects_unpaired_or_bad_scores():
     with pytest.raises(ValueError, match="equal lengths"):
         det.paired_auc([1.0, 2.0, 3.0], [1.0, 2.0])

@@ -84,6 +84,7 @@ def test_evaluate_dense_section_alone_sweeps_every_filter_including_the_trained_
         "unedited",
         "fat-only truth",
         "threshold filter",
+        "autoencoder round trip",
         "sdedit g=1 s=0.5",
         "sdedit g=1 s=1",
         "counterfactual g=1 s=0.5",

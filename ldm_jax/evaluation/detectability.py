@@ -66,7 +66,8 @@ def paired_auc(positives, negatives, *, resamples: int = 2000, level: float = 0.
     counts = np.zeros((resamples, n))
     np.add.at(counts, (np.arange(resamples)[:, None], draws), 1.0)
     compared = n**2 - np.sum(counts**2, axis=1)  # Σ_{i≠j} w_i w_j
-    boot = np.einsum("bi,ij,bj->b", counts, c, counts) / compared
+    informative = compared > 0  # a resample of one pair repeated compares no two seeds (small n only)
+    boot = np.einsum("bi,ij,bj->b", counts[informative], c, counts[informative]) / compared[informative]
     tail = (1.0 - level) / 2 * 100
     low, high = np.percentile(boot, [tail, 100 - tail])
     return {"auc": float(c.sum() / (n * (n - 1))), "low": float(low), "high": float(high), "pairs": n}

@@ -12,9 +12,10 @@ mass or a calcification cluster (``detectability.phantom_pairs``). Each is score
 - the phantom classifier's density after filtering (fraction called A or B).
 
 Filters: the unedited image, the fat-only truth itself (the ideal), an intensity-threshold
-filter, the model's edits to density A (``sampling.generate.make_edit``) swept over method,
-strength and guidance, and, when the run trained it, the supervised ``counterfactual`` filter
-swept over strength. The edits are told the density, view and laterality but not the finding,
+filter, the autoencoder's round trip decode(encode(x)) (where every latent edit starts), the
+model's edits to density A (``sampling.generate.make_edit``) swept over method, strength and
+guidance, and, when the run trained it, the supervised ``counterfactual`` filter swept over
+strength. The edits are told the density, view and laterality but not the finding,
 and both images of a pair get the same labels and the same noise key: an edit that knew whether
 a lesion is present could paint one, and the pair would no longer differ only in the lesion.
 """

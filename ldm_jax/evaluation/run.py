@@ -376,6 +376,8 @@ def _dense_tissue_filters(ev: Evaluator, params, config):
         "unedited": data["image"],
         "fat-only truth": data["counterfactual"],
         "threshold filter": filters.threshold_filter(data["image"], data["breast_mask"]),
+        # what every latent edit starts from: decode(encode(x)), i.e. any edit at strength 0
+        "autoencoder round trip": _batched(lambda x: ev.decode(ev.encode(x)), (data["image"],), o.batch),
     }
     results = {"pairs_per_kind": o.pairs, "edit_steps": o.filter_steps, "filters": {}}
     edit_filters = _edit_filters(o, counterfactual=ev.counterfactual is not None)
@@ -468,7 +470,7 @@ def _filter_charts(scores: dict, edit_filters) -> dict:
     for kind in detectability.KINDS:
         series = {
             name: [(scores[name]["ssim_to_truth"], scores[name][f"{kind}_detectability"]["auc"])]
-            for name in ("unedited", "fat-only truth", "threshold filter")
+            for name in ("unedited", "fat-only truth", "threshold filter", "autoencoder round trip")
         }
         for f in edit_filters:
             s = scores[f.name]
