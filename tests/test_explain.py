@@ -141,6 +141,7 @@ EVALUATED = {  # what evaluate.py's metrics.json holds, for the filter section t
         "edit_steps": 20,
         "filters": {
             "unedited": _scores(0.7313, 0.78, 0.94),
+            "fat-only truth": {**_scores(1.0, 1.0, 1.0), "psnr_to_truth": "inf"},  # as metrics.json stores it
             "threshold filter": _scores(0.8145, 0.77, 0.69),
             "sdedit g=3 s=0.6": _scores(0.6397, 0.61, 0.38),
         },
@@ -187,6 +188,7 @@ def test_the_page_has_every_section_and_figure_and_embeds_every_image(micro_page
         "<td>20</td><td>0.38</td><td>0.5</td><td>0.25</td></tr>" in text
     )
     assert "<tr><td>threshold filter</td><td>0.77 [0.73, 0.81]</td>" in text
+    assert "<tr><td>fat-only truth</td><td>1 [0.96, 1]</td><td>0.55 [0.52, 0.58]</td><td>1</td><td>inf</td>" in text
 
 
 @pytest.mark.slow

@@ -98,7 +98,8 @@ def _latent_tiles(z: np.ndarray, label: str) -> str:
 
 
 def _n(value, digits: int = 3) -> str:
-    return f"{value:.{digits}g}"
+    """``value`` to ``digits`` significant digits; also the "inf"/"nan" strings metrics.json stores."""
+    return f"{float(value):.{digits}g}"
 
 
 # ----------------------------------------------------------------------------- sections
