@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from ldm_jax import attributes
+from ldm_jax.evaluation import detectability, lesions, metrics
 
 FINDING = attributes.ATTRIBUTE_NAMES.index("finding")
 DENSITY = attributes.ATTRIBUTE_NAMES.index("density")
@@ -116,8 +117,6 @@ def stack_pairs(pairs: dict) -> dict[str, np.ndarray]:
 def score(data: dict, filtered: np.ndarray, predict_density, **bootstrap) -> dict:
     """Every measure of the module docstring for ``filtered`` images (rows of ``stack_pairs``'
     ``data``); ``predict_density(images) -> [N]`` density indices."""
-    from ldm_jax.evaluation import detectability, lesions, metrics
-
     out = {}
     for kind in dict.fromkeys(data["kind"]):
         rows = data["kind"] == kind

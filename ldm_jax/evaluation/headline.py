@@ -29,7 +29,7 @@ from ldm_jax import attributes
 from ldm_jax.data.imageio import write_atomic
 from ldm_jax.evaluation import classifier as clf
 from ldm_jax.evaluation import metrics
-from ldm_jax.evaluation.run import DENSITY_CONDITIONS, Evaluator, Options, _batched, held_out_phantoms
+from ldm_jax.evaluation.run import DENSITY_CONDITIONS, Evaluator, Options, held_out_phantoms
 from ldm_jax.sampling.grid import to_pixels
 
 DENSITIES = attributes.ATTRIBUTES["density"]
@@ -52,7 +52,7 @@ def headline(workdir, options: Options = Options(), out=None) -> dict:
             f"the headline numbers are measured on phantoms; this run trained on {ev.model.config.data.dataset!r}"
         )
     real = held_out_phantoms(options.held_out, ev.model.image_size)
-    recon = _batched(lambda x: ev.decode(ev.encode(x)), (real["image"],), options.batch)
+    recon = ev.reconstruct(real["image"])
     samples, targets = ev.samples(list(DENSITY_CONDITIONS))
     result = {
         "checkpoint_step": ev.model.step,

@@ -151,6 +151,10 @@ class Evaluator:
         trained = (self.workdir / "counterfactual" / "checkpoints").is_dir()
         return load_model(self.workdir, stage="counterfactual") if trained else None
 
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """decode(encode(x)) of images ``[N, S, S, 1]`` (posterior mode), in fixed-size batches."""
+        return _batched(lambda x: self.decode(self.encode(x)), (images,), self.options.batch)
+
     def samples(self, conditions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``num`` images cycling over ``conditions``, and their labels."""
         n = self.options.num
@@ -222,7 +226,7 @@ def evaluate(workdir, options: Options = Options(), out=None) -> dict:
     real = held_out_phantoms(o.held_out, model.image_size)
     if "reconstruction" in sections:
         _log(f"{o.held_out} held-out phantoms; reconstruction")
-        recon = _batched(lambda x: ev.decode(ev.encode(x)), (real["image"],), o.batch)
+        recon = ev.reconstruct(real["image"])
         scores = metrics.reconstruction_metrics(real["image"], recon)
         results["reconstruction"] = {name: _summary(v) for name, v in scores.items()}
         results["reconstruction"]["calcification_specks"] = lesions.calcification_detectability(
@@ -360,25 +364,12 @@ def _dense_tissue_filters(ev: Evaluator, params, config):
     """Every filter on the same dense same-seed pairs (``filters``): the metrics, example rows (and
     the user's real images through the filters, unscored) and the detectability-against-similarity
     charts."""
-    o, m = ev.options, ev.model
-    pairs = {
-        kind: detectability.phantom_pairs(o.pairs, m.image_size, kind, TEST_SEED_OFFSET + 10**6 * (k + 1))
-        for k, kind in enumerate(detectability.KINDS)
-    }
-    data = filters.stack_pairs(pairs)
-    labels = filters.edit_labels(data["labels"])
-    keys = np.asarray(image_keys(jax.random.PRNGKey(o.seed + 1), jnp.asarray(data["pair"])))
+    o = ev.options
+    data, labels, keys, outputs = filter_inputs(ev, o.pairs, detectability.KINDS, TEST_SEED_OFFSET + 10**6)
 
     def predict_density(images):
         return clf.predict(params, config, images)["labels"][:, 0]
 
-    outputs = {
-        "unedited": data["image"],
-        "fat-only truth": data["counterfactual"],
-        "threshold filter": filters.threshold_filter(data["image"], data["breast_mask"]),
-        # what every latent edit starts from: decode(encode(x)), i.e. any edit at strength 0
-        "autoencoder round trip": _batched(lambda x: ev.decode(ev.encode(x)), (data["image"],), o.batch),
-    }
     results = {"pairs_per_kind": o.pairs, "edit_steps": o.filter_steps, "filters": {}}
     edit_filters = _edit_filters(o, counterfactual=ev.counterfactual is not None)
     edits = {}
@@ -395,6 +386,27 @@ def _dense_tissue_filters(ev: Evaluator, params, config):
     if o.real_images:
         rows += _real_image_rows(ev, edits, shown)
     return results, rows, _filter_charts(results["filters"], edit_filters)
+
+
+def filter_inputs(ev: Evaluator, num: int, kinds, first_seed: int):
+    """``(data, labels, keys, outputs)`` of ``num`` dense same-seed pairs per lesion kind (kind k from
+    seed ``first_seed + 10**6 k``): ``filters.stack_pairs``' arrays, the edits' (source, target)
+    labels, a noise key per pair, and the baselines' outputs (unedited, fat-only truth, threshold
+    filter, autoencoder round trip)."""
+    pairs = {
+        kind: detectability.phantom_pairs(num, ev.model.image_size, kind, first_seed + 10**6 * k)
+        for k, kind in enumerate(kinds)
+    }
+    data = filters.stack_pairs(pairs)
+    keys = np.asarray(image_keys(jax.random.PRNGKey(ev.options.seed + 1), jnp.asarray(data["pair"])))
+    outputs = {
+        "unedited": data["image"],
+        "fat-only truth": data["counterfactual"],
+        "threshold filter": filters.threshold_filter(data["image"], data["breast_mask"]),
+        # what every latent edit starts from: decode(encode(x)), i.e. any edit at strength 0
+        "autoencoder round trip": ev.reconstruct(data["image"]),
+    }
+    return data, filters.edit_labels(data["labels"]), keys, outputs
 
 
 def compiled_edit(ev: Evaluator, f: filters.EditFilter):
@@ -446,9 +458,7 @@ def _real_image_rows(ev: Evaluator, edits: dict, shown) -> list[dict]:
     no ground truth), named by position only; the captions say the models saw phantoms only."""
     paths = edit_inputs.list_inputs(ev.options.real_images)
     images = np.stack([edit_inputs.read_input(p, ev.model.image_size) for p in paths])[..., None]
-    source = attributes.null_labels(len(images))
-    target = source.copy()
-    target[:, filters.DENSITY] = 0
+    source, target = filters.edit_labels(attributes.null_labels(len(images)))  # nothing known; target A
     keys = np.asarray(image_keys(jax.random.PRNGKey(ev.options.seed + 2), jnp.arange(len(images))))
     breast = images[..., 0] > -1.0 + 1e-3
     outputs = {"threshold filter": filters.threshold_filter(images, breast)}

@@ -17,19 +17,16 @@ import pathlib
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax import attributes
 from ldm_jax.cli import flag
 from ldm_jax.data.imageio import write_atomic
 from ldm_jax.diffusion.schedule import SCHEDULES, make_schedule
-from ldm_jax.evaluation import detectability, filters, metrics, report
+from ldm_jax.evaluation import filters, metrics, report
 from ldm_jax.evaluation import run as evaluation
 from ldm_jax.explain import figures
 from ldm_jax.sampling.edit_inputs import read_input
-from ldm_jax.sampling.generate import image_keys
 
 # (id, heading) of the page's sections, in the article's order.
 SECTIONS = (
@@ -407,18 +404,10 @@ def _reverse(ev, seed: int) -> str:
 def _filter(ev, workdir, options: Options) -> str:
     if ev is None:
         return _needs_run("the dense-tissue filter")
-    pairs = {"mass": detectability.phantom_pairs(options.edits, ev.model.image_size, "mass", FILTER_SEEDS)}
-    data = filters.stack_pairs(pairs)
-    labels = filters.edit_labels(data["labels"])
-    keys = np.asarray(image_keys(jax.random.PRNGKey(options.seed + 1), jnp.asarray(data["pair"])))
+    data, labels, keys, outputs = evaluation.filter_inputs(ev, options.edits, ("mass",), FILTER_SEEDS)
     edits = [filters.EditFilter("sdedit", 0.6, options.guidance)]
     if ev.counterfactual is not None:
         edits.append(filters.EditFilter("counterfactual", 1.0, 1.0))
-    outputs = {
-        "unedited": data["image"],
-        "fat-only truth": data["counterfactual"],
-        "threshold filter": filters.threshold_filter(data["image"], data["breast_mask"]),
-    }
     outputs.update({f.name: evaluation.compiled_edit(ev, f)(data["image"], *labels, keys) for f in edits})
     shown = ["threshold filter", *(f.name for f in edits)]
     with_mass = data["has_lesion"]
