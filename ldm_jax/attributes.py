@@ -24,6 +24,13 @@ def null_labels(batch_size: int, num_classes: tuple[int, ...] = NUM_CLASSES) -> 
     return np.tile(np.asarray(num_classes, np.int32), (batch_size, 1))
 
 
+def without(labels, name: str):
+    """``labels`` ``[B, A]`` (numpy or jax) with attribute ``name`` set to its null index ("not given")."""
+    a = ATTRIBUTE_NAMES.index(name)
+    column = np.arange(len(ATTRIBUTE_NAMES)) == a
+    return (labels * ~column + NUM_CLASSES[a] * column).astype(labels.dtype)
+
+
 def encode_value(attribute: str, value: str | int) -> int:
     """Index of ``value`` (a name like ``"C"`` or an integer index) for ``attribute``."""
     if attribute not in ATTRIBUTES:

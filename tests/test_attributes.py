@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from ldm_jax import attributes
@@ -29,3 +30,11 @@ def test_condition_strings_round_trip():
         attributes.parse_condition("colour=red")
     with pytest.raises(ValueError, match="attribute=value"):
         attributes.parse_condition("density")
+
+
+def test_without_nulls_one_attribute_and_keeps_the_rest_and_the_dtype():
+    labels = np.array([[1, 2, 0, 1], [3, 0, 1, 0]], np.int32)
+    out = attributes.without(labels, "finding")
+    np.testing.assert_array_equal(out, [[1, 3, 0, 1], [3, 3, 1, 0]])
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(attributes.without(labels, "density")[:, 0], [4, 4])

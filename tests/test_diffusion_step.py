@@ -92,15 +92,10 @@ def _step(cfg, optimizer):
     return jax.jit(diffusion_step.make_train_step(UNET, AE, optimizer, SCHEDULE, cfg))
 
 
-def test_one_step_loss_is_min_snr_l2_of_eps_at_z_t_built_from_that_noise():
-    """Recompute z = s·(μ + σ ε_enc), t, ε, z_t = √ᾱ z + √(1−ᾱ) ε from the step's key splits and
-    the min-SNR-weighted ε-MSE in numpy (float64 ᾱ from the β table)."""
-    cfg = _cfg(weighting="min_snr", min_snr_gamma=5.0, prediction="eps", loss_type="l2")
-    optimizer = make_optimizer(cfg)
-    state = _state(cfg, optimizer)
-    batch, scale = _batch(), 0.7
-    _, metrics = _step(cfg, optimizer)(state, batch, {}, np.float32(scale))
-
+def _recomputed_errors(cfg, state, batch, scale):
+    """The step's squared ε errors ``[B, h, w, C]`` and min-SNR weights ``[B]``, recomputed in numpy:
+    z = s·(μ + σ ε_enc), t, ε, z_t = √ᾱ z + √(1−ᾱ) ε from the step's key splits (float64 ᾱ from the
+    β table)."""
     key = jax.random.fold_in(state.rng, 0)
     k_enc, k_t, k_noise, k_drop, _ = jax.random.split(key, 5)
     mean = np.concatenate(_pooled(batch["image"].astype(np.float64)), -1)
@@ -114,8 +109,37 @@ def test_one_step_loss_is_min_snr_l2_of_eps_at_z_t_built_from_that_noise():
         UNET.apply({"params": state.params["unet"]}, jnp.asarray(z_t, jnp.float32), jnp.asarray(t), labels), np.float64
     )
     snr = acp[:, 0, 0, 0] / (1 - acp[:, 0, 0, 0])
-    weight = np.minimum(1.0, 5.0 / snr)
-    expected = np.mean(weight * ((out - noise) ** 2).mean((1, 2, 3)))
+    return (out - noise) ** 2, np.minimum(1.0, 5.0 / snr)
+
+
+def test_one_step_loss_is_min_snr_l2_of_eps_at_z_t_built_from_that_noise():
+    cfg = _cfg(weighting="min_snr", min_snr_gamma=5.0, prediction="eps", loss_type="l2")
+    optimizer = make_optimizer(cfg)
+    state = _state(cfg, optimizer)
+    batch, scale = _batch(), 0.7
+    _, metrics = _step(cfg, optimizer)(state, batch, {}, np.float32(scale))
+    errors, weight = _recomputed_errors(cfg, state, batch, scale)
+    expected = np.mean(weight * errors.mean((1, 2, 3)))
+    np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=2e-5)
+
+
+def test_lesion_weight_weighs_each_latent_pixel_by_its_share_of_lesion():
+    """lesion_weight λ: a latent pixel whose 2×2 block is a share m of lesion weighs 1 + (λ − 1) m,
+    and the loss is Σ w_b Σ_p W_p e_p / Σ_b Σ_p W_p."""
+    cfg = _cfg(weighting="min_snr", min_snr_gamma=5.0, prediction="eps", loss_type="l2", lesion_weight=5.0)
+    optimizer = make_optimizer(cfg)
+    state = _state(cfg, optimizer)
+    masks = np.zeros((B, SIZE, SIZE, 1), np.float32)
+    masks[0, 2:4, 2:4] = 1.0  # all of latent pixel (1, 1)
+    masks[1, 0, 0:2] = 1.0  # half of latent pixel (0, 0)
+    batch, scale = {**_batch(), "mask": masks}, 0.7
+    _, metrics = _step(cfg, optimizer)(state, batch, {}, np.float32(scale))
+    errors, weight = _recomputed_errors(cfg, state, batch, scale)
+    pixel_weights = np.ones((B, SIZE // 2, SIZE // 2, 1))
+    pixel_weights[0, 1, 1], pixel_weights[1, 0, 0] = 5.0, 3.0
+    np.testing.assert_array_equal(diffusion_step.lesion_weights(masks, errors.shape, 5.0), pixel_weights)
+    w = np.broadcast_to(pixel_weights, errors.shape)
+    expected = np.sum(weight[:, None, None, None] * w * errors) / np.sum(w)
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=2e-5)
 
 
@@ -211,15 +235,16 @@ def test_learning_rate_warms_up_linearly_then_follows_its_schedule():
 
 def test_paired_step_denoises_the_counterfactual_and_sees_the_image():
     """With the weights on the source channels zeroed, the paired step's loss on (image A,
-    counterfactual B) is the plain step's loss on image B: the target is the counterfactual's
-    latent. With them non-zero the loss changes with A: the UNet sees the image's latent."""
+    counterfactual B) is the plain step's loss on image B without its finding: the target is the
+    counterfactual's latent. With them non-zero the loss changes with A: the UNet sees the image (its latent, C
+    channels, and its pixels folded 2×2, 4 more)."""
     cfg = _cfg()
     optimizer = make_optimizer(cfg)
     paired_state = diffusion_step.init_state(
-        jax.random.PRNGKey(7), UNET, optimizer, (B, SIZE // 2, SIZE // 2, C), len(attributes.ATTRIBUTES), C
+        jax.random.PRNGKey(7), UNET, optimizer, (B, SIZE // 2, SIZE // 2, C), len(attributes.ATTRIBUTES), C + 4
     )
     unet, key = paired_state.params["unet"], paired_state.rng
-    kernel = unet["Dense_0"]["kernel"]  # [2C, C]: the latent's rows, then the source's
+    kernel = unet["Dense_0"]["kernel"]  # [2C + 4, C]: the latent's rows, then the source's
 
     def with_kernel(k):
         return diffusion_step.state_around({**unet, "Dense_0": {**unet["Dense_0"], "kernel": k}}, optimizer, key)
@@ -230,9 +255,18 @@ def test_paired_step_denoises_the_counterfactual_and_sees_the_image():
     pair = {"image": a["image"], "counterfactual": b["image"], "labels": a["labels"]}
     paired = jax.jit(diffusion_step.make_train_step(UNET, AE, optimizer, SCHEDULE, cfg, paired=True))
     _, metrics = paired(paired_state, pair, {}, np.float32(0.7))
-    _, plain = _step(cfg, optimizer)(plain_state, {"image": b["image"], "labels": a["labels"]}, {}, np.float32(0.7))
+    plain_batch = {"image": b["image"], "labels": attributes.without(a["labels"], "finding")}
+    _, plain = _step(cfg, optimizer)(plain_state, plain_batch, {}, np.float32(0.7))
     np.testing.assert_allclose(float(metrics["loss"]), float(plain["loss"]), rtol=1e-6)
 
     _, with_a = paired(with_kernel(kernel), pair, {}, np.float32(0.7))
     _, with_b = paired(with_kernel(kernel), {**pair, "image": b["image"]}, {}, np.float32(0.7))
     assert abs(float(with_a["loss"]) - float(with_b["loss"])) > 1e-3
+
+    # The filter is never told the finding: any finding label gives the same loss.
+    finding = attributes.ATTRIBUTE_NAMES.index("finding")
+    for value in (1, 2):
+        told = {**pair, "labels": pair["labels"].copy()}
+        told["labels"][:, finding] = value
+        _, other = paired(with_kernel(kernel), told, {}, np.float32(0.7))
+        assert float(other["loss"]) == float(with_a["loss"])

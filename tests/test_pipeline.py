@@ -245,6 +245,21 @@ def test_load_source_reads_prepared_phantoms(phantom_dir, mesh):
         np.testing.assert_array_equal(counts[name], np.bincount(labels[:, j], minlength=attributes.NUM_CLASSES[j] + 1))
 
 
+def test_lesion_masks_come_with_the_images_when_asked_and_only_from_sources_that_store_them(phantom_dir, mesh):
+    source = pipeline.load_source("mammo_phantoms", str(phantom_dir), "train", config="64_tiny")
+    batch = next(_pipeline(source, mesh, shuffle=False, lesion_masks=True))
+    assert set(batch) == {"image", "labels", "counterfactual", "mask"}
+    stored = np.stack([decode_png(source[i]["mask"]) for i in range(8)]).astype(np.float32)[..., None]  # 0/1
+    assert stored.sum() > 0
+    np.testing.assert_array_equal(np.asarray(batch["mask"]), stored)
+    # resized like the images (bilinear, antialiased): a share in [0, 1], the lesion's area kept
+    half = np.asarray(next(_pipeline(source, mesh, shuffle=False, lesion_masks=True, image_size=32))["mask"])
+    assert half.shape == (8, 32, 32, 1) and half.min() >= 0 and half.max() <= 1
+    assert abs(4 * half.sum() - stored.sum()) < 0.05 * stored.sum()
+    with pytest.raises(ValueError, match="stores no lesion 'mask'"):
+        _pipeline(_index_source(8), mesh, lesion_masks=True)
+
+
 def test_load_source_from_a_folder_without_registered_code(phantom_dir, tmp_path):
     shutil.copytree(phantom_dir / "mammo_phantoms" / "64_tiny", tmp_path / "some_prepared" / "64_tiny")
     source = pipeline.load_source("some_prepared", str(tmp_path), "test", config="64_tiny")

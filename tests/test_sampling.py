@@ -21,7 +21,7 @@ from ldm_jax.diffusion.schedule import make_schedule
 from ldm_jax.models.autoencoder import DiagonalGaussian
 from ldm_jax.sampling import job, writers
 from ldm_jax.sampling.conditions import Conditions
-from ldm_jax.sampling.generate import image_keys, make_edit
+from ldm_jax.sampling.generate import image_keys, make_edit, source_features
 from ldm_jax.sampling.model import load_model
 
 
@@ -267,24 +267,49 @@ def test_density_only_guidance_holds_the_other_attributes_on_both_sides():
 
 
 class _ExactNegatingFilterUNet(nn.Module):
-    """E[ε | x_t, source] for x_0 | source ~ N(−source, STD²) per pixel: a "filter" that negates."""
+    """E[ε | x_t, source] for x_0 | source ~ N(−source, STD²) per pixel: a "filter" that negates
+    (shifted by +0.3 when told finding=mass, which the filter must never be told). ``extra`` is
+    ``source_features``: the source's latent, then its pixels (here the same)."""
 
     alphas_cumprod: tuple
 
     def __call__(self, x, t, labels, extra):
         abar = jnp.asarray(self.alphas_cumprod)[t][:, None, None, None]
         a, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
-        return sigma * (x + a * extra) / (abar * STD**2 + sigma**2)
+        mu = 0.3 * (labels[:, 1] == 1)[:, None, None, None] - extra[..., : x.shape[-1]]
+        return sigma * (x - a * mu) / (abar * STD**2 + sigma**2)
+
+
+class _PoolingAutoencoder(nn.Module):
+    """Latent = the mean of each 2×2 block, doubled (f = 2, one channel)."""
+
+    def encode(self, x):
+        b, h, w, c = x.shape
+        mean = 2.0 * x.reshape(b, h // 2, 2, w // 2, 2, c).mean((2, 4))
+        return DiagonalGaussian(mean, jnp.zeros_like(mean))
+
+
+def test_source_features_are_the_scaled_latent_and_every_pixel_on_the_latent_grid():
+    """Channel 0: scale · mode(E(x)); channel 1 + 2·di + dj at latent (i, j): pixel (2i + di, 2j + dj)."""
+    x = np.arange(2 * 4 * 6, dtype=np.float32).reshape(2, 4, 6, 1)
+    features = np.asarray(source_features(_PoolingAutoencoder(), {}, jnp.asarray(x), 0.5))
+    assert features.shape == (2, 2, 3, 5)
+    np.testing.assert_allclose(features[..., 0], x[..., 0].reshape(2, 2, 2, 3, 2).mean((2, 4)))
+    for di in range(2):
+        for dj in range(2):
+            np.testing.assert_array_equal(features[..., 1 + 2 * di + dj], x[:, di::2, dj::2, 0])
 
 
 def test_counterfactual_edit_samples_the_source_conditional_target():
-    """The counterfactual method feeds the source latent to the UNet at every step: at full strength
-    the edit draws from p(x_0 | source) = N(−source, STD²) whatever the labels; at strength 0.3
-    it starts from the noised source and lands between."""
+    """The counterfactual method feeds the source to the UNet at every step: at full strength the
+    edit draws from p(x_0 | source) = N(−source, STD²), with the finding never passed on; at
+    strength 0.3 it starts from the noised source and lands between."""
     x = _density_d_images(16)
     kw = dict(unet_class=_ExactNegatingFilterUNet)
     full = _toy_edit("counterfactual", 1.0, x, "density=D", "density=D", num_steps=1000, **kw)
     assert abs((full + x).mean()) < 0.01 and abs((full + x).std() - STD) < 0.01
+    told = _toy_edit("counterfactual", 1.0, x, "density=D,finding=mass", "density=D", num_steps=1000, **kw)
+    np.testing.assert_array_equal(told, full)  # the finding is not passed on
     partial = _toy_edit("counterfactual", 0.3, x, "density=D", "density=D", **kw)
     assert -x.mean() < partial.mean() < x.mean() - 0.05
 

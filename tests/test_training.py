@@ -124,6 +124,23 @@ def test_config_saved_before_the_architecture_sections_is_resumable(tmp_path):
         run_info.record_run(cfg, tmp_path)
 
 
+def test_a_key_added_after_the_run_was_saved_takes_its_default(tmp_path):
+    """A run saved before ``diffusion.lesion_weight`` existed trained with the plain loss, the
+    key's default: resuming with it is allowed, changing it is not."""
+    cfg = micro_config()
+    run_info.record_run(cfg, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["diffusion"]["lesion_weight"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "diffusion" / "checkpoints" / "4").mkdir(parents=True)
+    cfg.diffusion.lesion_weight = 20.0
+    with pytest.raises(run_info.IncompatibleRunError, match="diffusion.lesion_weight: saved 1.0, now 20.0"):
+        run_info.record_run(cfg, tmp_path)
+    cfg.diffusion.lesion_weight = 1.0
+    run_info.record_run(cfg, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["diffusion"]["lesion_weight"] == 1.0
+
+
 def _parse_config(*overrides):
     """The config ``train.py --config configs/phantom_tiny.py`` parses with ``--config.<key>=<value>`` overrides."""
     from absl import flags

@@ -223,13 +223,16 @@ class Preprocess:
     image_size: int | None
     random_flip: bool
     keys: tuple[str, ...]
+    lesion_masks: bool = False
 
     def __call__(self, element, rng: np.random.Generator):
         flip = self.random_flip and rng.random() < 0.5
         out = {"labels": self.label_map(element)}
-        for key in self.keys:
-            image = to_model_range(_as_image(element[key]), self.max_value, self.image_size)
-            out[key] = np.ascontiguousarray(image[:, ::-1] if flip else image)[..., None]
+        planes = {key: to_model_range(_as_image(element[key]), self.max_value, self.image_size) for key in self.keys}
+        if self.lesion_masks:  # stored 0/1; resized like the image, then back to [0, 1]
+            planes["mask"] = (to_model_range(_as_image(element["mask"]) > 0, 1.0, self.image_size) + 1.0) / 2.0
+        for key, plane in planes.items():
+            out[key] = np.ascontiguousarray(plane[:, ::-1] if flip else plane)[..., None]
         return out
 
 
@@ -271,7 +274,8 @@ class IteratorMismatchError(ValueError):
 class InputPipeline:
     """Iterator of globally sharded batches ``{"image": [B,H,W,1] f32, "labels": [B,4] i32}``.
 
-    ``"counterfactual"`` is included when the source has it. The rows a process reads are
+    ``"counterfactual"`` is included when the source has it, and with ``lesion_masks`` the
+    lesion mask ``"mask"`` ``[B, H, W, 1]`` in [0, 1] (the source must store it). The rows a process reads are
     those its devices hold in ``mesh``; pass ``process_index`` / ``process_count`` to read
     one simulated process's share (rows [pL, (p+1)L)) with ``next_local``. ``num_epochs``
     (None: forever) ends the stream after that many passes, the last partial batch dropped.
@@ -299,6 +303,7 @@ class InputPipeline:
         max_value: float | None = None,
         read_threads: int = 4,
         prefetch_batches: int = 8,
+        lesion_masks: bool = False,
     ):
         import jax
 
@@ -343,8 +348,15 @@ class InputPipeline:
         order = grain.MapDataset.range(len(source))
         self._order = order.shuffle(seed=seed) if shuffle else order
         keys = ("image", "counterfactual") if has_feature(source, "counterfactual") else ("image",)
+        if lesion_masks and not has_feature(source, "mask"):
+            raise ValueError("lesion_masks: the data set stores no lesion 'mask' (mammo_phantoms does)")
         self._preprocess = Preprocess(
-            LabelMap.for_source(source), float(max_value or _max_value(source)), image_size, bool(random_flip), keys
+            LabelMap.for_source(source),
+            float(max_value or _max_value(source)),
+            image_size,
+            bool(random_flip),
+            keys,
+            bool(lesion_masks),
         )
         if worker_count > 0:
             from absl import flags

@@ -81,8 +81,7 @@ def sweep(strengths, guidances, methods, counterfactual: bool = False) -> list[E
 def edit_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(source, target) labels of an edit that must not know the finding: the finding nulled in
     both, the target's density A."""
-    source = np.asarray(labels, np.int32).copy()
-    source[:, FINDING] = attributes.NUM_CLASSES[FINDING]
+    source = attributes.without(np.asarray(labels, np.int32), "finding")
     target = source.copy()
     target[:, DENSITY] = 0
     return source, target

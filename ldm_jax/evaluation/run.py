@@ -69,8 +69,9 @@ class Options:
     filter_strengths: str = flag("0.2,0.4,0.6,0.8,1.0", "edit strengths swept (fractions of the steps redone)")
     filter_guidance: str = flag("1,3", "edit guidance scales swept")
     filter_methods: str = flag(
-        ",".join(UNSUPERVISED_EDITS),
-        "unsupervised edit methods swept (the counterfactual filter is added when trained)",
+        "sdedit,ddim-inversion",
+        f"unsupervised edit methods swept, some of {','.join(UNSUPERVISED_EDITS)} (diffedit: 8 more UNet "
+        "calls per image; the counterfactual filter is added when trained)",
     )
     batch: int = flag(32, "images per compiled call")
     copy_threshold: float = flag(0.95, "MS-SSIM above which a sample counts as a likely copy")

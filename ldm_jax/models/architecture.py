@@ -102,3 +102,10 @@ def latent_shape(cfg) -> tuple[int, int, int]:
     """``(h, w, c)`` of its latents: the image size over the autoencoder's factor, ``z_channels`` deep."""
     size = cfg.data.image_size // presets.build_autoencoder(cfg.autoencoder_net).downsample_factor
     return (size, size, cfg.autoencoder_net.z_channels)
+
+
+def source_channels(cfg) -> int:
+    """Channels of what the ``counterfactual`` stage's UNet sees of its source image
+    (``generate.source_features``): the latent's c, plus the image's C channels folded f×f."""
+    (h, _, c), (size, _, channels) = latent_shape(cfg), image_shape(cfg)
+    return c + (size // h) ** 2 * channels

@@ -49,9 +49,21 @@ def encode_mode(autoencoder, ae_params, images, scale):
     return autoencoder.apply({"params": ae_params}, images, method=autoencoder.encode).mode() * scale
 
 
+def source_features(autoencoder, ae_params, images, scale):
+    """What the ``counterfactual`` stage's UNet sees of its source image, on the latent grid
+    ``[B, h, w, c + f²·C]``: the scaled latent ``scale · mode(q(z | x))`` and the image's own pixels
+    folded f×f into channels (space-to-depth), so detail the autoencoder loses (faint masses in
+    dense tissue) still reaches the filter."""
+    z = encode_mode(autoencoder, ae_params, images, scale)
+    b, h, w, _ = z.shape
+    f = images.shape[1] // h
+    pixels = images.reshape(b, h, f, w, f, -1).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, -1)
+    return jnp.concatenate([z, pixels.astype(z.dtype)], axis=-1)
+
+
 def source_denoiser(unet, unet_params):
-    """``denoise(x, t, cond)`` of a UNet that also sees a source latent (the ``counterfactual`` stage):
-    ``cond = {"labels": [B, A], "source": [B, h, w, c]}``, the source concatenated to ``x``."""
+    """``denoise(x, t, cond)`` of a UNet that also sees its source (the ``counterfactual`` stage):
+    ``cond = {"labels": [B, A], "source": source_features}``, concatenated to ``x``."""
 
     def denoise(x, t, cond):
         return unet.apply({"params": unet_params}, x, t, cond["labels"], extra=cond["source"])
@@ -145,13 +157,15 @@ def make_edit(
         z0 = encode_mode(autoencoder, ae_params, images, scale)
         if start is None:
             return decode(autoencoder, ae_params, z0, scale)
-        labels = source_labels if method == "counterfactual" else target_labels
+        # the counterfactual filter is trained without the finding (diffusion_step) and runs so
+        labels = attributes.without(source_labels, "finding") if method == "counterfactual" else target_labels
         null = jnp.asarray(attributes.null_labels(images.shape[0]))
         if guide == "density":
             null = labels.at[:, 0].set(null[:, 0])
         if method == "counterfactual":
             denoise = source_denoiser(unet, unet_params)
-            cond, null = {"labels": labels, "source": z0}, {"labels": null, "source": z0}
+            source = source_features(autoencoder, ae_params, images, scale)
+            cond, null = {"labels": labels, "source": source}, {"labels": null, "source": source}
         else:
             denoise, cond = denoiser(unet, unet_params), labels
         known = None

@@ -68,7 +68,7 @@ UNET_STAGES = ("diffusion", "counterfactual")
 def load_model(workdir, *, ema: bool = True, mesh=None, stage: str = "diffusion") -> SamplingModel:
     """The newest checkpoint of ``workdir``'s UNet ``stage`` (see the module docstring): the
     ``diffusion`` model, or the ``counterfactual`` filter, whose UNet also takes the source
-    latent (``generate.source_denoiser``).
+    image (``generate.source_denoiser``).
 
     Raises ``FileNotFoundError`` when the workdir has no complete checkpoint of that stage.
     """
@@ -92,8 +92,8 @@ def load_model(workdir, *, ema: bool = True, mesh=None, stage: str = "diffusion"
         unet = presets.build_unet(cfg.unet, dtype=jax.numpy.dtype(cfg.compute_dtype))
         latent = (1, *architecture.latent_shape(cfg))
         key, num_attributes = jax.random.PRNGKey(0), len(attributes.ATTRIBUTES)
-        source_channels = latent[-1] if stage == "counterfactual" else 0
-        abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, num_attributes, source_channels))
+        extra = architecture.source_channels(cfg) if stage == "counterfactual" else 0
+        abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, num_attributes, extra))
         field = "ema_params" if ema else "params"
         tree = {field: {"unet": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))}}
         unet_params = checkpointer.restore_subtree(step, tree)[field]["unet"]

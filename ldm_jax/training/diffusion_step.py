@@ -9,8 +9,10 @@ guidance and partial conditions (``density=D``) sample with, and an EMA of the w
 kept in the state.
 
 Paired (the ``counterfactual`` stage): the latent z is the pair's target (the phantom's fat-only
-counterfactual) and the UNet also sees the source image's latent s · mode(E(x_src)),
-concatenated to z_t, so it learns p(z | x_src): a supervised dense-tissue filter.
+counterfactual) and the UNet also sees the source image (``generate.source_features``: its latent
+s · mode(E(x_src)) and its pixels folded onto the latent grid), concatenated to z_t, so it learns
+p(z | x_src): a supervised dense-tissue filter. Its finding label is always null, as it is when
+the filter runs, so that it learns to read the lesion from the source rather than from the label.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ldm_jax import attributes
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.models.init import init_unet_params
-from ldm_jax.sampling.generate import encode_mode
+from ldm_jax.sampling.generate import source_features
 from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update, guarded_update
 
 
@@ -106,6 +108,15 @@ def drop_labels(key, labels, cfg, num_classes=attributes.NUM_CLASSES):
     return jnp.where(drop, jnp.asarray(num_classes, labels.dtype), labels)
 
 
+def lesion_weights(masks, latent_shape, weight: float):
+    """Per-latent-pixel loss weights ``[B, h, w, 1]``: ``1 + (weight − 1) · m``, with m the share of
+    each latent pixel's f×f image block inside the lesion (``masks [B, H, W, 1]`` in [0, 1])."""
+    b, h, w, _ = latent_shape
+    f = masks.shape[1] // h
+    share = masks.reshape(b, h, f, w, f, 1).mean((2, 4))
+    return 1.0 + (weight - 1.0) * share
+
+
 def train_step(
     state: TrainState, batch, ae_params, scale, *, unet, autoencoder, optimizer, schedule, cfg, paired=False
 ):
@@ -115,6 +126,7 @@ def train_step(
     ``autoencoder`` is None (the benchmark's ``ldm64``), with ``labels`` ``[B, A]`` when the UNet
     is class-conditioned and ``context`` ``[B, L, D]`` when it cross-attends (``sd15``).
     ``paired``: ``image`` is the source and ``counterfactual`` the target (module docstring).
+    With ``cfg.lesion_weight`` ≠ 1 the batch also holds the lesion ``mask`` (``lesion_weights``).
     """
     key = jax.random.fold_in(state.rng, state.step)
     k_enc, k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 5)
@@ -123,17 +135,21 @@ def train_step(
         z = batch["latents"]
     elif paired:
         z = encode_latents(autoencoder, ae_params, batch["counterfactual"], k_enc, scale)
-        source = jax.lax.stop_gradient(encode_mode(autoencoder, ae_params, batch["image"], scale))
+        source = jax.lax.stop_gradient(source_features(autoencoder, ae_params, batch["image"], scale))
     else:
         z = encode_latents(autoencoder, ae_params, batch["image"], k_enc, scale)
     b = z.shape[0]
     t = jax.random.randint(k_t, (b,), 0, schedule.num_steps)
     noise = jax.random.normal(k_noise, z.shape, z.dtype)
     z_t = q_sample(schedule, z, t, noise)
-    labels = drop_labels(k_drop, batch["labels"], cfg, unet.num_classes) if unet.num_classes else None
+    weights = lesion_weights(batch["mask"], z.shape, cfg.lesion_weight) if cfg.lesion_weight != 1 else None
+    labels = batch.get("labels")
+    if paired:  # a filter is never told the finding: it must read the lesion from the source
+        labels = attributes.without(labels, "finding")
+    labels = drop_labels(k_drop, labels, cfg, unet.num_classes) if unet.num_classes else None
 
     def loss_fn(params, micro, index):
-        z_t, t, labels, context, source, z, noise = micro
+        z_t, t, labels, context, source, z, noise, weights = micro
         out = unet.apply(
             {"params": params},
             z_t,
@@ -154,6 +170,7 @@ def train_step(
             weighting=cfg.weighting,
             min_snr_gamma=cfg.min_snr_gamma,
             loss_type=cfg.loss_type,
+            mask=weights,
         )
 
     accum = int(cfg.accum_steps)
@@ -164,7 +181,7 @@ def train_step(
     grad_fn = jax.value_and_grad(loss_fn)
     loss, grads = 0.0, jax.tree.map(jnp.zeros_like, state.params["unet"])
     for j in range(accum):
-        micro = jax.tree.map(lambda a: a[j::accum], (z_t, t, labels, batch.get("context"), source, z, noise))
+        micro = jax.tree.map(lambda a: a[j::accum], (z_t, t, labels, batch.get("context"), source, z, noise, weights))
         micro_loss, micro_grads = grad_fn(state.params["unet"], micro, j)
         loss = loss + micro_loss / accum
         grads = jax.tree.map(lambda a, g: a + g / accum, grads, micro_grads)
@@ -184,6 +201,8 @@ def train_step(
 def make_train_step(unet, autoencoder, optimizer, schedule, cfg, paired=False):
     """``step(state, batch, ae_params, scale)`` with the networks, schedule and config bound."""
     check_label_dropout(cfg)
+    if not cfg.lesion_weight > 0:
+        raise ValueError(f"lesion_weight={cfg.lesion_weight}: expected a positive loss weight (1: none)")
 
     def step(state, batch, ae_params, scale):
         return train_step(

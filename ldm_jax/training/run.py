@@ -94,7 +94,7 @@ def check_pairs(cfg, source) -> None:
         )
 
 
-def _pipeline(cfg, source, mesh, batch_size, *, seed_offset=0, shuffle=True):
+def _pipeline(cfg, source, mesh, batch_size, *, seed_offset=0, shuffle=True, lesion_masks=False):
     from ldm_jax.data.pipeline import InputPipeline
 
     parallel.check_batch_size(batch_size, mesh)
@@ -106,6 +106,7 @@ def _pipeline(cfg, source, mesh, batch_size, *, seed_offset=0, shuffle=True):
         shuffle=shuffle,
         image_size=cfg.data.image_size,
         worker_count=cfg.data.worker_count,
+        lesion_masks=lesion_masks,
     )
 
 
@@ -190,7 +191,7 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None, stage="diffus
         optimizer=optimizer,
         latent_shape=latent_shape,
         num_attributes=len(attributes.ATTRIBUTES),
-        extra_channels=latent_shape[-1] if paired else 0,
+        extra_channels=architecture.source_channels(cfg) if paired else 0,
     )
     run = Stage(
         name=stage,
@@ -198,7 +199,7 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None, stage="diffus
         init=init,
         step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg, paired=paired),
     )
-    pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size)
+    pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size, lesion_masks=dcfg.lesion_weight != 1)
     checkpointer = Checkpointer(workdir / stage / "checkpoints", async_save=False)
     state, meta, shardings = restore_or_init(run, checkpointer, mesh, key, pipeline, cfg)
     checkpointer.close()

@@ -11,7 +11,7 @@ import jax
 
 from ldm_jax.data.imageio import write_atomic
 from ldm_jax.models.architecture import resolve
-from ldm_jax.training.config import STAGES, incompatible_keys
+from ldm_jax.training.config import STAGES, incompatible_keys, with_defaults
 
 
 class IncompatibleRunError(ValueError):
@@ -21,13 +21,15 @@ class IncompatibleRunError(ValueError):
 def record_run(cfg, workdir: pathlib.Path) -> None:
     """Refuse a workdir whose saved config is incompatible; then write ``config.json`` (the config with
     its architecture filled in, ``resolve``) and ``environment.json``. A config saved before the
-    architecture sections existed is compared as its preset fills it; the section of a stage with no
-    checkpoint yet may change (e.g. a ``counterfactual`` stage added to a finished run)."""
+    architecture sections existed is compared as its preset fills it, and a key added since as its
+    default (``with_defaults``); the section of a stage with no checkpoint yet may change (e.g. a
+    ``counterfactual`` stage added to a finished run)."""
     saved_path = workdir / "config.json"
     current = resolve(cfg).to_dict()
     if saved_path.exists():
         untrained = tuple(stage for stage in STAGES if not _has_checkpoint(workdir / stage / "checkpoints"))
-        diffs = incompatible_keys(resolve(json.loads(saved_path.read_text())).to_dict(), current, untrained=untrained)
+        saved = resolve(with_defaults(json.loads(saved_path.read_text()))).to_dict()
+        diffs = incompatible_keys(saved, current, untrained=untrained)
         if diffs:
             raise IncompatibleRunError(
                 f"{workdir} holds a run with a different config; use a new --workdir or the same settings:\n  "
