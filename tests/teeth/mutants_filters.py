@@ -35,15 +35,15 @@ MUTANTS = [
     Mutant(
         "counterfactual_filter_never_sees_its_source",
         "ldm_jax/sampling/generate.py",
-        'cond, null = {"labels": labels, "source": z0}, {"labels": null, "source": z0}',
-        'cond, null = {"labels": labels, "source": 0 * z0}, {"labels": null, "source": 0 * z0}',
+        'cond, null = {"labels": labels, "source": source}, {"labels": null, "source": source}',
+        'cond, null = {"labels": labels, "source": 0 * source}, {"labels": null, "source": 0 * source}',
         (_FILTER,),
     ),
     Mutant(
         "edits_told_the_finding",
         "ldm_jax/evaluation/filters.py",
-        "    source[:, FINDING] = attributes.NUM_CLASSES[FINDING]\n",
-        "",
+        'source = attributes.without(np.asarray(labels, np.int32), "finding")',
+        "source = np.asarray(labels, np.int32).copy()",
         (_LABELS,),
     ),
     Mutant(
