@@ -86,3 +86,33 @@ MUTANTS += [
         ("tests/test_detectability.py::test_pairs_that_differ_by_a_hair_are_chance_with_an_interval_that_covers_it",),
     ),
 ]
+MUTANTS += [
+    Mutant(
+        "lesion_weight_off_by_one",
+        "ldm_jax/training/diffusion_step.py",
+        "return 1.0 + (weight - 1.0) * share",
+        "return 1.0 + weight * share",
+        ("tests/test_diffusion_step.py::test_lesion_weight_weighs_each_latent_pixel_by_its_share_of_lesion",),
+    ),
+    Mutant(
+        "source_pixels_folded_in_the_wrong_order",
+        "ldm_jax/sampling/generate.py",
+        "transpose(0, 1, 3, 2, 4, 5)",
+        "transpose(0, 1, 3, 4, 2, 5)",
+        ("tests/test_sampling.py::test_source_features_are_the_scaled_latent_and_every_pixel_on_the_latent_grid",),
+    ),
+    Mutant(
+        "filter_trained_with_the_finding",
+        "ldm_jax/training/diffusion_step.py",
+        '        labels = attributes.without(labels, "finding")\n',
+        "        pass\n",
+        (_PAIRED,),
+    ),
+    Mutant(
+        "new_config_keys_not_defaulted",
+        "ldm_jax/training/run_info.py",
+        "saved = resolve(with_defaults(json.loads(saved_path.read_text()))).to_dict()",
+        "saved = resolve(json.loads(saved_path.read_text())).to_dict()",
+        ("tests/test_training.py::test_a_key_added_after_the_run_was_saved_takes_its_default",),
+    ),
+]
