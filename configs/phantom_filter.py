@@ -21,7 +21,10 @@ def _demo_config():
 def get_config():
     cfg = _demo_config()
     cfg.stages = "autoencoder,diffusion,counterfactual"
-    # The diffusion stage's recipe; the source latent makes the task easier than generation.
+    # The diffusion stage's recipe, with the loss of an image-to-image regression: x0 targets weighed
+    # alike at every t (ε targets with min-SNR weights barely score x0 where the source matters most,
+    # at high noise) and latent pixels inside the lesion masks weighed 20×. On seed 0 at 2,000 steps
+    # (README "The dense-tissue filter, measured"): mass AUC 0.53 → 0.55 (lesion weight) → 0.60 (x0).
     cfg.counterfactual.update({key: cfg.diffusion[key] for key in cfg.diffusion})
-    cfg.counterfactual.update(dict(steps=2000))
+    cfg.counterfactual.update(dict(steps=4000, prediction="x0", weighting="uniform", lesion_weight=20.0))
     return cfg

@@ -24,6 +24,9 @@ MICRO_OVERRIDES = {
     "counterfactual.batch_size": 8,
     "counterfactual.warmup_steps": 2,
     "counterfactual.scale_factor_batches": 1,
+    "counterfactual.prediction": "x0",  # configs/phantom_filter.py's loss: x0, uniform, lesions 20×
+    "counterfactual.weighting": "uniform",
+    "counterfactual.lesion_weight": 20.0,
     "checkpoint.every": 2,
     "log.every": 1,
     "log.sample_count": 2,

@@ -421,7 +421,7 @@ def _filter(ev, workdir, options: Options) -> str:
             "removed and the lesion kept. Phantoms come with the truth: the same breast with the glandular tissue",
             "made fat (the counterfactual). The unsupervised edit encodes the image, noises it part of the way",
             "(SDEdit) and denoises it under density=A; the supervised counterfactual filter, when the run trained",
-            "it, is a second UNet that saw (image, fat-only truth) pairs and the image's latent at every step.",
+            "it, is a second UNet that saw (image, fat-only truth) pairs and sees the image at every step.",
             "A threshold filter that caps intensities is the baseline. Each pair is one seed rendered with and",
             "without a mass, so the lesion is the only difference a reader told where to look can use.",
         ),

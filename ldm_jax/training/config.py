@@ -118,7 +118,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.diffusion = ml_collections.ConfigDict(_diffusion())
     # The supervised dense-tissue filter (stage "counterfactual", not in the default stages): a UNet
     # trained on (image → fat-only counterfactual) latent pairs of mammo_phantoms, seeing the
-    # source latent beside the noisy one (diffusion_step, "Paired"). Same keys as diffusion.
+    # source image beside the noisy latent (diffusion_step, "Paired"). Same keys as diffusion.
     cfg.counterfactual = ml_collections.ConfigDict(_diffusion())
 
     cfg.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))

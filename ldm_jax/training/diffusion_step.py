@@ -31,7 +31,7 @@ from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update
 
 
 def init_state(key, unet, optimizer, latent_shape, num_attributes: int, extra_channels: int = 0) -> TrainState:
-    """Fresh UNet state for latents ``[B, h, w, c]`` (and ``extra_channels`` of source latents);
+    """Fresh UNet state for latents ``[B, h, w, c]`` (and ``extra_channels`` of source features);
     EMA starts equal to the weights."""
     return state_around(init_unet_params(key, unet, latent_shape, num_attributes, extra_channels), optimizer, key)
 

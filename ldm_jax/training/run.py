@@ -3,7 +3,7 @@
 Stage ``autoencoder`` trains the KL autoencoder (+ PatchGAN) on images; stage
 ``diffusion`` freezes it, measures the latent scale factor and trains the conditional
 UNet on scaled latents. The optional stage ``counterfactual`` trains a second UNet the same
-way on (image → fat-only counterfactual) pairs, seeing the image's latent: the supervised
+way on (image → fat-only counterfactual) pairs, seeing the image: the supervised
 dense-tissue filter. Each stage lives in ``<workdir>/<stage>/`` (checkpoints,
 ``metrics.jsonl``, TensorBoard events, sample PNGs).
 """
