@@ -54,7 +54,8 @@ def test_predict_save_load_roundtrip(tmp_path):
 
 @pytest.mark.slow
 def test_classifier_learns_density_and_view_at_64():
-    """Density and view ≥ 95% held out after ~2-3 CPU minutes (data generation included).
+    """Density and view ≥ 95% held out after 600 steps (96.7% density measured); evaluate.py's
+    recipe trains 800 (98.4%, README's evaluation table).
 
     The finding head is reported, not asserted: at 64×64 (3.1 mm pixels) calcifications are
     sub-pixel and masses are masked by glandular tissue, so it stays near chance; the bound is
@@ -62,7 +63,7 @@ def test_classifier_learns_density_and_view_at_64():
     """
     config = classifier.ClassifierConfig(image_size=64)
     start = time.perf_counter()
-    params = classifier.train_on_phantoms(config, seed=0)  # 7,000 phantoms, 800 steps of 64
+    params = classifier.train_on_phantoms(config, seed=0, steps=600)  # 7,000 phantoms, batches of 64
     trained = time.perf_counter() - start
     images, labels = classifier.phantom_training_set(1000, 64, seed=10**6)  # disjoint seeds
     result = classifier.accuracy_report(params, config, images, labels)

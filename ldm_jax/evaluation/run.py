@@ -76,7 +76,7 @@ class Options:
     batch: int = flag(32, "images per compiled call")
     copy_threshold: float = flag(0.95, "MS-SSIM above which a sample counts as a likely copy")
     classifier: str = flag("", "phantom classifier file (default <out>/phantom_classifier.msgpack, trained if missing)")
-    classifier_steps: int = flag(800, "training steps of a new phantom classifier (the tested recipe)")
+    classifier_steps: int = flag(800, "training steps of a new phantom classifier (the recipe README measures)")
     inception_weights: str = flag(
         "", f"standard FID InceptionV3 weights file (default ${FID_WEIGHTS_ENV}; none: no Inception FD)"
     )
