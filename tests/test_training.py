@@ -139,6 +139,12 @@ def test_a_key_added_after_the_run_was_saved_takes_its_default(tmp_path):
     cfg.diffusion.lesion_weight = 1.0
     run_info.record_run(cfg, tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["diffusion"]["lesion_weight"] == 1.0
+    # A key whose absence meant something keeps that meaning: no data.resize with a set size was "resize".
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["data"]["resize"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(run_info.IncompatibleRunError, match="data.resize: saved True, now False"):
+        run_info.record_run(cfg, tmp_path)
 
 
 def _parse_config(*overrides):

@@ -49,6 +49,14 @@ def encode_mode(autoencoder, ae_params, images, scale):
     return autoencoder.apply({"params": ae_params}, images, method=autoencoder.encode).mode() * scale
 
 
+def latent_blocks(images, h: int):
+    """``[B, H, W, C]`` → ``[B, h, w, f, f, C]``: the f×f block of image pixels under each latent
+    pixel of an ``h``-row latent grid (f = H / h)."""
+    b, height, width, c = images.shape
+    f = height // h
+    return images.reshape(b, h, f, width // f, f, c).transpose(0, 1, 3, 2, 4, 5)
+
+
 def source_features(autoencoder, ae_params, images, scale):
     """What the ``counterfactual`` stage's UNet sees of its source image, on the latent grid
     ``[B, h, w, c + f²·C]``: the scaled latent ``scale · mode(q(z | x))`` and the image's own pixels
@@ -56,8 +64,7 @@ def source_features(autoencoder, ae_params, images, scale):
     dense tissue) still reaches the filter."""
     z = encode_mode(autoencoder, ae_params, images, scale)
     b, h, w, _ = z.shape
-    f = images.shape[1] // h
-    pixels = images.reshape(b, h, f, w, f, -1).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, -1)
+    pixels = latent_blocks(images, h).reshape(b, h, w, -1)
     return jnp.concatenate([z, pixels.astype(z.dtype)], axis=-1)
 
 

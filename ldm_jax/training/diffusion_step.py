@@ -26,7 +26,7 @@ from ldm_jax import attributes
 from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.models.init import init_unet_params
-from ldm_jax.sampling.generate import source_features
+from ldm_jax.sampling.generate import latent_blocks, source_features
 from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update, guarded_update
 
 
@@ -111,9 +111,7 @@ def drop_labels(key, labels, cfg, num_classes=attributes.NUM_CLASSES):
 def lesion_weights(masks, latent_shape, weight: float):
     """Per-latent-pixel loss weights ``[B, h, w, 1]``: ``1 + (weight − 1) · m``, with m the share of
     each latent pixel's f×f image block inside the lesion (``masks [B, H, W, 1]`` in [0, 1])."""
-    b, h, w, _ = latent_shape
-    f = masks.shape[1] // h
-    share = masks.reshape(b, h, f, w, f, 1).mean((2, 4))
+    share = latent_blocks(masks, latent_shape[1]).mean((3, 4))
     return 1.0 + (weight - 1.0) * share
 
 

@@ -28,7 +28,8 @@ def record_run(cfg, workdir: pathlib.Path) -> None:
     current = resolve(cfg).to_dict()
     if saved_path.exists():
         untrained = tuple(stage for stage in STAGES if not _has_checkpoint(workdir / stage / "checkpoints"))
-        saved = resolve(with_defaults(json.loads(saved_path.read_text()))).to_dict()
+        # resolve first: it reads the keys whose absence meant something (data.resize)
+        saved = with_defaults(resolve(json.loads(saved_path.read_text())).to_dict())
         diffs = incompatible_keys(saved, current, untrained=untrained)
         if diffs:
             raise IncompatibleRunError(

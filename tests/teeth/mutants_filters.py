@@ -111,7 +111,7 @@ MUTANTS += [
     Mutant(
         "new_config_keys_not_defaulted",
         "ldm_jax/training/run_info.py",
-        "saved = resolve(with_defaults(json.loads(saved_path.read_text()))).to_dict()",
+        "saved = with_defaults(resolve(json.loads(saved_path.read_text())).to_dict())",
         "saved = resolve(json.loads(saved_path.read_text())).to_dict()",
         ("tests/test_training.py::test_a_key_added_after_the_run_was_saved_takes_its_default",),
     ),
