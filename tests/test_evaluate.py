@@ -65,6 +65,8 @@ def test_evaluate_writes_every_section_and_a_self_contained_report(two_processes
         filter_strengths="1",
         filter_guidance="2",
         filter_methods="sdedit",  # inversion and DiffEdit: exact-model tests in test_sampling.py
+        observer_steps=3,
+        observer_pairs=8,
     )
     results = evaluate(two_processes, options, tmp_path / "eval")
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -78,6 +80,9 @@ def test_evaluate_writes_every_section_and_a_self_contained_report(two_processes
         assert 0 <= scores["mass_detectability"]["low"] <= scores["mass_detectability"]["high"] <= 1
         assert scores["mass_detectability"]["pairs"] == 4
     assert filters["fat-only truth"]["ssim_to_truth"] == pytest.approx(1.0)
+    learned = saved["dense_tissue_filters"]["observer"]
+    assert (learned["pairs"], learned["train_pairs"], learned["steps"]) == (4, 8, 3)
+    assert 0 <= learned["low"] <= learned["auc"] <= learned["high"] <= 1
     assert saved["memorization"]["training_images_searched"] == 16
     assert 0.0 <= saved["memorization"]["fraction_above_threshold"] <= 1.0
     assert np.isfinite(saved["generation"]["phantom_classifier_features"]["frechet_distance"])
