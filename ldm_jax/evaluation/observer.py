@@ -9,9 +9,10 @@ the image; none can separate the pairs better than the best observer of the uned
   units of ``CONTRAST_UNIT`` (masses in dense tissue differ from their surround by a few
   hundredths of the model range);
 * **filter form**: a small fully convolutional network maps the crop to a map ``m`` without
-  seeing the mask, and the score is the reader's ``mean(m | lesion) − mean(m | rest of the crop)``,
-  i.e. a local filter followed by the ring-contrast reader, so its AUC is what a filter trained for
-  exactly this reader reaches (a lower bound on the ideal observer's);
+  seeing the mask, and the score is ``mean(m | lesion) − mean(m | rest of the crop)``: a local
+  filter followed by a contrast read-out like the table's mass reader (which compares the lesion
+  with a ring around it). Its AUC is what a filter trained for such a reader reaches, a lower
+  bound on the ideal observer's;
 * trained with the logistic loss on both images of each training pair (with lesion: 1, without:
   0), training pairs from ``mammo_phantoms`` train-split seeds ``TRAIN_SEED`` on (no data set of
   fewer than 5·10⁸ records holds them).
