@@ -9,6 +9,7 @@ _GUIDE = "tests/test_sampling.py::test_density_only_guidance_holds_the_other_att
 _FILTER = "tests/test_sampling.py::test_counterfactual_edit_samples_the_source_conditional_target"
 _LABELS = "tests/test_filters.py::test_edits_are_told_everything_but_the_finding"
 _SECTION = "tests/test_training.py::test_a_stage_section_may_change_until_that_stage_has_a_checkpoint"
+_OBSERVER = "tests/test_observer.py::test_the_trained_observer_finds_the_blob_at_the_mask_and_not_the_one_beside_it"
 
 MUTANTS = [
     Mutant(
@@ -114,5 +115,26 @@ MUTANTS += [
         "saved = with_defaults(resolve(json.loads(saved_path.read_text())).to_dict())",
         "saved = resolve(json.loads(saved_path.read_text())).to_dict()",
         ("tests/test_training.py::test_a_key_added_after_the_run_was_saved_takes_its_default",),
+    ),
+    Mutant(
+        "observer_reads_the_whole_crop",
+        "ldm_jax/evaluation/observer.py",
+        "    inside = (maps * masks).sum((1, 2))",
+        "    masks = jnp.ones_like(masks)\n    inside = (maps * masks).sum((1, 2))",
+        (_OBSERVER,),
+    ),
+    Mutant(
+        "observer_trained_without_negatives",
+        "ldm_jax/evaluation/observer.py",
+        "np.ones(len(crops_with)), np.zeros(len(crops_without))",
+        "np.ones(len(crops_with)), np.ones(len(crops_without))",
+        (_OBSERVER,),
+    ),
+    Mutant(
+        "observer_crop_centre_transposed",
+        "ldm_jax/evaluation/observer.py",
+        "y, x = int(round(rows.mean())), int(round(cols.mean()))",
+        "x, y = int(round(rows.mean())), int(round(cols.mean()))",
+        ("tests/test_observer.py::test_lesion_crops_centre_the_mask_and_pad_with_the_background",),
     ),
 ]
