@@ -90,6 +90,14 @@ def pair_seeds(num: int, offset: int) -> list[tuple[int, str]]:
     return [(offset + i, "CD"[i % 2]) for i in range(num)]
 
 
+def kind_offset(first_seed: int, kind: str) -> int:
+    """Where ``kind``'s pairs start in a table of pairs from ``first_seed``: kind k of ``KINDS`` at
+    ``first_seed + 10**6 k``, so every kind has its own breasts."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown lesion kind {kind!r}; expected one of {KINDS}")
+    return first_seed + 10**6 * KINDS.index(kind)
+
+
 def phantom_pairs(num: int, size: int, kind: str, offset: int) -> dict[str, np.ndarray]:
     """``num`` dense same-seed pairs of ``kind``: ``lesions.phantom_arrays`` of the phantoms with the
     lesion (``"with"``) and of the same seeds without it (``"without"``), each with its

@@ -53,7 +53,7 @@ DENSITY_CONDITIONS = tuple(f"density={d}" for d in attributes.ATTRIBUTES["densit
 SECTIONS = ("reconstruction", "generation", "conditioning", "dense_tissue_filters", "memorization")
 UNSUPERVISED_EDITS = ("sdedit", "ddim-inversion", "diffedit")
 TEST_SEED_OFFSET = 2_000_000_000  # mammo_phantoms' test split (never trained on)
-FILTER_PAIRS_SEED = TEST_SEED_OFFSET + 10**6  # the filter table's first pair (lesion kind k: + 10**6 k)
+FILTER_PAIRS_SEED = TEST_SEED_OFFSET + 10**6  # the filter table's pairs (detectability.kind_offset)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,7 +395,7 @@ def _dense_tissue_filters(ev: Evaluator, params, config):
         rows += _real_image_rows(ev, edits, shown)
     if o.observer_steps:
         _log(f"learned observer: {o.observer_pairs} training pairs, {o.observer_steps} steps")
-        mass_seed = FILTER_PAIRS_SEED + 10**6 * detectability.KINDS.index("mass")
+        mass_seed = detectability.kind_offset(FILTER_PAIRS_SEED, "mass")
         results["observer"] = observer.ceiling(
             ev.model.image_size, "mass", o.pairs, mass_seed, train_pairs=o.observer_pairs, steps=o.observer_steps
         )
@@ -403,13 +403,13 @@ def _dense_tissue_filters(ev: Evaluator, params, config):
 
 
 def filter_inputs(ev: Evaluator, num: int, kinds, first_seed: int):
-    """``(data, labels, keys, outputs)`` of ``num`` dense same-seed pairs per lesion kind (kind k from
-    seed ``first_seed + 10**6 k``): ``filters.stack_pairs``' arrays, the edits' (source, target)
+    """``(data, labels, keys, outputs)`` of ``num`` dense same-seed pairs per lesion kind (from seed
+    ``detectability.kind_offset(first_seed, kind)``): ``filters.stack_pairs``' arrays, the edits' (source, target)
     labels, a noise key per pair, and the baselines' outputs (unedited, fat-only truth, threshold
     filter, autoencoder round trip)."""
     pairs = {
-        kind: detectability.phantom_pairs(num, ev.model.image_size, kind, first_seed + 10**6 * k)
-        for k, kind in enumerate(kinds)
+        kind: detectability.phantom_pairs(num, ev.model.image_size, kind, detectability.kind_offset(first_seed, kind))
+        for kind in kinds
     }
     data = filters.stack_pairs(pairs)
     keys = np.asarray(image_keys(jax.random.PRNGKey(ev.options.seed + 1), jnp.asarray(data["pair"])))
