@@ -27,4 +27,8 @@ def get_config():
     # (README "The dense-tissue filter, measured"): mass AUC 0.53 → 0.55 (lesion weight) → 0.60 (x0).
     cfg.counterfactual.update({key: cfg.diffusion[key] for key in cfg.diffusion})
     cfg.counterfactual.update(dict(steps=4000, prediction="x0", weighting="uniform", lesion_weight=20.0))
+    # And trained for the reader that scores it: 8 matched dense mass pairs a batch, ranked by their
+    # decoded masses' contrast (training/lesion_ranking.py). Seed 0 at 2,000 steps: mass AUC 0.60 →
+    # 0.77, SSIM to the truth 0.918 → 0.839; rank_weight 3 gave 0.74 at SSIM 0.795.
+    cfg.counterfactual.update(dict(rank_pairs=8, rank_weight=1.0))
     return cfg

@@ -27,6 +27,7 @@ MICRO_OVERRIDES = {
     "counterfactual.prediction": "x0",  # configs/phantom_filter.py's loss: x0, uniform, lesions 20×
     "counterfactual.weighting": "uniform",
     "counterfactual.lesion_weight": 20.0,
+    "counterfactual.rank_pairs": 8,  # and its ranking term, one matched mass pair per device
     "checkpoint.every": 2,
     "log.every": 1,
     "log.sample_count": 2,

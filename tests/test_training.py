@@ -365,6 +365,11 @@ def test_cli_trains_every_stage_and_writes_everything(trained_micro):
     assert meta["autoencoder_step"] == 4 and meta["scale_factor"] > 0
     filter_meta = trained_micro / "counterfactual" / "checkpoints" / "4" / "meta" / "metadata"
     assert json.loads(filter_meta.read_text())["autoencoder_checkpoint"] == meta["autoencoder_checkpoint"]
+    # The filter's ranking term ran on 8 fresh mass pairs a step, and its data position counts them.
+    filter_rows = [json.loads(line) for line in (trained_micro / "counterfactual" / "metrics.jsonl").open()]
+    assert all(np.isfinite(r["rank_loss"]) and np.isfinite(r["rank_gap"]) for r in filter_rows)
+    filter_data = trained_micro / "counterfactual" / "checkpoints" / "4" / "data" / "metadata"
+    assert json.loads(filter_data.read_text())["lesion_pairs_drawn"] == 4 * 8
     distribution = np.asarray(meta["label_distribution"])  # rows: labels..., count
     assert distribution.shape[1] == 5 and distribution[:, -1].sum() == 64  # every training record counted
     env = json.loads((trained_micro / "environment.json").read_text())

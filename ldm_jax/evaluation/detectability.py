@@ -36,6 +36,9 @@ from scipy import ndimage
 from ldm_jax.evaluation import lesions
 
 KINDS = ("mass", "calcification")
+# Pairs to train on (the learned observer, the counterfactual stage's ranking term) start here:
+# train-split seeds past the records of any mammo_phantoms data set, far from the held-out pairs.
+TRAINING_PAIRS_SEED = 500_000_000
 
 
 def comparison_matrix(positives, negatives) -> np.ndarray:

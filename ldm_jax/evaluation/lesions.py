@@ -158,12 +158,19 @@ def calcification_detectability(originals, tests, lesion_masks, breast_masks, fi
 # ----------------------------------------------------------------------------- masses and clusters
 
 
+def mass_band(lesion_mask, breast_mask, ring: int = 2) -> np.ndarray:
+    """The ``ring``-pixel band around a lesion, inside the breast: where the mass reader takes the
+    lesion's surround (bool, the masks' shape)."""
+    lesion, breast = np.asarray(lesion_mask, bool), np.asarray(breast_mask, bool)
+    return ndimage.binary_dilation(lesion, iterations=ring) & ~lesion & breast
+
+
 def mass_contrast(image, lesion_mask, breast_mask, ring: int = 2) -> float:
     """Mean of ``image`` over the lesion minus its mean over a ``ring``-pixel band around it (inside
     the breast)."""
     image = _image(image, "image")
     lesion, breast = _masks(lesion_mask, breast_mask, image.shape)
-    band = ndimage.binary_dilation(lesion, iterations=ring) & ~lesion & breast
+    band = mass_band(lesion, breast, ring)
     if not lesion.any() or not band.any():
         raise ValueError("the lesion mask or the band around it is empty")
     return float(image[lesion].mean() - image[band].mean())

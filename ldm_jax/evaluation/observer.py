@@ -14,8 +14,7 @@ the image; none can separate the pairs better than the best observer of the uned
   with a ring around it). Its AUC is what a filter trained for such a reader reaches, a lower
   bound on the ideal observer's;
 * trained with the logistic loss on both images of each training pair (with lesion: 1, without:
-  0), training pairs from ``mammo_phantoms`` train-split seeds ``TRAIN_SEED`` on (no data set of
-  fewer than 5·10⁸ records holds them).
+  0), training pairs from ``detectability.TRAINING_PAIRS_SEED`` on.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from ldm_jax.evaluation import detectability
 
 CROP = 24  # pixels; a mass of radius 15 mm spans 10 pixels at 64×64
 CONTRAST_UNIT = 0.1  # model-range units per input unit
-TRAIN_SEED = 500_000_000
 
 
 def lesion_crops(images, masks, size: int = CROP) -> np.ndarray:
@@ -112,11 +110,13 @@ def train(crops_with, crops_without, *, steps: int, seed: int = 0, batch_size: i
 
 def ceiling(size: int, kind: str, test_pairs: int, test_seed: int, *, train_pairs: int, steps: int, seed: int = 0):
     """The filter-form observer's ``paired_auc`` on the unedited images of ``test_pairs`` dense pairs
-    from seed ``test_seed`` (the filter table's), trained on ``train_pairs`` from ``TRAIN_SEED``."""
+    from seed ``test_seed`` (the filter table's), trained on ``train_pairs`` from
+    ``detectability.TRAINING_PAIRS_SEED``."""
     if steps < 1 or train_pairs < 1:
         raise ValueError(f"the observer needs steps >= 1 and train_pairs >= 1, got {steps} and {train_pairs}")
     crops = {}
-    for name, num, first in (("train", train_pairs, TRAIN_SEED), ("test", test_pairs, test_seed)):
+    splits = (("train", train_pairs, detectability.TRAINING_PAIRS_SEED), ("test", test_pairs, test_seed))
+    for name, num, first in splits:
         pairs = detectability.phantom_pairs(num, size, kind, first)
         masks = pairs["with"]["mask"]
         crops[name] = [lesion_crops(pairs[part]["image"], masks) for part in ("with", "without")]

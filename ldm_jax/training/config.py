@@ -51,6 +51,13 @@ def _diffusion() -> dict:
         # Loss weight of latent pixels inside the data set's lesion masks (mammo_phantoms stores
         # them), over 1 elsewhere: 1 is the plain loss. Masses are 1-2 of 256 latent pixels at 64×64.
         lesion_weight=1.0,
+        # The counterfactual stage's ranking term (training/lesion_ranking.py): matched dense mass
+        # pairs added to each batch (0: none), the term's weight, its temperature τ (in units of
+        # the reader's contrast, [-1, 1] image range) and the least t of the pairs (fraction of T).
+        rank_pairs=0,
+        rank_weight=1.0,
+        rank_temperature=0.05,
+        rank_min_t=0.5,
         # Classifier-free guidance (diffusion_step.drop_labels): rows trained unconditional,
         # rows with one attribute given, and per-attribute dropout on the other rows.
         uncond_dropout=0.1,

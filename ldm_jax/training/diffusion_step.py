@@ -13,6 +13,8 @@ counterfactual) and the UNet also sees the source image (``generate.source_featu
 s · mode(E(x_src)) and its pixels folded onto the latent grid), concatenated to z_t, so it learns
 p(z | x_src): a supervised dense-tissue filter. Its finding label is always null, as it is when
 the filter runs, so that it learns to read the lesion from the source rather than from the label.
+With ``rank_pairs`` > 0 its batches also hold matched mass pairs, denoised like the other rows,
+and the loss adds ``rank_weight`` · L_rank on their decoded x0 predictions (``lesion_ranking``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import numpy as np
 import optax
 
 from ldm_jax import attributes
-from ldm_jax.diffusion.forward import q_sample
+from ldm_jax.diffusion.forward import q_sample, x0_eps_from_prediction
 from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.models.init import init_unet_params
 from ldm_jax.sampling.generate import latent_blocks, source_features
+from ldm_jax.training import lesion_ranking
 from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update, guarded_update
 
 
@@ -124,7 +127,8 @@ def train_step(
     ``autoencoder`` is None (the benchmark's ``ldm64``), with ``labels`` ``[B, A]`` when the UNet
     is class-conditioned and ``context`` ``[B, L, D]`` when it cross-attends (``sd15``).
     ``paired``: ``image`` is the source and ``counterfactual`` the target (module docstring).
-    With ``cfg.lesion_weight`` ≠ 1 the batch also holds the lesion ``mask`` (``lesion_weights``).
+    With ``cfg.lesion_weight`` ≠ 1 the batch also holds the lesion ``mask`` (``lesion_weights``),
+    with ``cfg.rank_pairs`` > 0 the ``pairs`` of ``lesion_ranking.pair_arrays``.
     """
     key = jax.random.fold_in(state.rng, state.step)
     k_enc, k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 5)
@@ -145,9 +149,17 @@ def train_step(
     if paired:  # a filter is never told the finding: it must read the lesion from the source
         labels = attributes.without(labels, "finding")
     labels = drop_labels(k_drop, labels, cfg, unet.num_classes) if unet.num_classes else None
+    pairs = None
+    if cfg.rank_pairs:
+        pairs = _pair_rows(batch["pairs"], key, autoencoder, ae_params, scale, schedule, cfg, unet.num_classes)
 
-    def loss_fn(params, micro, index):
+    def loss_fn(params, micro, pair_micro, index):
         z_t, t, labels, context, source, z, noise, weights = micro
+        if pair_micro is not None:  # the pairs' rows after the batch's: [P', 2, ...] → [2P', ...]
+            z_t, t, labels, source, z, noise, weights = (
+                a if r is None else jnp.concatenate([a, r.reshape(-1, *r.shape[2:])])
+                for a, r in zip((z_t, t, labels, source, z, noise, weights), pair_micro["rows"])
+            )
         out = unet.apply(
             {"params": params},
             z_t,
@@ -158,7 +170,7 @@ def train_step(
             train=True,
             rngs={"dropout": jax.random.fold_in(k_dropout, index)},
         )
-        return diffusion_loss(
+        loss = diffusion_loss(
             schedule,
             out,
             z,
@@ -170,18 +182,32 @@ def train_step(
             loss_type=cfg.loss_type,
             mask=weights,
         )
+        if pair_micro is None:
+            return loss, {}
+        n = 2 * len(pair_micro["lesion"])
+        x0, _ = x0_eps_from_prediction(schedule, z_t[-n:], t[-n:], out[-n:], cfg.prediction)
+        decoded = autoencoder.apply({"params": ae_params}, x0 / scale, method=autoencoder.decode)
+        masks = [jnp.repeat(pair_micro[k], 2, axis=0) for k in ("lesion", "band")]
+        contrast = lesion_ranking.ring_contrast(decoded, *masks).reshape(-1, 2)
+        rank = lesion_ranking.ranking_loss(contrast[:, 0], contrast[:, 1], cfg.rank_temperature)
+        gap = jnp.mean(contrast[:, 0] - contrast[:, 1])
+        return loss + cfg.rank_weight * rank, {"rank_loss": rank, "rank_gap": gap}
 
     accum = int(cfg.accum_steps)
     if b % accum:
         raise ValueError(f"batch size {b} is not divisible by accum_steps={accum}")
-    # Micro-batch j takes rows j, j+accum, ...: every micro-batch stays spread over all devices.
-    # A Python loop (unrolled), not lax.scan: XLA:CPU runs convolutions inside loops ~10x slower.
-    grad_fn = jax.value_and_grad(loss_fn)
-    loss, grads = 0.0, jax.tree.map(jnp.zeros_like, state.params["unet"])
+    # Micro-batch j takes rows j, j+accum, ... (and pairs j, j+accum, ...): every micro-batch stays
+    # spread over all devices. A Python loop (unrolled), not lax.scan: XLA:CPU runs convolutions
+    # inside loops ~10x slower.
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    loss, aux, grads = 0.0, {}, jax.tree.map(jnp.zeros_like, state.params["unet"])
     for j in range(accum):
-        micro = jax.tree.map(lambda a: a[j::accum], (z_t, t, labels, batch.get("context"), source, z, noise, weights))
-        micro_loss, micro_grads = grad_fn(state.params["unet"], micro, j)
+        micro, pair_micro = jax.tree.map(
+            lambda a: a[j::accum], ((z_t, t, labels, batch.get("context"), source, z, noise, weights), pairs)
+        )
+        (micro_loss, micro_aux), micro_grads = grad_fn(state.params["unet"], micro, pair_micro, j)
         loss = loss + micro_loss / accum
+        aux = {k: aux.get(k, 0.0) + v / accum for k, v in micro_aux.items()}
         grads = jax.tree.map(lambda a, g: a + g / accum, grads, micro_grads)
     grads = {"unet": grads}
     grad_norm = optax.tree.norm(grads)
@@ -192,13 +218,42 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_update(state.ema_params, params, decay)
     )
-    metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": 1 - finite.astype(jnp.int32)}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": 1 - finite.astype(jnp.int32), **aux}
     return new_state, metrics
+
+
+def _pair_rows(pairs, key, autoencoder, ae_params, scale, schedule, cfg, num_classes) -> dict:
+    """The ranking term's inputs (``lesion_ranking``) from the batch's ``pairs``: ``rows``, the
+    pairs' (z_t, t, labels, source features, target z, ε, loss weights), each ``[P, 2, ...]`` with
+    t and ε shared by both images of a pair and t ≥ ⌈rank_min_t · T⌉; and the reader's ``lesion``
+    and ``band`` masks ``[P, H, W, 1]``."""
+    k_enc, k_t, k_noise, k_drop = jax.random.split(jax.random.fold_in(key, 1), 4)
+    p = pairs["image"].shape[0]
+
+    def flat(a):
+        return a.reshape(2 * p, *a.shape[2:])
+
+    z = encode_latents(autoencoder, ae_params, flat(pairs["counterfactual"]), k_enc, scale)
+    source = jax.lax.stop_gradient(source_features(autoencoder, ae_params, flat(pairs["image"]), scale))
+    first_t = int(np.ceil(cfg.rank_min_t * schedule.num_steps))
+    t = jnp.repeat(jax.random.randint(k_t, (p,), first_t, schedule.num_steps), 2)
+    noise = jnp.repeat(jax.random.normal(k_noise, (p, *z.shape[1:]), z.dtype), 2, axis=0)
+    labels = attributes.without(flat(pairs["labels"]), "finding")
+    labels = drop_labels(k_drop, labels, cfg, num_classes) if num_classes else None
+    masks = jnp.repeat(pairs["lesion"], 2, axis=0)
+    weights = lesion_weights(masks, z.shape, cfg.lesion_weight) if cfg.lesion_weight != 1 else None
+    rows = (q_sample(schedule, z, t, noise), t, labels, source, z, noise, weights)
+    return {
+        "rows": tuple(None if a is None else a.reshape(p, 2, *a.shape[1:]) for a in rows),
+        "lesion": pairs["lesion"],
+        "band": pairs["band"],
+    }
 
 
 def make_train_step(unet, autoencoder, optimizer, schedule, cfg, paired=False):
     """``step(state, batch, ae_params, scale)`` with the networks, schedule and config bound."""
     check_label_dropout(cfg)
+    lesion_ranking.check(cfg, paired)
     if not cfg.lesion_weight > 0:
         raise ValueError(f"lesion_weight={cfg.lesion_weight}: expected a positive loss weight (1: none)")
 

@@ -26,7 +26,7 @@ from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.models import architecture, presets
 from ldm_jax.sampling.generate import image_keys, make_generate
 from ldm_jax.sampling.grid import make_grid, to_pixels
-from ldm_jax.training import autoencoder_step, diffusion_step
+from ldm_jax.training import autoencoder_step, diffusion_step, lesion_ranking
 from ldm_jax.training.config import stages_of
 from ldm_jax.training.loop import SigtermFlag, Stage, restore_or_init, run_stage
 from ldm_jax.training.run_info import record_run
@@ -200,6 +200,8 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None, stage="diffus
         step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg, paired=paired),
     )
     pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size, lesion_masks=dcfg.lesion_weight != 1)
+    if dcfg.rank_pairs:
+        pipeline = lesion_ranking.WithLesionPairs(pipeline, mesh, dcfg.rank_pairs, cfg.data.image_size)
     checkpointer = Checkpointer(workdir / stage / "checkpoints", async_save=False)
     state, meta, shardings = restore_or_init(run, checkpointer, mesh, key, pipeline, cfg)
     checkpointer.close()
