@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from ldm_jax.data import lesion_pairs
 from ldm_jax.evaluation import detectability as det
 
 
@@ -76,7 +77,7 @@ def test_dense_tissue_hides_lesions_that_the_fat_only_truth_shows():
     counterfactuals; calcification clusters are near chance in the images (sub-pixel at 3 mm
     pixels under the texture) and well above it in the counterfactuals."""
     for kind, image_at_most, truth_at_least in (("mass", 0.9, 0.95), ("calcification", 0.7, 0.8)):
-        pairs = det.phantom_pairs(48, 64, kind, offset=123_000)
+        pairs = lesion_pairs.phantom_pairs(48, 64, kind, offset=123_000)
         w, wo = pairs["with"], pairs["without"]
         np.testing.assert_array_equal(w["breast_mask"], wo["breast_mask"])  # one breast per pair
         image = det.detectability(w["image"], wo["image"], w["mask"], w["breast_mask"], kind, resamples=200)

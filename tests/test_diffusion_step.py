@@ -303,7 +303,7 @@ def _paired_state(optimizer):
     )
 
 
-def test_pairs_share_t_and_noise_late_in_the_schedule_and_never_show_the_finding():
+def test_pair_rows_share_t_and_noise_late_in_the_schedule_without_the_finding():
     """Both images of a pair are noised with one t ≥ ⌈rank_min_t · T⌉ and one ε (z_t as q_sample
     gives it), and neither is told the finding."""
     cfg = _cfg(rank_pairs=16, rank_min_t=0.7, uncond_dropout=0.0, single_attribute_rate=0.0, label_dropout=0.0)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from ldm_jax.data import lesion_pairs
 from ldm_jax.data.imageio import to_model_range
 from ldm_jax.data.phantoms import generate_phantom
 from ldm_jax.evaluation import lesions, metrics
@@ -144,7 +145,7 @@ def test_nearest_neighbour_finds_planted_duplicate():
 
 
 def _phantom_images(seeds, size=64):
-    return lesions.phantom_arrays([generate_phantom(s, size) for s in seeds])["image"]
+    return lesion_pairs.phantom_arrays([generate_phantom(s, size) for s in seeds])["image"]
 
 
 def test_ms_ssim_nearest_finds_planted_duplicate_and_diversity():
@@ -167,18 +168,18 @@ def test_ms_ssim_nearest_finds_planted_duplicate_and_diversity():
 def test_calcification_detectability_and_mass_preservation():
     size = 256
     calcs = [generate_phantom(s, size, finding="calcification") for s in range(4)]
-    data = lesions.phantom_arrays(calcs)
+    data = lesion_pairs.phantom_arrays(calcs)
     findings = data["labels"][:, 1]
     same = lesions.calcification_detectability(
         data["image"], data["image"], data["mask"], data["breast_mask"], findings
     )
     assert same["images"] == 4 and same["specks"] >= 4 and same["fraction"] == 1.0
     # the same breasts without the cluster (same seed, same noise): the specks are gone
-    clean = lesions.phantom_arrays([generate_phantom(s, size, finding="none") for s in range(4)])["image"]
+    clean = lesion_pairs.phantom_arrays([generate_phantom(s, size, finding="none") for s in range(4)])["image"]
     gone = lesions.calcification_detectability(data["image"], clean, data["mask"], data["breast_mask"], findings)
     assert gone["specks"] == same["specks"] and gone["fraction"] < 0.25
 
-    masses = lesions.phantom_arrays([generate_phantom(s, 64, finding="mass", density="A") for s in range(4)])
+    masses = lesion_pairs.phantom_arrays([generate_phantom(s, 64, finding="mass", density="A") for s in range(4)])
     kept = lesions.lesion_preservation(
         masses["counterfactual"],
         masses["counterfactual"],
@@ -188,7 +189,7 @@ def test_calcification_detectability_and_mass_preservation():
     )
     assert kept["mass"]["detected"] == 4 and kept["mass"]["fraction"] == 1.0
     assert kept["calcification"]["lesions"] == 0
-    removed = lesions.phantom_arrays([generate_phantom(s, 64, finding="none", density="A") for s in range(4)])
+    removed = lesion_pairs.phantom_arrays([generate_phantom(s, 64, finding="none", density="A") for s in range(4)])
     lost = lesions.lesion_preservation(
         masses["counterfactual"],
         removed["counterfactual"],

@@ -8,7 +8,8 @@ import pytest
 from ldm_jax import attributes
 from ldm_jax.data.imageio import encode_png
 from ldm_jax.data.phantoms import generate_phantom
-from ldm_jax.evaluation import detectability, filters
+from ldm_jax.data import lesion_pairs
+from ldm_jax.evaluation import filters
 from ldm_jax.evaluation.run import Options, evaluate
 
 
@@ -36,11 +37,11 @@ def test_edits_are_told_everything_but_the_finding():
 def test_baselines_on_the_same_pairs():
     """The fat-only truth reveals masses the unedited image hides, keeps every lesion and is its own
     SSIM 1; each pair's two rows share labels, masks and pair index and differ in the finding."""
-    pairs = {kind: detectability.phantom_pairs(24, 64, kind, offset=7_000) for kind in detectability.KINDS}
+    pairs = {kind: lesion_pairs.phantom_pairs(24, 64, kind, offset=7_000) for kind in lesion_pairs.KINDS}
     data = filters.stack_pairs(pairs)
     n = 24
     assert len(data["image"]) == 4 * n and data["has_lesion"].sum() == 2 * n
-    for k, kind in enumerate(detectability.KINDS):
+    for k, kind in enumerate(lesion_pairs.KINDS):
         rows = slice(2 * n * k, 2 * n * (k + 1))
         assert (data["kind"][rows] == kind).all()
         np.testing.assert_array_equal(data["pair"][rows], np.tile(np.arange(n) + n * k, 2))

@@ -33,12 +33,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ldm_jax.data.lesion_pairs import KINDS
 from ldm_jax.evaluation import lesions
-
-KINDS = ("mass", "calcification")
-# Pairs to train on (the learned observer, the counterfactual stage's ranking term) start here:
-# train-split seeds past the records of any mammo_phantoms data set, far from the held-out pairs.
-TRAINING_PAIRS_SEED = 500_000_000
 
 
 def comparison_matrix(positives, negatives) -> np.ndarray:
@@ -88,32 +84,12 @@ def lesion_score(image, lesion_mask, breast_mask, kind: str) -> float:
     raise ValueError(f"unknown lesion kind {kind!r}; expected one of {KINDS}")
 
 
-def pair_seeds(num: int, offset: int) -> list[tuple[int, str]]:
-    """``num`` (seed, density) pairs alternating C and D, from seed ``offset`` on."""
-    return [(offset + i, "CD"[i % 2]) for i in range(num)]
-
-
 def kind_offset(first_seed: int, kind: str) -> int:
     """Where ``kind``'s pairs start in a table of pairs from ``first_seed``: kind k of ``KINDS`` at
     ``first_seed + 10**6 k``, so every kind has its own breasts."""
     if kind not in KINDS:
         raise ValueError(f"unknown lesion kind {kind!r}; expected one of {KINDS}")
     return first_seed + 10**6 * KINDS.index(kind)
-
-
-def phantom_pairs(num: int, size: int, kind: str, offset: int) -> dict[str, np.ndarray]:
-    """``num`` dense same-seed pairs of ``kind``: ``lesions.phantom_arrays`` of the phantoms with the
-    lesion (``"with"``) and of the same seeds without it (``"without"``), each with its
-    ``"counterfactual"`` (the fat-only truth)."""
-    from ldm_jax.data.phantoms import generate_phantom
-
-    if kind not in KINDS:
-        raise ValueError(f"unknown lesion kind {kind!r}; expected one of {KINDS}")
-    seeds = pair_seeds(num, offset)
-    return {
-        "with": lesions.phantom_arrays(generate_phantom(s, size, density=d, finding=kind) for s, d in seeds),
-        "without": lesions.phantom_arrays(generate_phantom(s, size, density=d, finding="none") for s, d in seeds),
-    }
 
 
 def detectability(with_lesion, without_lesion, lesion_masks, breast_masks, kind: str, **bootstrap) -> dict:

@@ -2,7 +2,7 @@
 ``dense_tissue_filters`` section).
 
 Every filter sees the same images: dense (C/D) held-out phantoms in pairs with and without a
-mass or a calcification cluster (``detectability.phantom_pairs``). Each is scored by
+mass or a calcification cluster (``lesion_pairs.phantom_pairs``). Each is scored by
 
 - known-location detectability of masses and of calcification clusters (paired AUC with its
   95% bootstrap interval, ``detectability``);

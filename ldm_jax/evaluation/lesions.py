@@ -30,24 +30,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ldm_jax.data.imageio import to_model_range
+from ldm_jax.data import lesion_pairs
 
 MASS, CALCIFICATION = 1, 2  # finding indices (ldm_jax.attributes.ATTRIBUTES["finding"])
-
-
-def phantom_arrays(phantoms) -> dict[str, np.ndarray]:
-    """Stack ``Phantom`` objects: ``image`` and ``counterfactual`` NHWC float32 in ``[-1, 1]``,
-    ``mask`` and ``breast_mask`` bool ``[N, H, W]``, ``labels`` int32 ``[N, 4]``."""
-    phantoms = list(phantoms)
-    if not phantoms:
-        raise ValueError("no phantoms given")
-    return {
-        "image": to_model_range(np.stack([p.image for p in phantoms]))[..., None],
-        "counterfactual": to_model_range(np.stack([p.counterfactual for p in phantoms]))[..., None],
-        "mask": np.stack([p.mask for p in phantoms]),
-        "breast_mask": np.stack([p.breast_mask for p in phantoms]),
-        "labels": np.stack([p.labels for p in phantoms]),
-    }
 
 
 def _image(x, name) -> np.ndarray:
@@ -158,19 +143,12 @@ def calcification_detectability(originals, tests, lesion_masks, breast_masks, fi
 # ----------------------------------------------------------------------------- masses and clusters
 
 
-def mass_band(lesion_mask, breast_mask, ring: int = 2) -> np.ndarray:
-    """The ``ring``-pixel band around a lesion, inside the breast: where the mass reader takes the
-    lesion's surround (bool, the masks' shape)."""
-    lesion, breast = np.asarray(lesion_mask, bool), np.asarray(breast_mask, bool)
-    return ndimage.binary_dilation(lesion, iterations=ring) & ~lesion & breast
-
-
 def mass_contrast(image, lesion_mask, breast_mask, ring: int = 2) -> float:
     """Mean of ``image`` over the lesion minus its mean over a ``ring``-pixel band around it (inside
     the breast)."""
     image = _image(image, "image")
     lesion, breast = _masks(lesion_mask, breast_mask, image.shape)
-    band = mass_band(lesion, breast, ring)
+    band = lesion_pairs.mass_band(lesion, breast, ring)
     if not lesion.any() or not band.any():
         raise ValueError("the lesion mask or the band around it is empty")
     return float(image[lesion].mean() - image[band].mean())

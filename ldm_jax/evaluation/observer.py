@@ -3,7 +3,7 @@
 A filter is a function of the image alone, so a filter followed by a reader is one observer of
 the image; none can separate the pairs better than the best observer of the unedited image
 (data processing). This module trains such an observer on dense same-seed pairs
-(``detectability.phantom_pairs``) and scores the same held-out pairs as the filter table:
+(``lesion_pairs.phantom_pairs``) and scores the same held-out pairs as the filter table:
 
 * the image crop ``CROP × CROP`` centred at the lesion mask's centroid, its mean subtracted, in
   units of ``CONTRAST_UNIT`` (masses in dense tissue differ from their surround by a few
@@ -14,7 +14,7 @@ the image; none can separate the pairs better than the best observer of the uned
   with a ring around it). Its AUC is what a filter trained for such a reader reaches, a lower
   bound on the ideal observer's;
 * trained with the logistic loss on both images of each training pair (with lesion: 1, without:
-  0), training pairs from ``detectability.TRAINING_PAIRS_SEED`` on.
+  0), training pairs from ``lesion_pairs.TRAINING_PAIRS_SEED`` on.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
+from ldm_jax.data import lesion_pairs
 from ldm_jax.evaluation import detectability
 
 CROP = 24  # pixels; a mass of radius 15 mm spans 10 pixels at 64×64
@@ -111,13 +112,13 @@ def train(crops_with, crops_without, *, steps: int, seed: int = 0, batch_size: i
 def ceiling(size: int, kind: str, test_pairs: int, test_seed: int, *, train_pairs: int, steps: int, seed: int = 0):
     """The filter-form observer's ``paired_auc`` on the unedited images of ``test_pairs`` dense pairs
     from seed ``test_seed`` (the filter table's), trained on ``train_pairs`` from
-    ``detectability.TRAINING_PAIRS_SEED``."""
+    ``lesion_pairs.TRAINING_PAIRS_SEED``."""
     if steps < 1 or train_pairs < 1:
         raise ValueError(f"the observer needs steps >= 1 and train_pairs >= 1, got {steps} and {train_pairs}")
     crops = {}
-    splits = (("train", train_pairs, detectability.TRAINING_PAIRS_SEED), ("test", test_pairs, test_seed))
+    splits = (("train", train_pairs, lesion_pairs.TRAINING_PAIRS_SEED), ("test", test_pairs, test_seed))
     for name, num, first in splits:
-        pairs = detectability.phantom_pairs(num, size, kind, first)
+        pairs = lesion_pairs.phantom_pairs(num, size, kind, first)
         masks = pairs["with"]["mask"]
         crops[name] = [lesion_crops(pairs[part]["image"], masks) for part in ("with", "without")]
     params = train(*crops["train"], steps=steps, seed=seed)

@@ -37,6 +37,7 @@ import numpy as np
 
 from ldm_jax import attributes
 from ldm_jax.cli import flag
+from ldm_jax.data import lesion_pairs
 from ldm_jax.data.imageio import write_atomic
 from ldm_jax.diffusion import samplers
 from ldm_jax.diffusion.samplers import SamplerConfig
@@ -113,7 +114,7 @@ def held_out_phantoms(num: int, size: int):
     """The first ``num`` phantoms of the ``mammo_phantoms`` test split, as arrays (see lesions)."""
     from ldm_jax.data.phantoms import generate_phantom
 
-    return lesions.phantom_arrays(generate_phantom(TEST_SEED_OFFSET + i, size) for i in range(num))
+    return lesion_pairs.phantom_arrays(generate_phantom(TEST_SEED_OFFSET + i, size) for i in range(num))
 
 
 def training_images(model, workdir: pathlib.Path, num: int) -> np.ndarray:
@@ -373,7 +374,7 @@ def _dense_tissue_filters(ev: Evaluator, params, config):
     the user's real images through the filters, unscored) and the detectability-against-similarity
     charts."""
     o = ev.options
-    data, labels, keys, outputs = filter_inputs(ev, o.pairs, detectability.KINDS, FILTER_PAIRS_SEED)
+    data, labels, keys, outputs = filter_inputs(ev, o.pairs, lesion_pairs.KINDS, FILTER_PAIRS_SEED)
 
     def predict_density(images):
         return clf.predict(params, config, images)["labels"][:, 0]
@@ -408,7 +409,7 @@ def filter_inputs(ev: Evaluator, num: int, kinds, first_seed: int):
     labels, a noise key per pair, and the baselines' outputs (unedited, fat-only truth, threshold
     filter, autoencoder round trip)."""
     pairs = {
-        kind: detectability.phantom_pairs(num, ev.model.image_size, kind, detectability.kind_offset(first_seed, kind))
+        kind: lesion_pairs.phantom_pairs(num, ev.model.image_size, kind, detectability.kind_offset(first_seed, kind))
         for kind in kinds
     }
     data = filters.stack_pairs(pairs)
@@ -492,7 +493,7 @@ def _filter_charts(scores: dict, edit_filters, learned_observer: dict | None = N
     family over its strengths, one point per baseline; the learned observer's mass AUC (when
     measured) as a level line."""
     charts = {}
-    for kind in detectability.KINDS:
+    for kind in lesion_pairs.KINDS:
         series = {
             name: [(scores[name]["ssim_to_truth"], scores[name][f"{kind}_detectability"]["auc"])]
             for name in ("unedited", "fat-only truth", "threshold filter", "autoencoder round trip")

@@ -421,14 +421,15 @@ def _filter(ev, workdir, options: Options) -> str:
             "removed and the lesion kept. Phantoms come with the truth: the same breast with the glandular tissue",
             "made fat (the counterfactual). The unsupervised edit encodes the image, noises it part of the way",
             "(SDEdit) and denoises it under density=A; the supervised counterfactual filter, when the run trained",
-            "it, is a second UNet that saw (image, fat-only truth) pairs and sees the image at every step.",
+            "it, is a second UNet that saw (image, fat-only truth) pairs and sees the image at every step; with",
+            "its ranking term (rank_pairs) it also learned to draw a mass above the same breast without one.",
             "A threshold filter that caps intensities is the baseline. Each pair is one seed rendered with and",
             "without a mass, so the lesion is the only difference a reader told where to look can use.",
         ),
         _fig(
             "filter-edits",
             "ldm_jax.evaluation.run.compiled_edit (make_edit), ldm_jax.evaluation.filters, "
-            "ldm_jax.evaluation.detectability.phantom_pairs",
+            "ldm_jax.data.lesion_pairs.phantom_pairs",
             f"{options.edits} dense held-out phantoms with a mass: input, fat-only truth, "
             + ", ".join(shown)
             + f" ({options.steps} steps).",

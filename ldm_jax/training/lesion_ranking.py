@@ -6,8 +6,8 @@ c(x) = mean(x | lesion) − mean(x | band around it), and the AUC over different
 regression loss alone barely rewards a faint, uncertain mass: its squared error grows with the
 square of the mass's contrast (README "The dense-tissue filter, measured"). So with
 ``rank_pairs`` = P each batch also holds P matched dense pairs, one breast rendered with a mass and
-without it (``detectability.phantom_pairs``; fresh seeds every batch, from
-``detectability.TRAINING_PAIRS_SEED`` on), and the loss adds the logistic surrogate of the
+without it (``lesion_pairs.phantom_pairs``; fresh seeds every batch, from
+``lesion_pairs.TRAINING_PAIRS_SEED`` on), and the loss adds the logistic surrogate of the
 batch's AUC on the decoded x0 predictions x̂0 = D(ẑ0 / s):
 
     L_rank = (1/P²) Σ_{i,j} softplus(−(c(x̂0⁺_i) − c(x̂0⁻_j)) / τ)
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax import parallel
-from ldm_jax.evaluation import detectability, lesions
+from ldm_jax.data import lesion_pairs
 
 PAIR_KIND = "mass"  # the reader the term trains for: masses' ring contrast
 
@@ -35,10 +35,10 @@ def pair_arrays(first_pair: int, num: int, size: int) -> dict[str, np.ndarray]:
     ``counterfactual`` ``[num, 2, size, size, 1]`` in [-1, 1] and ``labels`` ``[num, 2, A]`` (index
     0 with the mass, 1 without), and the reader's ``lesion`` and ``band`` masks ``[num, size, size, 1]``
     as float32."""
-    pairs = detectability.phantom_pairs(num, size, PAIR_KIND, detectability.TRAINING_PAIRS_SEED + first_pair)
+    pairs = lesion_pairs.phantom_pairs(num, size, PAIR_KIND, lesion_pairs.TRAINING_PAIRS_SEED + first_pair)
     both = (pairs["with"], pairs["without"])
     lesion, breast = pairs["with"]["mask"], pairs["with"]["breast_mask"]
-    band = np.stack([lesions.mass_band(m, b) for m, b in zip(lesion, breast)])
+    band = np.stack([lesion_pairs.mass_band(m, b) for m, b in zip(lesion, breast)])
     return {
         **{key: np.stack([p[key] for p in both], axis=1) for key in ("image", "counterfactual", "labels")},
         "lesion": lesion[..., None].astype(np.float32),

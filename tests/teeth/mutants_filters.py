@@ -138,3 +138,50 @@ MUTANTS += [
         ("tests/test_observer.py::test_lesion_crops_centre_the_mask_and_pad_with_the_background",),
     ),
 ]
+_RANK_TERM = "tests/test_diffusion_step.py::test_ranking_term_adds_the_weighted_auc_surrogate_of_the_decoded_contrasts"
+_RANK_LEARNS = "tests/test_diffusion_step.py::test_ranking_term_teaches_the_filter_to_show_the_mass"
+_RANK_ROWS = "tests/test_diffusion_step.py::test_pair_rows_share_t_and_noise_late_in_the_schedule_without_the_finding"
+MUTANTS += [
+    Mutant(
+        "ranking_prefers_the_breast_without_the_mass",
+        "ldm_jax/training/diffusion_step.py",
+        "ranking_loss(contrast[:, 0], contrast[:, 1], cfg.rank_temperature)",
+        "ranking_loss(contrast[:, 1], contrast[:, 0], cfg.rank_temperature)",
+        (_RANK_TERM, _RANK_LEARNS),
+    ),
+    Mutant(
+        "ranking_reads_latents_not_images",
+        "ldm_jax/training/diffusion_step.py",
+        'autoencoder.apply({"params": ae_params}, x0 / scale, method=autoencoder.decode)',
+        'autoencoder.apply({"params": ae_params}, x0, method=autoencoder.decode)',
+        (_RANK_TERM,),
+    ),
+    Mutant(
+        "pairs_noised_apart",
+        "ldm_jax/training/diffusion_step.py",
+        "noise = jnp.repeat(jax.random.normal(k_noise, (p, *z.shape[1:]), z.dtype), 2, axis=0)",
+        "noise = jax.random.normal(k_noise, (2 * p, *z.shape[1:]), z.dtype)",
+        (_RANK_ROWS,),
+    ),
+    Mutant(
+        "pairs_at_any_t",
+        "ldm_jax/training/diffusion_step.py",
+        "first_t = int(np.ceil(cfg.rank_min_t * schedule.num_steps))",
+        "first_t = 0",
+        (_RANK_ROWS,),
+    ),
+    Mutant(
+        "ring_contrast_against_the_whole_image",
+        "ldm_jax/training/lesion_ranking.py",
+        "around = (images * band).sum((1, 2, 3)) / jnp.maximum(band.sum((1, 2, 3)), 1.0)",
+        "around = images.mean((1, 2, 3))",
+        ("tests/test_lesion_ranking.py::test_ring_contrast_is_the_tables_mass_reader",),
+    ),
+    Mutant(
+        "resumed_stream_redraws_the_first_pairs",
+        "ldm_jax/training/lesion_ranking.py",
+        "        self.drawn = drawn\n",
+        "        self.drawn = 0\n",
+        ("tests/test_lesion_ranking.py::test_a_resumed_stream_draws_the_pairs_an_uninterrupted_one_would",),
+    ),
+]
