@@ -25,7 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax import parallel
-from ldm_jax.data import lesion_pairs
 
 PAIR_KIND = "mass"  # the reader the term trains for: masses' ring contrast
 
@@ -35,6 +34,8 @@ def pair_arrays(first_pair: int, num: int, size: int) -> dict[str, np.ndarray]:
     ``counterfactual`` ``[num, 2, size, size, 1]`` in [-1, 1] and ``labels`` ``[num, 2, A]`` (index
     0 with the mass, 1 without), and the reader's ``lesion`` and ``band`` masks ``[num, size, size, 1]``
     as float32."""
+    from ldm_jax.data import lesion_pairs  # the phantom generator needs scipy; the train step does not
+
     pairs = lesion_pairs.phantom_pairs(num, size, PAIR_KIND, lesion_pairs.TRAINING_PAIRS_SEED + first_pair)
     both = (pairs["with"], pairs["without"])
     lesion, breast = pairs["with"]["mask"], pairs["with"]["breast_mask"]
