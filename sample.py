@@ -67,6 +67,11 @@ class EditOptions:
         "guidance's unconditional branch: all labels null, or only the density (the other attributes held)",
         choices=GUIDED_ATTRIBUTES,
     )
+    edit_keep_detail: bool = cli.flag(
+        False,
+        "return each edit as its change to the input, x + D(z_edit) - D(E(x)): what the autoencoder cannot "
+        "represent (fine texture, calcifications, a faint mass's edge) is kept",
+    )
 
     def __post_init__(self):
         counterfactual = self.edit_method == "counterfactual"

@@ -303,9 +303,10 @@ def _paired_state(optimizer):
     )
 
 
-def test_pair_rows_share_t_and_noise_late_in_the_schedule_without_the_finding():
-    """Both images of a pair are noised with one t ≥ ⌈rank_min_t · T⌉ and one ε (z_t as q_sample
-    gives it), and neither is told the finding."""
+def test_pair_rows_share_z_t_of_the_lesion_free_target_without_the_finding():
+    """Both images of a pair get one z_t: the lesion-free target noised with one t ≥ ⌈rank_min_t · T⌉
+    and one ε (as q_sample gives it), so only the source tells them apart; each keeps its own
+    target, and neither is told the finding."""
     cfg = _cfg(rank_pairs=16, rank_min_t=0.7, uncond_dropout=0.0, single_attribute_rate=0.0, label_dropout=0.0)
     pairs = _lesion_pairs(16)
     rows = diffusion_step._pair_rows(pairs, jax.random.PRNGKey(3), AE, {}, 0.7, SCHEDULE, cfg, UNET.num_classes)
@@ -313,7 +314,9 @@ def test_pair_rows_share_t_and_noise_late_in_the_schedule_without_the_finding():
     assert (t[:, 0] == t[:, 1]).all() and t.min() >= 700 and len(np.unique(t)) > 4
     np.testing.assert_array_equal(noise[:, 0], noise[:, 1])
     acp = np.cumprod(1.0 - np.asarray(SCHEDULE.betas, np.float64))[t][..., None, None, None]
-    np.testing.assert_allclose(z_t, np.sqrt(acp) * z + np.sqrt(1 - acp) * noise, rtol=1e-5, atol=1e-5)
+    without = np.repeat(z[:, 1:], 2, axis=1)
+    np.testing.assert_allclose(z_t, np.sqrt(acp) * without + np.sqrt(1 - acp) * noise, rtol=1e-5, atol=1e-5)
+    assert np.abs(z[:, 0] - z[:, 1]).max() > 0.01  # the targets differ: the mass
     finding = attributes.ATTRIBUTE_NAMES.index("finding")
     assert (labels[..., finding] == attributes.NUM_CLASSES[finding]).all()
     others = [a for a in range(len(attributes.ATTRIBUTES)) if a != finding]

@@ -1,7 +1,10 @@
 """Dense-tissue filters on same-seed pairs: the pairs' layout, label-blind edits, the baselines' scores."""
 
+import dataclasses
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,20 +13,24 @@ from ldm_jax.data.imageio import encode_png
 from ldm_jax.data.phantoms import generate_phantom
 from ldm_jax.data import lesion_pairs
 from ldm_jax.evaluation import filters
-from ldm_jax.evaluation.run import Options, evaluate
+from ldm_jax.evaluation.run import Evaluator, Options, compiled_edit, evaluate
+from ldm_jax.sampling.generate import image_keys, keep_detail
 
 
-def test_sweep_crosses_method_guidance_and_strength_and_adds_density_only_guidance():
+def test_sweep_crosses_method_guidance_and_strength_and_adds_density_only_guidance_and_kept_detail():
     sweep = filters.sweep([0.5, 1.0], [1.0, 3.0], ["sdedit", "ddim-inversion"])
-    assert len(sweep) == 2 * 2 * 2 + 2  # density-only guidance only where guided (g > 1)
-    assert {f.family for f in sweep} == {
+    assert len(sweep) == 2 * (2 * 2 * 2 + 2)  # density-only guidance only where guided (g > 1)
+    families = {
         "sdedit g=1",
         "sdedit g=3",
         "ddim-inversion g=1",
         "ddim-inversion g=3",
         "sdedit g=3, density-only guidance",
     }
+    assert {f.family for f in sweep} == families | {f"{family}, detail kept" for family in families}
     assert len({f.name for f in sweep}) == len(sweep)
+    edits = {f.name for f in sweep if not f.detail}
+    assert all(f.without_detail.name in edits for f in sweep if f.detail)  # evaluate derives them from these
 
 
 def test_edits_are_told_everything_but_the_finding():
@@ -86,15 +93,36 @@ def test_evaluate_dense_section_alone_sweeps_every_filter_including_the_trained_
         "fat-only truth",
         "threshold filter",
         "autoencoder round trip",
-        "sdedit g=1 s=0.5",
-        "sdedit g=1 s=1",
-        "counterfactual g=1 s=0.5",
-        "counterfactual g=1 s=1",
+        *[
+            f"{method} g=1{detail} s={s}"
+            for method in ("sdedit", "counterfactual")
+            for detail in ("", ", detail kept")
+            for s in ("0.5", "1")
+        ],
     }
+    kept = results["dense_tissue_filters"]["filters"]["counterfactual g=1, detail kept s=1"]
+    assert {"mass_detectability", "ssim_to_truth", "lesions_kept"} <= set(kept)
     page = (tmp_path / "eval" / "report.html").read_text()
     assert "mass detectability" in page
     assert "real image 1 of 1 (not scored" in page and "trained on phantoms only" in page
     assert "patient_name" not in page and "patient_name" not in json.dumps(saved)  # named by position only
+
+
+@pytest.mark.slow
+def test_a_filter_with_its_detail_kept_is_its_edit_as_a_change_to_the_input(trained_micro):
+    """evaluate derives each detail-kept filter from its edit's output and the round trip through
+    the autoencoder of the model that ran it: the same images as running the edit with ``detail``."""
+    ev = Evaluator(trained_micro, Options(filter_steps=2, batch=4), None)
+    pairs = {"mass": lesion_pairs.phantom_pairs(2, 64, "mass", offset=9_000)}
+    data = filters.stack_pairs(pairs)
+    labels = filters.edit_labels(data["labels"])
+    keys = np.asarray(image_keys(jax.random.PRNGKey(1), jnp.asarray(data["pair"])))
+    for edit in (filters.EditFilter("sdedit", 1.0, 3.0), filters.EditFilter("counterfactual", 1.0, 1.0)):
+        plain = compiled_edit(ev, edit)(data["image"], *labels, keys)
+        kept = compiled_edit(ev, dataclasses.replace(edit, detail=True))(data["image"], *labels, keys)
+        round_trip = ev.reconstruct(data["image"], ev.counterfactual if edit.method == "counterfactual" else None)
+        np.testing.assert_allclose(kept, keep_detail(data["image"], plain, round_trip), atol=1e-5)
+        assert np.abs(kept - plain).max() > 0.05
 
 
 @pytest.mark.parametrize(

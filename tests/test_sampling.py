@@ -179,6 +179,22 @@ class _IdentityAutoencoder(nn.Module):
         return x
 
 
+class _BlockMeanAutoencoder(nn.Module):
+    """Latent = the image's 2×2 block means, decoded as constant blocks: an autoencoder that loses
+    every detail finer than its latent grid, and is linear."""
+
+    def encode(self, x):
+        b, h, w, c = x.shape
+        z = x.reshape(b, h // 2, 2, w // 2, 2, c).mean((2, 4))
+        return DiagonalGaussian(z, jnp.zeros_like(z))
+
+    def decode(self, z):
+        return jnp.repeat(jnp.repeat(z, 2, axis=1), 2, axis=2)
+
+    def __call__(self, x):
+        return self.decode(self.encode(x).mode())
+
+
 MEANS = np.array([-0.5, -0.2, 0.2, 0.5], np.float32)  # density A..D: mean intensity
 STD = 0.1
 
@@ -195,12 +211,25 @@ class _ExactGaussianUNet(nn.Module):
         return sigma * (x - a * mu) / (abar * STD**2 + sigma**2)
 
 
-def _toy_edit(method, strength, images, source, target, num_steps=50, unet_class=None, guidance=1.0, guide="all"):
+def _toy_edit(
+    method,
+    strength,
+    images,
+    source,
+    target,
+    num_steps=50,
+    unet_class=None,
+    guidance=1.0,
+    guide="all",
+    autoencoder=None,
+    detail=False,
+):
     schedule = make_schedule("linear", 1000)
     unet = (unet_class or _ExactGaussianUNet)(tuple(np.asarray(schedule.alphas_cumprod).tolist()))
     sampling = SamplerConfig(num_steps=num_steps, guidance_scale=guidance)
+    autoencoder = autoencoder or _IdentityAutoencoder()
     edit = jax.jit(
-        make_edit(unet, _IdentityAutoencoder(), schedule, sampling, method=method, strength=strength, guide=guide)
+        make_edit(unet, autoencoder, schedule, sampling, method=method, strength=strength, guide=guide, detail=detail)
     )
     b = images.shape[0]
     labels = (np.tile(attributes.parse_condition(source), (b, 1)), np.tile(attributes.parse_condition(target), (b, 1)))
@@ -229,6 +258,25 @@ def test_ddim_inversion_edit_moves_density_as_the_exact_transport():
     coarse = _toy_edit("ddim-inversion", 1.0, x, "density=D", "density=A", num_steps=100)
     assert abs(coarse.mean() - target.mean()) < 0.01
     assert np.abs(coarse - target).max() > np.abs(edited - target).max()
+
+
+def test_an_edit_with_its_detail_kept_moves_density_and_keeps_what_the_autoencoder_loses():
+    """Through an autoencoder that keeps only 2×2 block means, exact DDIM inversion D → A shifts the
+    latent by μ_A − μ_D (the flow is affine), so the plain edit returns the block means shifted and
+    loses the finer detail, while x + D(ẑ) − D(E(x)) is x − μ_D + μ_A: the same density change
+    with every pixel's detail. At strength 0 the detail-kept edit returns x (to float round-off)."""
+    x = _density_d_images()
+    target = x - MEANS[3] + MEANS[0]
+    blocks = _BlockMeanAutoencoder()
+    plain = _toy_edit("ddim-inversion", 1.0, x, "density=D", "density=A", num_steps=1000, autoencoder=blocks)
+    kept = _toy_edit(
+        "ddim-inversion", 1.0, x, "density=D", "density=A", num_steps=1000, autoencoder=blocks, detail=True
+    )
+    np.testing.assert_allclose(kept, target, atol=0.01)
+    np.testing.assert_allclose(plain, np.asarray(blocks.apply({}, target)), atol=0.01)
+    assert np.abs(plain - target).max() > 0.1  # the detail the block means lose
+    unchanged = _toy_edit("sdedit", 0.0, x, "density=D", "density=A", autoencoder=blocks, detail=True)
+    np.testing.assert_allclose(unchanged, np.clip(x, -1, 1), atol=1e-6)
 
 
 def test_sdedit_at_full_strength_samples_the_target_class():

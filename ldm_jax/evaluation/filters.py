@@ -15,9 +15,11 @@ Filters: the unedited image, the fat-only truth itself (the ideal), an intensity
 filter, the autoencoder's round trip decode(encode(x)) (where every latent edit starts), the
 model's edits to density A (``sampling.generate.make_edit``) swept over method, strength and
 guidance, and, when the run trained it, the supervised ``counterfactual`` filter swept over
-strength. The edits are told the density, view and laterality but not the finding,
-and both images of a pair get the same labels and the same noise key: an edit that knew whether
-a lesion is present could paint one, and the pair would no longer differ only in the lesion.
+strength; and every edit again with its detail kept (x + D(ẑ) − D(E(x)), ``generate.keep_detail``),
+which takes the autoencoder's round-trip loss out of the edit. The edits are told the density,
+view and laterality but not the finding, and both images of a pair get the same labels and the
+same noise key: an edit that knew whether a lesion is present could paint one, and the pair
+would no longer differ only in the lesion.
 """
 
 from __future__ import annotations
@@ -54,12 +56,18 @@ class EditFilter:
     strength: float
     guidance: float
     guide: str = "all"
+    detail: bool = False  # returned as its change to the input (``generate.keep_detail``)
 
     @property
     def family(self) -> str:
         """The curve this edit belongs to (all its settings but the strength)."""
         guide = ", density-only guidance" if self.guide == "density" else ""
-        return f"{self.method} g={self.guidance:g}{guide}"
+        detail = ", detail kept" if self.detail else ""
+        return f"{self.method} g={self.guidance:g}{guide}{detail}"
+
+    @property
+    def without_detail(self) -> EditFilter:
+        return dataclasses.replace(self, detail=False)
 
     @property
     def name(self) -> str:
@@ -69,13 +77,14 @@ class EditFilter:
 def sweep(strengths, guidances, methods, counterfactual: bool = False) -> list[EditFilter]:
     """Every (method, guidance, strength) of the unsupervised edits, plus SDEdit with density-only
     guidance at each guided scale (> 1): guidance that pushes along density alone, the other
-    attributes held; with ``counterfactual``, the supervised filter (unguided) at each strength."""
+    attributes held; with ``counterfactual``, the supervised filter (unguided) at each strength.
+    Then each of them again with its detail kept (``EditFilter.detail``)."""
     filters = [EditFilter(m, s, g) for m in methods for g in guidances for s in strengths]
     if "sdedit" in methods:
         filters += [EditFilter("sdedit", s, g, "density") for g in guidances if g > 1 for s in strengths]
     if counterfactual:
         filters += [EditFilter("counterfactual", s, 1.0) for s in strengths]
-    return filters
+    return filters + [dataclasses.replace(f, detail=True) for f in filters]
 
 
 def edit_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

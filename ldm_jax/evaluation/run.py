@@ -46,7 +46,7 @@ from ldm_jax.evaluation import classifier as clf
 from ldm_jax.evaluation import detectability, filters, lesions, metrics, observer, report
 from ldm_jax.evaluation.inception import FID_WEIGHTS_ENV, inception_features, load_fid_inception
 from ldm_jax.sampling import edit_inputs
-from ldm_jax.sampling.generate import decode, denoiser, encode_mode, image_keys, make_edit, make_generate
+from ldm_jax.sampling.generate import decode, denoiser, encode_mode, image_keys, keep_detail, make_edit, make_generate
 from ldm_jax.sampling.grid import make_grid, to_pixels
 from ldm_jax.sampling.model import load_model
 
@@ -160,9 +160,14 @@ class Evaluator:
         trained = (self.workdir / "counterfactual" / "checkpoints").is_dir()
         return load_model(self.workdir, stage="counterfactual") if trained else None
 
-    def reconstruct(self, images: np.ndarray) -> np.ndarray:
-        """decode(encode(x)) of images ``[N, S, S, 1]`` (posterior mode), in fixed-size batches."""
-        return _batched(lambda x: self.decode(self.encode(x)), (images,), self.options.batch)
+    def reconstruct(self, images: np.ndarray, model=None) -> np.ndarray:
+        """decode(encode(x)) of images ``[N, S, S, 1]`` (posterior mode) through the autoencoder of
+        ``model`` (default: the run's diffusion model), in fixed-size batches."""
+        if model is None or model is self.model:
+            return _batched(lambda x: self.decode(self.encode(x)), (images,), self.options.batch)
+        ae, params = model.autoencoder, model.ae_params
+        round_trip = jax.jit(lambda x: decode(ae, params, encode_mode(ae, params, x, 1.0), 1.0))
+        return _batched(round_trip, (images,), self.options.batch)
 
     def samples(self, conditions: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """``num`` images cycling over ``conditions``, and their labels."""
@@ -381,11 +386,18 @@ def _dense_tissue_filters(ev: Evaluator, params, config):
 
     results = {"pairs_per_kind": o.pairs, "edit_steps": o.filter_steps, "filters": {}}
     edit_filters = _edit_filters(o, counterfactual=ev.counterfactual is not None)
-    edits = {}
+    edits, round_trips = {}, {ev.model.stage: outputs["autoencoder round trip"]}
     for i, f in enumerate(edit_filters):
         start = time.perf_counter()
         edits[f.name] = compiled_edit(ev, f)
-        outputs[f.name] = edits[f.name](data["image"], *labels, keys)
+        if f.detail:  # the same edit as its change to the input: sweep lists the edit itself first
+            model = _edit_model(ev, f)
+            if model.stage not in round_trips:
+                round_trips[model.stage] = ev.reconstruct(data["image"], model)
+            edited = outputs[f.without_detail.name]
+            outputs[f.name] = np.asarray(keep_detail(data["image"], edited, round_trips[model.stage]))
+        else:
+            outputs[f.name] = edits[f.name](data["image"], *labels, keys)
         results["filters"][f.name] = {"seconds": time.perf_counter() - start}
         _log(f"edit {i + 1}/{len(edit_filters)}: {f.name} ({results['filters'][f.name]['seconds']:.0f} s)")
     for name, images in outputs.items():
@@ -424,14 +436,26 @@ def filter_inputs(ev: Evaluator, num: int, kinds, first_seed: int):
     return data, filters.edit_labels(data["labels"]), keys, outputs
 
 
+def _edit_model(ev: Evaluator, f: filters.EditFilter):
+    """The model an edit runs: the run's counterfactual filter, or its diffusion model."""
+    return ev.counterfactual if f.method == "counterfactual" else ev.model
+
+
 def compiled_edit(ev: Evaluator, f: filters.EditFilter):
     """``edit(images, source_labels, target_labels, keys) -> images`` of one filter, jitted once and
     run in fixed-size batches (the counterfactual filter runs the run's counterfactual UNet)."""
-    model = ev.counterfactual if f.method == "counterfactual" else ev.model
+    model = _edit_model(ev, f)
     sampling = SamplerConfig(num_steps=ev.options.filter_steps, prediction=model.prediction, guidance_scale=f.guidance)
     edit = jax.jit(
         make_edit(
-            model.unet, model.autoencoder, model.schedule, sampling, method=f.method, strength=f.strength, guide=f.guide
+            model.unet,
+            model.autoencoder,
+            model.schedule,
+            sampling,
+            method=f.method,
+            strength=f.strength,
+            guide=f.guide,
+            detail=f.detail,
         )
     )
 

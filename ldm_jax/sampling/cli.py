@@ -109,6 +109,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicat
                 method=edit.edit_method,
                 strength=edit.edit_strength,
                 guide=edit.edit_guide,
+                detail=edit.edit_keep_detail,
             ),
             in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4,
             out_shardings=batch_sharding,
@@ -136,6 +137,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicat
             "method": edit.edit_method,
             "strength": edit.edit_strength,
             "guide": edit.edit_guide,
+            "keep_detail": edit.edit_keep_detail,
         }
 
     root = pathlib.Path(edit.edit_input).absolute()
@@ -150,6 +152,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicat
         "method": edit.edit_method,
         "strength": edit.edit_strength,
         "guide": edit.edit_guide,
+        "keep_detail": edit.edit_keep_detail,
     }
     return job.Job(
         out=out,

@@ -84,6 +84,14 @@ def decode(autoencoder, ae_params, z, scale):
     return jnp.clip(images, -1.0, 1.0)
 
 
+def keep_detail(images, edited, round_trip):
+    """An edit applied as a change in image space: ``clip(x + D(ẑ) − D(E(x)), −1, 1)``, with
+    ``edited`` = D(ẑ) and ``round_trip`` = D(E(x)). The residual x − D(E(x)) that the autoencoder
+    cannot represent (fine texture, calcifications, a faint mass's edge) passes through unchanged,
+    and an edit that changes nothing (ẑ = E(x)) returns x itself."""
+    return jnp.clip(images + edited - round_trip, -1.0, 1.0)
+
+
 def make_generate(unet, autoencoder, schedule, latent_shape, sampling: SamplerConfig = SamplerConfig()):
     """``generate(unet_params, ae_params, scale, labels [B, A], keys [B]) -> images [B, H, W, C]``.
 
@@ -126,6 +134,7 @@ def make_edit(
     method="sdedit",
     strength=0.6,
     guide="all",
+    detail=False,
 ):
     """``edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys) -> images``.
 
@@ -150,7 +159,8 @@ def make_edit(
     conditioning labels with only the density nulled (``guide="density"``): ε̃ = u + s·(c − u) then pushes
     along the density condition alone, with every other attribute held on both sides.
 
-    Strength 0 returns decode(encode(x)). Images are NHWC in [-1, 1].
+    Strength 0 returns decode(encode(x)); with ``detail`` every edit is returned as its change
+    to the input instead (``keep_detail``), so strength 0 returns x. Images are NHWC in [-1, 1].
     """
     if method not in EDIT_METHODS:
         raise ValueError(f"unknown edit method {method!r}; expected one of {EDIT_METHODS}")
@@ -162,8 +172,15 @@ def make_edit(
 
     def edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys):
         z0 = encode_mode(autoencoder, ae_params, images, scale)
-        if start is None:
-            return decode(autoencoder, ae_params, z0, scale)
+        z = (
+            z0
+            if start is None
+            else edited_latent(unet_params, ae_params, scale, images, z0, source_labels, target_labels, keys)
+        )
+        out = decode(autoencoder, ae_params, z, scale)
+        return keep_detail(images, out, decode(autoencoder, ae_params, z0, scale)) if detail else out
+
+    def edited_latent(unet_params, ae_params, scale, images, z0, source_labels, target_labels, keys):
         # the counterfactual filter is trained without the finding (diffusion_step) and runs so
         labels = attributes.without(source_labels, "finding") if method == "counterfactual" else target_labels
         null = jnp.asarray(attributes.null_labels(images.shape[0]))
@@ -186,9 +203,8 @@ def make_edit(
                 known = (mask, path[::-1][1:])  # after each step: the inversion's latent of that level
         else:
             z_t, _ = samplers.sdedit_start(schedule, z0, keys, strength, sampling)
-        z = samplers.sample(
+        return samplers.sample(
             denoise, schedule, z_t, keys, sampling, cond=cond, null_cond=null, start_step=start, known=known
         )
-        return decode(autoencoder, ae_params, z, scale)
 
     return edit

@@ -224,9 +224,9 @@ def train_step(
 
 def _pair_rows(pairs, key, autoencoder, ae_params, scale, schedule, cfg, num_classes) -> dict:
     """The ranking term's inputs (``lesion_ranking``) from the batch's ``pairs``: ``rows``, the
-    pairs' (z_t, t, labels, source features, target z, ε, loss weights), each ``[P, 2, ...]`` with
-    t and ε shared by both images of a pair and t ≥ ⌈rank_min_t · T⌉; and the reader's ``lesion``
-    and ``band`` masks ``[P, H, W, 1]``."""
+    pairs' (z_t, t, labels, source features, target z, ε, loss weights), each ``[P, 2, ...]``, with
+    one z_t for both images of a pair (the lesion-free target noised with one t ≥ ⌈rank_min_t · T⌉
+    and one ε); and the reader's ``lesion`` and ``band`` masks ``[P, H, W, 1]``."""
     k_enc, k_t, k_noise, k_drop = jax.random.split(jax.random.fold_in(key, 1), 4)
     p = pairs["image"].shape[0]
 
@@ -242,7 +242,10 @@ def _pair_rows(pairs, key, autoencoder, ae_params, scale, schedule, cfg, num_cla
     labels = drop_labels(k_drop, labels, cfg, num_classes) if num_classes else None
     masks = jnp.repeat(pairs["lesion"], 2, axis=0)
     weights = lesion_weights(masks, z.shape, cfg.lesion_weight) if cfg.lesion_weight != 1 else None
-    rows = (q_sample(schedule, z, t, noise), t, labels, source, z, noise, weights)
+    # Both images of a pair are noised from the lesion-free target, so z_t does not carry the mass
+    # (at t = T/2 it is still √ᾱ_t = 0.34 of the target) and the mass can come from the source only.
+    without = jnp.repeat(z.reshape(p, 2, *z.shape[1:])[:, 1], 2, axis=0)
+    rows = (q_sample(schedule, without, t, noise), t, labels, source, z, noise, weights)
     return {
         "rows": tuple(None if a is None else a.reshape(p, 2, *a.shape[1:]) for a in rows),
         "lesion": pairs["lesion"],

@@ -13,9 +13,9 @@ batch's AUC on the decoded x0 predictions x̂0 = D(ẑ0 / s):
     L_rank = (1/P²) Σ_{i,j} softplus(−(c(x̂0⁺_i) − c(x̂0⁻_j)) / τ)
 
 (RankNet, Burges et al. 2005). Since softplus(−d/τ) ≥ log 2 · 1[d ≤ 0], L_rank / log 2 bounds
-1 − AUC of the batch's pairs from above. Both images of a pair share t and ε, with t drawn from
-⌈rank_min_t · T⌉ … T − 1, where z_t holds little of the target and the prediction, the mass's
-presence included, has to come from the source.
+1 − AUC of the batch's pairs from above. Both images of a pair are denoised from one z_t: the
+lesion-free target noised with one t, drawn from ⌈rank_min_t · T⌉ … T − 1, and one ε. z_t then
+cannot tell them apart, and the mass's presence in the prediction has to come from the source.
 """
 
 from __future__ import annotations

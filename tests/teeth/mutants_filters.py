@@ -140,7 +140,7 @@ MUTANTS += [
 ]
 _RANK_TERM = "tests/test_diffusion_step.py::test_ranking_term_adds_the_weighted_auc_surrogate_of_the_decoded_contrasts"
 _RANK_LEARNS = "tests/test_diffusion_step.py::test_ranking_term_teaches_the_filter_to_show_the_mass"
-_RANK_ROWS = "tests/test_diffusion_step.py::test_pair_rows_share_t_and_noise_late_in_the_schedule_without_the_finding"
+_RANK_ROWS = "tests/test_diffusion_step.py::test_pair_rows_share_z_t_of_the_lesion_free_target_without_the_finding"
 MUTANTS += [
     Mutant(
         "ranking_prefers_the_breast_without_the_mass",
@@ -161,6 +161,13 @@ MUTANTS += [
         "ldm_jax/training/diffusion_step.py",
         "noise = jnp.repeat(jax.random.normal(k_noise, (p, *z.shape[1:]), z.dtype), 2, axis=0)",
         "noise = jax.random.normal(k_noise, (2 * p, *z.shape[1:]), z.dtype)",
+        (_RANK_ROWS,),
+    ),
+    Mutant(
+        "pairs_noised_from_their_own_targets",
+        "ldm_jax/training/diffusion_step.py",
+        "rows = (q_sample(schedule, without, t, noise), t, labels, source, z, noise, weights)",
+        "rows = (q_sample(schedule, z, t, noise), t, labels, source, z, noise, weights)",
         (_RANK_ROWS,),
     ),
     Mutant(

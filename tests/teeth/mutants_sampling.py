@@ -74,3 +74,23 @@ MUTANTS += [
         (_TERMINAL,),
     ),
 ]
+
+_DETAIL = "tests/test_sampling.py::test_an_edit_with_its_detail_kept_moves_density_and_keeps_what_the_autoencoder_loses"
+MUTANTS += [
+    # the edit's change subtracted instead of added
+    Mutant(
+        "keep_detail_subtracts_the_edit",
+        "ldm_jax/sampling/generate.py",
+        "return jnp.clip(images + edited - round_trip, -1.0, 1.0)",
+        "return jnp.clip(images - edited + round_trip, -1.0, 1.0)",
+        (_DETAIL,),
+    ),
+    # the residual taken against the edited latent's decode: x itself comes back, the edit is lost
+    Mutant(
+        "keep_detail_against_the_edit",
+        "ldm_jax/sampling/generate.py",
+        "return keep_detail(images, out, decode(autoencoder, ae_params, z0, scale)) if detail else out",
+        "return keep_detail(images, out, out) if detail else out",
+        (_DETAIL,),
+    ),
+]
