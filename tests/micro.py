@@ -28,6 +28,7 @@ MICRO_OVERRIDES = {
     "counterfactual.weighting": "uniform",
     "counterfactual.lesion_weight": 20.0,
     "counterfactual.rank_pairs": 8,  # and its ranking term, one matched mass pair per device
+    "counterfactual.unet.model_channels": 32,  # a filter wider than the diffusion UNet (16)
     "checkpoint.every": 2,
     "log.every": 1,
     "log.sample_count": 2,

@@ -34,6 +34,23 @@ def test_a_set_field_wins_whichever_preset_is_named_after_it():
     assert resolved.unet.dropout == 0.0  # a field the preset leaves out: the module's default
 
 
+def test_the_counterfactual_unet_is_the_unet_with_the_fields_it_sets():
+    cfg = default_config()
+    cfg.unet.model_channels = 48
+    cfg.counterfactual.unet.num_res_blocks = 3
+    resolved = architecture.resolve(cfg)
+    filter_unet = architecture.stage_unet(resolved, "counterfactual")
+    assert filter_unet.model_channels == 48 and filter_unet.num_res_blocks == 3
+    assert architecture.stage_unet(resolved, "diffusion") == resolved.unet and resolved.unet.num_res_blocks != 3
+    assert filter_unet.channel_mult == resolved.unet.channel_mult  # a tuple either way
+    saved = resolved.to_dict()
+    del saved["counterfactual"]["unet"]  # a run saved before the stage had its own UNet
+    assert architecture.resolve(saved).counterfactual.unet == architecture.resolve(saved).unet
+    cfg.counterfactual.unet.out_channels = 8
+    with pytest.raises(ValueError, match="counterfactual.unet.out_channels=8"):
+        architecture.resolve(cfg)
+
+
 @pytest.mark.parametrize("name", ["phantom_tiny", "phantom_micro", "phantom128", "mammo256"])
 def test_latent_shape_follows_from_the_image_size_and_autoencoder(name):
     cfg = default_config()

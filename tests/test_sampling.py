@@ -556,6 +556,7 @@ def test_counterfactual_edit_runs_the_trained_filter(trained, tmp_path):
     assert _sample(trained, tmp_path / "edit", *args, "--batch", "8", "--format", "npz", "--seed", "5") == 0
     model = load_model(trained, stage="counterfactual")
     assert model.stage == "counterfactual" and model.step == 4
+    assert model.unet.model_channels == 32 and load_model(trained).unet.model_channels == 16  # its own UNet
     sampling = SamplerConfig(num_steps=3, prediction=model.prediction, guidance_scale=3.0)
     edit = jax.jit(
         make_edit(model.unet, model.autoencoder, model.schedule, sampling, method="counterfactual", strength=1)
@@ -608,6 +609,13 @@ def test_edit_at_strength_zero_writes_the_reconstruction(trained, tmp_path):
     record = json.loads((tmp_path / "edit" / "manifest.jsonl").read_text().splitlines()[0])
     assert record["condition"] == "density=A" and record["method"] == "sdedit" and len(record["source_sha256"]) == 64
     assert "scan0" not in (tmp_path / "edit" / "manifest.jsonl").read_text()
+    # with its detail kept, an edit that changes nothing gives back the input itself
+    args = ["--edit-input", str(inputs), "--edit-to", "density=A", "--edit-strength", "0", "--edit-keep-detail"]
+    assert _sample(trained, tmp_path / "kept", *args, "--batch", "8", "--format", "npz") == 0
+    for i in range(3):
+        got = writers.decode_image((tmp_path / "kept" / f"{i:06d}.npz").read_bytes(), "npz")
+        np.testing.assert_allclose(got, np.clip(x[i, ..., 0], -1, 1), atol=1e-3)
+    assert json.loads((tmp_path / "kept" / "manifest.jsonl").read_text().splitlines()[0])["keep_detail"] is True
 
 
 @pytest.mark.slow

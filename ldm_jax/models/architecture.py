@@ -8,6 +8,9 @@ has every field of its module, unset (None) unless a config file or the command 
 ``--config.model=`` and ``--config.unet.model_channels=`` combine in any order, and the
 resolved config a run records is the whole architecture.
 
+The ``counterfactual`` stage's UNet is ``unet`` with the fields its own ``counterfactual.unet``
+sets (``stage_unet``), so the filter can be wider than the generative model it sits beside.
+
 ``data.image_size`` is the run's one image size (0: the preset's); the latent shape follows
 from it and the autoencoder (``latent_shape``). ``resolve`` also completes configs saved
 before the sections existed, which name only ``model``.
@@ -44,13 +47,16 @@ def _unset(hint) -> ml_collections.FieldReference:
     return ml_collections.config_dict.placeholder(kinds[0] if kinds else hint)
 
 
+def unset_section(section: str) -> ml_collections.ConfigDict:
+    """Architecture section ``section`` with every field of its module unset."""
+    module = SECTIONS[section][1]
+    hints = typing.get_type_hints(module)
+    return ml_collections.ConfigDict({f.name: _unset(hints[f.name]) for f in _fields(module)})
+
+
 def unset_sections() -> dict[str, ml_collections.ConfigDict]:
     """The architecture sections of ``default_config``: every module field, unset."""
-    sections = {}
-    for section, (_, module) in SECTIONS.items():
-        hints = typing.get_type_hints(module)
-        sections[section] = ml_collections.ConfigDict({f.name: _unset(hints[f.name]) for f in _fields(module)})
-    return sections
+    return {section: unset_section(section) for section in SECTIONS}
 
 
 def _filled(section: str, given, model: str) -> dict:
@@ -74,23 +80,35 @@ def resolve(cfg) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict(cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg)
     for section in SECTIONS:
         cfg[section] = _filled(section, cfg.get(section, {}), cfg.model)
+    if "counterfactual" in cfg:  # its UNet: unet, with the fields it sets (saved before it existed: none)
+        given = cfg.counterfactual.get("unet", {})
+        fields = {**cfg.unet.to_dict(), **{k: v for k, v in given.items() if v is not None}}
+        cfg.counterfactual.unet = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     if "resize" not in cfg.data:  # saved before data.resize: a set image_size meant "resize to it"
         cfg.data.resize = bool(cfg.data.image_size)
     cfg.data.image_size = cfg.data.image_size or presets.get_preset(cfg.model).image_size
-    ae, unet = cfg.autoencoder_net, cfg.unet
+    ae = cfg.autoencoder_net
     factor = presets.build_autoencoder(ae).downsample_factor
     if cfg.data.image_size % factor:
         raise ValueError(
             f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's "
             f"downsampling factor {factor} (autoencoder_net.ch_mult={ae.ch_mult})"
         )
-    if unet.out_channels != ae.z_channels:
-        raise ValueError(
-            f"unet.out_channels={unet.out_channels} must equal the latent channels "
-            f"autoencoder_net.z_channels={ae.z_channels}"
-        )
+    unets = {"unet": cfg.unet, **({"counterfactual.unet": cfg.counterfactual.unet} if "counterfactual" in cfg else {})}
+    for name, unet in unets.items():
+        if unet.out_channels != ae.z_channels:
+            raise ValueError(
+                f"{name}.out_channels={unet.out_channels} must equal the latent channels "
+                f"autoencoder_net.z_channels={ae.z_channels}"
+            )
     cfg.lock()
     return cfg
+
+
+def stage_unet(cfg, stage: str) -> ml_collections.ConfigDict:
+    """The UNet section of resolved run config ``cfg`` that stage ``stage`` trains: ``counterfactual.unet``
+    for the counterfactual stage, ``unet`` otherwise."""
+    return cfg.counterfactual.unet if stage == "counterfactual" else cfg.unet
 
 
 def image_shape(cfg) -> tuple[int, int, int]:

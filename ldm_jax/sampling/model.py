@@ -89,7 +89,7 @@ def load_model(workdir, *, ema: bool = True, mesh=None, stage: str = "diffusion"
             raise FileNotFoundError(f"no complete {stage} checkpoint in {directory}: {hint}")
         meta = checkpointer.restore_meta(step)
         cfg = architecture.resolve(meta["config"])
-        unet = presets.build_unet(cfg.unet, dtype=jax.numpy.dtype(cfg.compute_dtype))
+        unet = presets.build_unet(architecture.stage_unet(cfg, stage), dtype=jax.numpy.dtype(cfg.compute_dtype))
         latent = (1, *architecture.latent_shape(cfg))
         key, num_attributes = jax.random.PRNGKey(0), len(attributes.ATTRIBUTES)
         extra = architecture.source_channels(cfg) if stage == "counterfactual" else 0

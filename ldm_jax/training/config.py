@@ -125,8 +125,10 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.diffusion = ml_collections.ConfigDict(_diffusion())
     # The supervised dense-tissue filter (stage "counterfactual", not in the default stages): a UNet
     # trained on (image → fat-only counterfactual) latent pairs of mammo_phantoms, seeing the
-    # source image beside the noisy latent (diffusion_step, "Paired"). Same keys as diffusion.
-    cfg.counterfactual = ml_collections.ConfigDict(_diffusion())
+    # source image beside the noisy latent (diffusion_step, "Paired"). Same keys as diffusion, and
+    # its UNet: the fields of cfg.unet that it sets differently, e.g.
+    # --config.counterfactual.unet.model_channels=64 (architecture.stage_unet).
+    cfg.counterfactual = ml_collections.ConfigDict({**_diffusion(), "unet": architecture.unset_section("unet")})
 
     cfg.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
     cfg.log = ml_collections.ConfigDict(

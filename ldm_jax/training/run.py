@@ -181,7 +181,7 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None, stage="diffus
     paired = stage == "counterfactual"
     ae_dir = str(pathlib.Path(dcfg.autoencoder_checkpoint or workdir / "autoencoder" / "checkpoints").absolute())
     autoencoder, ae_params, ae_step = restore.load_autoencoder(cfg, ae_dir, None, mesh, cfg.mesh.fsdp_min_size)
-    unet = presets.build_unet(cfg.unet, dtype=_dtype(cfg))
+    unet = presets.build_unet(architecture.stage_unet(cfg, stage), dtype=_dtype(cfg))
     optimizer = make_optimizer(dcfg)
     schedule = restore.schedule_from_config(dcfg)
     latent_shape = (dcfg.batch_size, *architecture.latent_shape(cfg))
