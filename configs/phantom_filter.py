@@ -28,7 +28,8 @@ def get_config():
     cfg.counterfactual.update({key: cfg.diffusion[key] for key in cfg.diffusion})
     cfg.counterfactual.update(dict(steps=4000, prediction="x0", weighting="uniform", lesion_weight=20.0))
     # And trained for the reader that scores it: 8 matched dense mass pairs a batch, ranked by their
-    # decoded masses' contrast (training/lesion_ranking.py). Seed 0, mass AUC at s=1: 0.58 → 0.75 at
-    # SSIM 0.932 → 0.857 (4,000 steps); rank_weight 3 did worse, 8,000 steps too (README).
+    # decoded masses' contrast (training/lesion_ranking.py). Seed 0, mass AUC at s=1: 0.58 → 0.76 at
+    # SSIM 0.932 → 0.851 (4,000 steps), 0.81 with its detail kept (sample.py --edit-keep-detail);
+    # rank_weight 3 did worse, 8,000 steps too (README).
     cfg.counterfactual.update(dict(rank_pairs=8, rank_weight=1.0))
     return cfg

@@ -75,6 +75,7 @@ def test_evaluate_writes_every_section_and_a_self_contained_report(two_processes
     assert 0 < saved["reconstruction"]["ssim"]["mean"] <= 1
     filters = saved["dense_tissue_filters"]["filters"]
     edits = {"sdedit g=2 s=1", "sdedit g=2, density-only guidance s=1"}
+    edits |= {name.replace(" s=1", ", detail kept s=1") for name in edits}
     assert set(filters) == {"unedited", "fat-only truth", "threshold filter", "autoencoder round trip"} | edits
     for scores in filters.values():
         assert 0 <= scores["mass_detectability"]["low"] <= scores["mass_detectability"]["high"] <= 1
