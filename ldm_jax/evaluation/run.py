@@ -387,15 +387,14 @@ def _dense_tissue_filters(ev: Evaluator, params, config):
     results = {"pairs_per_kind": o.pairs, "edit_steps": o.filter_steps, "filters": {}}
     edit_filters = _edit_filters(o, counterfactual=ev.counterfactual is not None)
     edits, round_trips = {}, {ev.model.stage: outputs["autoencoder round trip"]}
+    if ev.counterfactual is not None:  # its own autoencoder's round trip, for its detail-kept edits
+        round_trips[ev.counterfactual.stage] = ev.reconstruct(data["image"], ev.counterfactual)
     for i, f in enumerate(edit_filters):
         start = time.perf_counter()
         edits[f.name] = compiled_edit(ev, f)
         if f.detail:  # the same edit as its change to the input: sweep lists the edit itself first
-            model = _edit_model(ev, f)
-            if model.stage not in round_trips:
-                round_trips[model.stage] = ev.reconstruct(data["image"], model)
-            edited = outputs[f.without_detail.name]
-            outputs[f.name] = np.asarray(keep_detail(data["image"], edited, round_trips[model.stage]))
+            edited, round_trip = outputs[f.without_detail.name], round_trips[_edit_model(ev, f).stage]
+            outputs[f.name] = np.asarray(keep_detail(data["image"], edited, round_trip))
         else:
             outputs[f.name] = edits[f.name](data["image"], *labels, keys)
         results["filters"][f.name] = {"seconds": time.perf_counter() - start}

@@ -71,7 +71,12 @@ def _filled(section: str, given, model: str) -> dict:
     values = {f.name: None if f.default is dataclasses.MISSING else f.default for f in _fields(module)}
     values.update(preset[key].to_dict())
     values.update({k: v for k, v in given.items() if v is not None})
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return _tuples(values)
+
+
+def _tuples(fields: dict) -> dict:
+    """Section fields with lists (as saved in JSON) turned back into tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
 def resolve(cfg) -> ml_collections.ConfigDict:
@@ -82,8 +87,7 @@ def resolve(cfg) -> ml_collections.ConfigDict:
         cfg[section] = _filled(section, cfg.get(section, {}), cfg.model)
     if "counterfactual" in cfg:  # its UNet: unet, with the fields it sets (saved before it existed: none)
         given = cfg.counterfactual.get("unet", {})
-        fields = {**cfg.unet.to_dict(), **{k: v for k, v in given.items() if v is not None}}
-        cfg.counterfactual.unet = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        cfg.counterfactual.unet = _tuples({**cfg.unet.to_dict(), **{k: v for k, v in given.items() if v is not None}})
     if "resize" not in cfg.data:  # saved before data.resize: a set image_size meant "resize to it"
         cfg.data.resize = bool(cfg.data.image_size)
     cfg.data.image_size = cfg.data.image_size or presets.get_preset(cfg.model).image_size
@@ -94,7 +98,9 @@ def resolve(cfg) -> ml_collections.ConfigDict:
             f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's "
             f"downsampling factor {factor} (autoencoder_net.ch_mult={ae.ch_mult})"
         )
-    unets = {"unet": cfg.unet, **({"counterfactual.unet": cfg.counterfactual.unet} if "counterfactual" in cfg else {})}
+    unets = {"unet": cfg.unet}
+    if "counterfactual" in cfg:
+        unets["counterfactual.unet"] = cfg.counterfactual.unet
     for name, unet in unets.items():
         if unet.out_channels != ae.z_channels:
             raise ValueError(
