@@ -29,6 +29,8 @@ MICRO_OVERRIDES = {
     "counterfactual.lesion_weight": 20.0,
     "counterfactual.rank_pairs": 8,  # and its ranking term, one matched mass pair per device
     "counterfactual.unet.model_channels": 32,  # a filter wider than the diffusion UNet (16)
+    "counterfactual.unet.pixel_stem": 4,  # that reads its source at pixel resolution
+    "counterfactual.rank_map_weight": 1.0,  # its stem's evidence map ranked too
     "checkpoint.every": 2,
     "log.every": 1,
     "log.sample_count": 2,

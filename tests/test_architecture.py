@@ -51,6 +51,20 @@ def test_the_counterfactual_unet_is_the_unet_with_the_fields_it_sets():
         architecture.resolve(cfg)
 
 
+def test_only_the_filter_reads_its_source_at_pixel_resolution():
+    cfg = default_config()
+    cfg.counterfactual.unet.pixel_stem = 16
+    resolved = architecture.resolve(cfg)
+    assert resolved.counterfactual.unet.pixel_stem == 16 and resolved.unet.pixel_stem == 0
+    saved = resolved.to_dict()
+    for section in (saved["unet"], saved["counterfactual"]["unet"]):  # saved before the stem existed
+        del section["pixel_stem"]
+    assert architecture.resolve(saved).counterfactual.unet.pixel_stem == 0
+    cfg.unet.pixel_stem = 16
+    with pytest.raises(ValueError, match="unet.pixel_stem=16: only the counterfactual stage's UNet"):
+        architecture.resolve(cfg)
+
+
 @pytest.mark.parametrize("name", ["phantom_tiny", "phantom_micro", "phantom128", "mammo256"])
 def test_latent_shape_follows_from_the_image_size_and_autoencoder(name):
     cfg = default_config()

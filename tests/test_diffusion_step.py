@@ -14,6 +14,7 @@ from micro import micro_config
 
 from ldm_jax import attributes
 from ldm_jax.diffusion.schedule import make_schedule
+from ldm_jax.models.source_stem import SourceStem
 from ldm_jax.training import diffusion_step, run
 from ldm_jax.training.state import make_optimizer
 
@@ -54,15 +55,20 @@ class TinyAutoencoder(nn.Module):
 
 
 class TinyUNet(nn.Module):
-    """Linear in z_t (and in the ``extra`` channels concatenated to it), plus embeddings of t and
-    of the labels (no context)."""
+    """Linear in z_t (and in the ``extra`` channels concatenated to it, and with ``pixel_stem`` > 0
+    in the real ``SourceStem`` of ``extra_pixels``), plus embeddings of t and of the labels (no
+    context)."""
 
     num_classes: tuple = attributes.NUM_CLASSES
+    pixel_stem: int = 0
 
     @nn.compact
-    def __call__(self, z_t, t, labels, context=None, extra=None, train=False):
+    def __call__(self, z_t, t, labels, context=None, extra=None, train=False, extra_pixels=None):
         c = z_t.shape[-1]
-        h = nn.Dense(c)(z_t if extra is None else jnp.concatenate([z_t, extra], -1))
+        inputs = [z_t] + ([] if extra is None else [extra])
+        if self.pixel_stem:
+            inputs.append(SourceStem(self.pixel_stem, name="source_stem")(extra_pixels, z_t.shape[1]))
+        h = nn.Dense(c)(jnp.concatenate(inputs, -1))
         temb = nn.Dense(c)(jnp.stack([jnp.sin(t / 100.0), jnp.cos(t / 300.0)], -1))
         lemb = nn.Embed(max(attributes.NUM_CLASSES) + 1, c)(labels).sum(1)
         return h + temb[:, None, None, :] + lemb[:, None, None, :]
@@ -309,8 +315,8 @@ def test_pair_rows_share_z_t_of_the_lesion_free_target_without_the_finding():
     target, and neither is told the finding."""
     cfg = _cfg(rank_pairs=16, rank_min_t=0.7, uncond_dropout=0.0, single_attribute_rate=0.0, label_dropout=0.0)
     pairs = _lesion_pairs(16)
-    rows = diffusion_step._pair_rows(pairs, jax.random.PRNGKey(3), AE, {}, 0.7, SCHEDULE, cfg, UNET.num_classes)
-    z_t, t, labels, source, z, noise, weights = (np.asarray(a) for a in rows["rows"])
+    rows = diffusion_step._pair_rows(pairs, jax.random.PRNGKey(3), UNET, AE, {}, 0.7, SCHEDULE, cfg)
+    z_t, t, labels, source, z, noise, weights = (jax.tree.map(np.asarray, a) for a in rows["rows"])
     assert (t[:, 0] == t[:, 1]).all() and t.min() >= 700 and len(np.unique(t)) > 4
     np.testing.assert_array_equal(noise[:, 0], noise[:, 1])
     acp = np.cumprod(1.0 - np.asarray(SCHEDULE.betas, np.float64))[t][..., None, None, None]
@@ -323,31 +329,45 @@ def test_pair_rows_share_z_t_of_the_lesion_free_target_without_the_finding():
     np.testing.assert_array_equal(labels[..., others], pairs["labels"][..., others])
 
 
+def _metrics_by_weight(unet, state, pair_batch, weight_key: str) -> dict:
+    """The paired step's metrics with ``weight_key`` at 0 and at 2.5 (4 pairs, x0 targets)."""
+    metrics = {}
+    for weight in (0.0, 2.5):
+        cfg = _cfg(rank_pairs=4, prediction="x0", weighting="uniform", **{weight_key: weight})
+        step = jax.jit(diffusion_step.make_train_step(unet, AE, optax.sgd(0.0), SCHEDULE, cfg, paired=True))
+        _, m = step(state, pair_batch, {}, np.float32(0.7))
+        metrics[weight] = {k: float(v) for k, v in m.items()}
+    return metrics
+
+
+def _ring_contrasts(images, pairs):
+    """The reader's ring contrasts ``[P, 2]`` (with the mass, without) of the pairs' ``images``
+    ``[2P, H, W, 1]``, in float64 numpy, and the logistic surrogate of their AUC at τ."""
+    lesion, band = (np.repeat(pairs[k], 2, axis=0) for k in ("lesion", "band"))
+    images = np.asarray(images, np.float64)
+    inside, around = ((images * m).sum((1, 2, 3)) / m.sum((1, 2, 3)) for m in (lesion, band))
+    contrast = (inside - around).reshape(-1, 2)
+    d = contrast[:, 0][:, None] - contrast[:, 1][None, :]
+    return contrast, lambda temperature: np.mean(np.log1p(np.exp(-d / temperature)))
+
+
 def test_ranking_term_adds_the_weighted_auc_surrogate_of_the_decoded_contrasts():
     """The step's loss with ``rank_weight`` w is the loss at w = 0 plus w · ``rank_loss``, and
     ``rank_loss`` is the logistic surrogate recomputed in numpy from the UNet's x0 predictions of
     the pairs' rows, decoded, read by the ring contrast."""
-    optimizer = optax.sgd(0.0)
-    state = _paired_state(optimizer)
+    state = _paired_state(optax.sgd(0.0))
     pair_batch = {**_batch(1), "counterfactual": _batch(2)["image"], "pairs": _lesion_pairs(4)}
-    losses = {}
-    for weight in (0.0, 2.5):
-        cfg = _cfg(rank_pairs=4, rank_weight=weight, prediction="x0", weighting="uniform")
-        _, metrics = _ranked(cfg, optimizer)(state, pair_batch, {}, np.float32(0.7))
-        losses[weight] = {k: float(v) for k, v in metrics.items()}
+    losses = _metrics_by_weight(UNET, state, pair_batch, "rank_weight")
     np.testing.assert_allclose(losses[2.5]["loss"], losses[0.0]["loss"] + 2.5 * losses[2.5]["rank_loss"], rtol=1e-5)
 
+    cfg = _cfg(rank_pairs=4)
     key = jax.random.fold_in(state.rng, state.step)
-    rows = diffusion_step._pair_rows(pair_batch["pairs"], key, AE, {}, 0.7, SCHEDULE, cfg, UNET.num_classes)
-    z_t, t, labels, source = (np.asarray(a).reshape(-1, *a.shape[2:]) for a in rows["rows"][:4])
-    x0 = np.asarray(UNET.apply({"params": state.params["unet"]}, z_t, t, labels, extra=source), np.float64)
+    rows = diffusion_step._pair_rows(pair_batch["pairs"], key, UNET, AE, {}, 0.7, SCHEDULE, cfg)
+    z_t, t, labels, source = (jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), a) for a in rows["rows"][:4])
+    x0 = np.asarray(UNET.apply({"params": state.params["unet"]}, z_t, t, labels, extra=source["source"]), np.float64)
     decoded = np.repeat(np.repeat(x0[..., :1] / 0.7, 2, axis=1), 2, axis=2)
-    lesion, band = (np.repeat(pair_batch["pairs"][k], 2, axis=0) for k in ("lesion", "band"))
-    inside, around = ((decoded * m).sum((1, 2, 3)) / m.sum((1, 2, 3)) for m in (lesion, band))
-    contrast = (inside - around).reshape(4, 2)
-    d = contrast[:, 0][:, None] - contrast[:, 1][None, :]
-    surrogate = np.mean(np.log1p(np.exp(-d / cfg.rank_temperature)))
-    np.testing.assert_allclose(losses[2.5]["rank_loss"], surrogate, rtol=1e-4)
+    contrast, surrogate = _ring_contrasts(decoded, pair_batch["pairs"])
+    np.testing.assert_allclose(losses[2.5]["rank_loss"], surrogate(cfg.rank_temperature), rtol=1e-4)
     np.testing.assert_allclose(losses[2.5]["rank_gap"], np.mean(contrast[:, 0] - contrast[:, 1]), rtol=1e-4, atol=1e-6)
 
 
@@ -367,3 +387,52 @@ def test_ranking_term_teaches_the_filter_to_show_the_mass():
     (first_loss, first_gap), (last_loss, last_gap) = np.mean(history[:3], axis=0), np.mean(history[-20:], axis=0)
     assert last_loss < np.log(2) < first_loss
     assert last_gap > 3 * first_gap and last_gap > 0.2
+
+
+STEM_UNET = TinyUNet(pixel_stem=2)
+
+
+def _stem_state(optimizer):
+    return diffusion_step.init_state(
+        jax.random.PRNGKey(7),
+        STEM_UNET,
+        optimizer,
+        (B, SIZE // 2, SIZE // 2, C),
+        len(attributes.ATTRIBUTES),
+        C + 4,
+        (SIZE, SIZE, 1),
+    )
+
+
+def test_map_ranking_term_adds_the_surrogate_of_the_stems_evidence_map():
+    """With a pixel stem and ``rank_map_weight`` w the loss is the loss at w = 0 plus
+    w · ``map_rank_loss``, and that is the logistic surrogate (τ = 1) of the ring contrast of the
+    stem's evidence map over the pairs' source images, recomputed in numpy."""
+    state = _stem_state(optax.sgd(0.0))
+    pair_batch = {**_batch(1), "counterfactual": _batch(2)["image"], "pairs": _lesion_pairs(4)}
+    losses = _metrics_by_weight(STEM_UNET, state, pair_batch, "rank_map_weight")
+    assert "map_rank_loss" not in losses[0.0]
+    expected = losses[0.0]["loss"] + 2.5 * losses[2.5]["map_rank_loss"]
+    np.testing.assert_allclose(losses[2.5]["loss"], expected, rtol=1e-5)
+
+    sources = pair_batch["pairs"]["image"].reshape(-1, SIZE, SIZE, 1)
+    stem = {"params": state.params["unet"]["source_stem"]}
+    _, sown = SourceStem(2).apply(stem, sources, SIZE // 2, mutable=["intermediates"])
+    _, surrogate = _ring_contrasts(sown["intermediates"]["source_map"][0], pair_batch["pairs"])
+    np.testing.assert_allclose(losses[2.5]["map_rank_loss"], surrogate(1.0), rtol=1e-4)
+
+
+def test_map_ranking_term_teaches_the_stem_to_find_the_mass():
+    """Trained with the map's ranking alone on fresh pairs, the stem's evidence map learns to
+    separate the sources with the faint lesion from those without: its surrogate falls from about
+    log 2 to well below it."""
+    cfg = _cfg(rank_pairs=8, rank_weight=0.0, rank_map_weight=1.0, prediction="x0", weighting="uniform")
+    optimizer = optax.adam(1e-2)
+    state = _stem_state(optimizer)
+    step = jax.jit(diffusion_step.make_train_step(STEM_UNET, AE, optimizer, SCHEDULE, cfg, paired=True))
+    history = []
+    for i in range(60):
+        batch = {**_batch(i), "counterfactual": _batch(1000 + i)["image"], "pairs": _lesion_pairs(8, seed=i)}
+        state, metrics = step(state, batch, {}, np.float32(1.0))
+        history.append(float(metrics["map_rank_loss"]))
+    assert np.mean(history[:3]) > 0.5 and np.mean(history[-20:]) < 0.5 * np.log(2)

@@ -98,10 +98,19 @@ def test_settings_that_cannot_train_are_refused():
     from micro import micro_config
 
     cfg = micro_config().counterfactual
-    cfg.rank_pairs = 8
+    cfg.rank_pairs, cfg.rank_map_weight = 8, 0.0
     with pytest.raises(ValueError, match="counterfactual stage only"):
         lesion_ranking.check(cfg, paired=False)
     lesion_ranking.check(cfg, paired=True)
+    # the stem's map is ranked on the pairs: it needs both
+    mapped = cfg.copy_and_resolve_references()
+    mapped.rank_map_weight = 1.0
+    lesion_ranking.check(mapped, paired=True, pixel_stem=4)
+    with pytest.raises(ValueError, match=r"unet.pixel_stem > 0 \(got 0\)"):
+        lesion_ranking.check(mapped, paired=True)
+    mapped.rank_pairs = 0
+    with pytest.raises(ValueError, match=r"rank_pairs > 0 \(got 0\)"):
+        lesion_ranking.check(mapped, paired=True, pixel_stem=4)
     for key, value, message in (
         ("accum_steps", 3, "multiple of accum_steps=3"),
         ("rank_temperature", 0.0, "rank_temperature=0.0"),

@@ -317,11 +317,12 @@ def test_density_only_guidance_holds_the_other_attributes_on_both_sides():
 class _ExactNegatingFilterUNet(nn.Module):
     """E[ε | x_t, source] for x_0 | source ~ N(−source, STD²) per pixel: a "filter" that negates
     (shifted by +0.3 when told finding=mass, which the filter must never be told). ``extra`` is
-    ``source_features``: the source's latent, then its pixels (here the same)."""
+    ``source_features``: the source's latent, then its pixels (here the same); no pixel stem."""
 
     alphas_cumprod: tuple
+    pixel_stem: int = 0
 
-    def __call__(self, x, t, labels, extra):
+    def __call__(self, x, t, labels, extra, extra_pixels=None):
         abar = jnp.asarray(self.alphas_cumprod)[t][:, None, None, None]
         a, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
         mu = 0.3 * (labels[:, 1] == 1)[:, None, None, None] - extra[..., : x.shape[-1]]

@@ -101,6 +101,11 @@ def resolve(cfg) -> ml_collections.ConfigDict:
     unets = {"unet": cfg.unet}
     if "counterfactual" in cfg:
         unets["counterfactual.unet"] = cfg.counterfactual.unet
+    if cfg.unet.pixel_stem:
+        raise ValueError(
+            f"unet.pixel_stem={cfg.unet.pixel_stem}: only the counterfactual stage's UNet reads a source "
+            "image; set counterfactual.unet.pixel_stem"
+        )
     for name, unet in unets.items():
         if unet.out_channels != ae.z_channels:
             raise ValueError(

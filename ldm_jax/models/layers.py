@@ -287,3 +287,11 @@ class SpatialTransformer(nn.Module):
             h.reshape(b, hgt, wid, inner)
         )
         return x.astype(self.dtype) + h
+
+
+def latent_blocks(images, h: int):
+    """``[B, H, W, C]`` → ``[B, h, w, f, f, C]``: the f×f block of image pixels under each latent
+    pixel of an ``h``-row latent grid (f = H / h)."""
+    b, height, width, c = images.shape
+    f = height // h
+    return images.reshape(b, h, f, width // f, f, c).transpose(0, 1, 3, 2, 4, 5)

@@ -11,7 +11,9 @@ Conditioning: sinusoidal timestep embedding → 2-layer MLP; one embedding table
 categorical attribute (``n + 1`` rows: row ``n`` is the learned null used for
 classifier-free guidance) summed into it; optional context tokens ``[B, L, context_dim]``
 through cross-attention (spatial transformers replace the attention blocks when
-``context_dim`` is set); optional extra input channels concatenated to ``x``.
+``context_dim`` is set); optional extra input channels concatenated to ``x``, and with
+``pixel_stem`` > 0 a source image at k× ``x``'s resolution, read by a ``SourceStem`` and folded
+onto ``x``'s grid (the counterfactual filter's view of its source).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax import attributes
+from ldm_jax.models.source_stem import SourceStem
 from ldm_jax.models.layers import (
     AttentionBlock,
     Downsample,
@@ -61,7 +64,8 @@ def check_labels(labels, num_classes: Sequence[int]) -> np.ndarray:
 
 
 class UNet(nn.Module):
-    """Conditional UNet; ``__call__(x, t, labels, context, extra) -> [B, H, W, out_channels]`` float32.
+    """Conditional UNet; ``__call__(x, t, labels, context, extra, extra_pixels) -> [B, H, W, out_channels]``
+    float32.
 
     Fields follow LDM's ``UNetModel``: ``attention_resolutions`` are downsampling factors
     (``(2, 4, 8)`` attends at 32, 16 and 8 for a 64×64 input); heads are
@@ -69,6 +73,7 @@ class UNet(nn.Module):
     ``num_classes`` gives one vocabulary size per categorical attribute; ``dtype`` is the
     compute dtype (params stay float32); ``attention_impl`` is None (jax picks), 'xla'
     or 'cudnn'. Dropout (ResBlocks only) draws from the 'dropout' rng when ``train``.
+    ``pixel_stem``: the features of the ``SourceStem`` over ``extra_pixels`` (0: none).
     """
 
     out_channels: int
@@ -87,6 +92,7 @@ class UNet(nn.Module):
     norm_groups: int = 32
     dtype: Any = jnp.float32
     attention_impl: str | None = None
+    pixel_stem: int = 0
 
     @property
     def downsample_factor(self) -> int:
@@ -99,6 +105,8 @@ class UNet(nn.Module):
                 f"need model_channels >= 1, a non-empty channel_mult and num_res_blocks >= 1; got "
                 f"{self.model_channels}, {self.channel_mult}, {self.num_res_blocks}"
             )
+        if self.pixel_stem < 0:
+            raise ValueError(f"pixel_stem={self.pixel_stem}: expected the stem's features, or 0 for none")
         if self.num_heads == -1 and self.num_head_channels == -1:
             raise ValueError("set num_heads or num_head_channels (both are -1)")
         allowed = tuple(2**level for level in range(len(self.channel_mult)))
@@ -111,7 +119,7 @@ class UNet(nn.Module):
             raise ValueError(f"num_classes must all be >= 1, got {self.num_classes}")
         check_attention_impl(self.attention_impl)
 
-    def _check_inputs(self, x, t, labels, context, extra) -> None:
+    def _check_inputs(self, x, t, labels, context, extra, extra_pixels) -> None:
         if x.ndim != 4:
             raise ValueError(f"x must be [B, H, W, C], got shape {x.shape}")
         b, hgt, wid, _ = x.shape
@@ -136,6 +144,17 @@ class UNet(nn.Module):
                 raise ValueError(f"context must be [{b}, L, {self.context_dim}], got shape {context.shape}")
         if extra is not None and (extra.ndim != 4 or extra.shape[:3] != x.shape[:3]):
             raise ValueError(f"extra must be [{b}, {hgt}, {wid}, E] like x, got shape {extra.shape}")
+        if (extra_pixels is None) != (self.pixel_stem == 0):
+            raise ValueError(
+                f"extra_pixels {'given' if extra_pixels is not None else 'missing'}: this UNet's "
+                f"pixel_stem={self.pixel_stem} (0: no source image; > 0: one is required)"
+            )
+        if extra_pixels is not None:
+            k = extra_pixels.shape[1] // hgt if extra_pixels.ndim == 4 else 0
+            if k < 1 or extra_pixels.shape[:3] != (b, k * hgt, k * wid):
+                raise ValueError(
+                    f"extra_pixels must be [{b}, k·{hgt}, k·{wid}, C] (k ≥ 1), got shape {extra_pixels.shape}"
+                )
 
     def _attend(self, h, context, name: str):
         channels = h.shape[-1]
@@ -184,19 +203,23 @@ class UNet(nn.Module):
         return emb
 
     @nn.compact
-    def __call__(self, x, t, labels=None, context=None, extra=None, train: bool = False):
+    def __call__(self, x, t, labels=None, context=None, extra=None, train: bool = False, extra_pixels=None):
         """ε (or v) prediction ``[B, H, W, out_channels]`` float32.
 
         ``x [B, H, W, C]``; ``t`` ``[B]`` or scalar, int or float; ``labels [B, A]`` int
         (None: all null); ``context [B, L, context_dim]``; ``extra [B, H, W, E]``
-        concatenated to ``x``. Concrete out-of-range labels raise ``ValueError``; traced
-        ones (inside jit) cannot be checked, so validate them with ``check_labels`` before
-        the jitted call; a traced out-of-range label turns that example's output into NaN.
+        concatenated to ``x``; ``extra_pixels [B, k·H, k·W, C]`` when ``pixel_stem`` > 0.
+        Concrete out-of-range labels raise ``ValueError``; traced ones (inside jit) cannot be
+        checked, so validate them with ``check_labels`` before the jitted call; a traced
+        out-of-range label turns that example's output into NaN.
         """
         self._check_config()
-        self._check_inputs(x, t, labels, context, extra)
+        self._check_inputs(x, t, labels, context, extra, extra_pixels)
         if extra is not None:
             x = jnp.concatenate([x, extra.astype(x.dtype)], axis=-1)
+        if self.pixel_stem:
+            stem = SourceStem(self.pixel_stem, self.dtype, name="source_stem")(extra_pixels, x.shape[1])
+            x = jnp.concatenate([x, stem.astype(x.dtype)], axis=-1)
         emb = self._embed(t, labels, x.shape[0])
 
         h = conv(self.model_channels, 3, self.dtype, name="conv_in")(x)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from ldm_jax import attributes
 from ldm_jax.diffusion import forward, samplers
 from ldm_jax.diffusion.samplers import SamplerConfig
+from ldm_jax.models.layers import latent_blocks
 
 EDIT_METHODS = ("sdedit", "ddim-inversion", "diffedit", "counterfactual")
 MASK_DRAWS = 4  # diffedit: noise draws the edit mask averages over
@@ -49,14 +50,6 @@ def encode_mode(autoencoder, ae_params, images, scale):
     return autoencoder.apply({"params": ae_params}, images, method=autoencoder.encode).mode() * scale
 
 
-def latent_blocks(images, h: int):
-    """``[B, H, W, C]`` → ``[B, h, w, f, f, C]``: the f×f block of image pixels under each latent
-    pixel of an ``h``-row latent grid (f = H / h)."""
-    b, height, width, c = images.shape
-    f = height // h
-    return images.reshape(b, h, f, width // f, f, c).transpose(0, 1, 3, 2, 4, 5)
-
-
 def source_features(autoencoder, ae_params, images, scale):
     """What the ``counterfactual`` stage's UNet sees of its source image, on the latent grid
     ``[B, h, w, c + f²·C]``: the scaled latent ``scale · mode(q(z | x))`` and the image's own pixels
@@ -68,12 +61,23 @@ def source_features(autoencoder, ae_params, images, scale):
     return jnp.concatenate([z, pixels.astype(z.dtype)], axis=-1)
 
 
+def source_inputs(unet, autoencoder, ae_params, images, scale) -> dict:
+    """All a counterfactual UNet is given of its source images: ``source`` (``source_features``) and,
+    when it has a pixel stem (``unet.pixel_stem``), the images themselves as ``pixels``."""
+    inputs = {"source": source_features(autoencoder, ae_params, images, scale)}
+    if unet.pixel_stem:
+        inputs["pixels"] = images
+    return inputs
+
+
 def source_denoiser(unet, unet_params):
     """``denoise(x, t, cond)`` of a UNet that also sees its source (the ``counterfactual`` stage):
-    ``cond = {"labels": [B, A], "source": source_features}``, concatenated to ``x``."""
+    ``cond = {"labels": [B, A], **source_inputs}``."""
 
     def denoise(x, t, cond):
-        return unet.apply({"params": unet_params}, x, t, cond["labels"], extra=cond["source"])
+        return unet.apply(
+            {"params": unet_params}, x, t, cond["labels"], extra=cond["source"], extra_pixels=cond.get("pixels")
+        )
 
     return denoise
 
@@ -188,8 +192,8 @@ def make_edit(
             null = labels.at[:, 0].set(null[:, 0])
         if method == "counterfactual":
             denoise = source_denoiser(unet, unet_params)
-            source = source_features(autoencoder, ae_params, images, scale)
-            cond, null = {"labels": labels, "source": source}, {"labels": null, "source": source}
+            source = source_inputs(unet, autoencoder, ae_params, images, scale)
+            cond, null = {"labels": labels, **source}, {"labels": null, **source}
         else:
             denoise, cond = denoiser(unet, unet_params), labels
         known = None

@@ -93,7 +93,8 @@ def load_model(workdir, *, ema: bool = True, mesh=None, stage: str = "diffusion"
         latent = (1, *architecture.latent_shape(cfg))
         key, num_attributes = jax.random.PRNGKey(0), len(attributes.ATTRIBUTES)
         extra = architecture.source_channels(cfg) if stage == "counterfactual" else 0
-        abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, num_attributes, extra))
+        image = architecture.image_shape(cfg)
+        abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, num_attributes, extra, image))
         field = "ema_params" if ema else "params"
         tree = {field: {"unet": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))}}
         unet_params = checkpointer.restore_subtree(step, tree)[field]["unet"]

@@ -53,11 +53,13 @@ def _diffusion() -> dict:
         lesion_weight=1.0,
         # The counterfactual stage's ranking term (training/lesion_ranking.py): matched dense mass
         # pairs added to each batch (0: none), the term's weight, its temperature τ (in units of
-        # the reader's contrast, [-1, 1] image range) and the least t of the pairs (fraction of T).
+        # the reader's contrast, [-1, 1] image range) and the least t of the pairs (fraction of T);
+        # and the weight of the same ranking on the pixel stem's evidence map (unet.pixel_stem > 0).
         rank_pairs=0,
         rank_weight=1.0,
         rank_temperature=0.05,
         rank_min_t=0.5,
+        rank_map_weight=0.0,
         # Classifier-free guidance (diffusion_step.drop_labels): rows trained unconditional,
         # rows with one attribute given, and per-attribute dropout on the other rows.
         uncond_dropout=0.1,

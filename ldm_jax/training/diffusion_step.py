@@ -13,8 +13,10 @@ counterfactual) and the UNet also sees the source image (``generate.source_featu
 s · mode(E(x_src)) and its pixels folded onto the latent grid), concatenated to z_t, so it learns
 p(z | x_src): a supervised dense-tissue filter. Its finding label is always null, as it is when
 the filter runs, so that it learns to read the lesion from the source rather than from the label.
-With ``rank_pairs`` > 0 its batches also hold matched mass pairs, denoised like the other rows,
-and the loss adds ``rank_weight`` · L_rank on their decoded x0 predictions (``lesion_ranking``).
+With ``counterfactual.unet.pixel_stem`` > 0 the UNet also reads the source image at its own
+resolution (``models.source_stem``). With ``rank_pairs`` > 0 its batches also hold matched mass
+pairs, denoised like the other rows, and the loss adds ``rank_weight`` · L_rank on their decoded
+x0 predictions, and ``rank_map_weight`` · L_rank on the stem's evidence map (``lesion_ranking``).
 """
 
 from __future__ import annotations
@@ -28,15 +30,19 @@ from ldm_jax import attributes
 from ldm_jax.diffusion.forward import q_sample, x0_eps_from_prediction
 from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.models.init import init_unet_params
-from ldm_jax.sampling.generate import latent_blocks, source_features
+from ldm_jax.models.layers import latent_blocks
+from ldm_jax.sampling.generate import source_inputs
 from ldm_jax.training import lesion_ranking
 from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update, guarded_update
 
 
-def init_state(key, unet, optimizer, latent_shape, num_attributes: int, extra_channels: int = 0) -> TrainState:
-    """Fresh UNet state for latents ``[B, h, w, c]`` (and ``extra_channels`` of source features);
-    EMA starts equal to the weights."""
-    return state_around(init_unet_params(key, unet, latent_shape, num_attributes, extra_channels), optimizer, key)
+def init_state(
+    key, unet, optimizer, latent_shape, num_attributes: int, extra_channels: int = 0, image_shape=None
+) -> TrainState:
+    """Fresh UNet state for latents ``[B, h, w, c]`` (and ``extra_channels`` of source features, and
+    source images of ``image_shape`` for a pixel stem); EMA starts equal to the weights."""
+    params = init_unet_params(key, unet, latent_shape, num_attributes, extra_channels, image_shape)
+    return state_around(params, optimizer, key)
 
 
 def state_around(unet_params, optimizer, key) -> TrainState:
@@ -137,7 +143,7 @@ def train_step(
         z = batch["latents"]
     elif paired:
         z = encode_latents(autoencoder, ae_params, batch["counterfactual"], k_enc, scale)
-        source = jax.lax.stop_gradient(source_features(autoencoder, ae_params, batch["image"], scale))
+        source = jax.lax.stop_gradient(source_inputs(unet, autoencoder, ae_params, batch["image"], scale))
     else:
         z = encode_latents(autoencoder, ae_params, batch["image"], k_enc, scale)
     b = z.shape[0]
@@ -151,24 +157,26 @@ def train_step(
     labels = drop_labels(k_drop, labels, cfg, unet.num_classes) if unet.num_classes else None
     pairs = None
     if cfg.rank_pairs:
-        pairs = _pair_rows(batch["pairs"], key, autoencoder, ae_params, scale, schedule, cfg, unet.num_classes)
+        pairs = _pair_rows(batch["pairs"], key, unet, autoencoder, ae_params, scale, schedule, cfg)
 
     def loss_fn(params, micro, pair_micro, index):
         z_t, t, labels, context, source, z, noise, weights = micro
         if pair_micro is not None:  # the pairs' rows after the batch's: [P', 2, ...] → [2P', ...]
             z_t, t, labels, source, z, noise, weights = (
-                a if r is None else jnp.concatenate([a, r.reshape(-1, *r.shape[2:])])
+                a if r is None else jax.tree.map(lambda a, r: jnp.concatenate([a, r.reshape(-1, *r.shape[2:])]), a, r)
                 for a, r in zip((z_t, t, labels, source, z, noise, weights), pair_micro["rows"])
             )
-        out = unet.apply(
+        out, sown = unet.apply(
             {"params": params},
             z_t,
             t,
             labels,
             context,
-            extra=source,
+            extra=None if source is None else source["source"],
+            extra_pixels=None if source is None else source.get("pixels"),
             train=True,
             rngs={"dropout": jax.random.fold_in(k_dropout, index)},
+            mutable=["intermediates"] if cfg.rank_map_weight else [],
         )
         loss = diffusion_loss(
             schedule,
@@ -190,8 +198,12 @@ def train_step(
         masks = [jnp.repeat(pair_micro[k], 2, axis=0) for k in ("lesion", "band")]
         contrast = lesion_ranking.ring_contrast(decoded, *masks).reshape(-1, 2)
         rank = lesion_ranking.ranking_loss(contrast[:, 0], contrast[:, 1], cfg.rank_temperature)
-        gap = jnp.mean(contrast[:, 0] - contrast[:, 1])
-        return loss + cfg.rank_weight * rank, {"rank_loss": rank, "rank_gap": gap}
+        aux = {"rank_loss": rank, "rank_gap": jnp.mean(contrast[:, 0] - contrast[:, 1])}
+        loss = loss + cfg.rank_weight * rank
+        if cfg.rank_map_weight:
+            aux["map_rank_loss"] = lesion_ranking.map_ranking_loss(sown, *masks)
+            loss = loss + cfg.rank_map_weight * aux["map_rank_loss"]
+        return loss, aux
 
     accum = int(cfg.accum_steps)
     if b % accum:
@@ -222,7 +234,7 @@ def train_step(
     return new_state, metrics
 
 
-def _pair_rows(pairs, key, autoencoder, ae_params, scale, schedule, cfg, num_classes) -> dict:
+def _pair_rows(pairs, key, unet, autoencoder, ae_params, scale, schedule, cfg) -> dict:
     """The ranking term's inputs (``lesion_ranking``) from the batch's ``pairs``: ``rows``, the
     pairs' (z_t, t, labels, source features, target z, ε, loss weights), each ``[P, 2, ...]``, with
     one z_t for both images of a pair (the lesion-free target noised with one t ≥ ⌈rank_min_t · T⌉
@@ -234,12 +246,12 @@ def _pair_rows(pairs, key, autoencoder, ae_params, scale, schedule, cfg, num_cla
         return a.reshape(2 * p, *a.shape[2:])
 
     z = encode_latents(autoencoder, ae_params, flat(pairs["counterfactual"]), k_enc, scale)
-    source = jax.lax.stop_gradient(source_features(autoencoder, ae_params, flat(pairs["image"]), scale))
+    source = jax.lax.stop_gradient(source_inputs(unet, autoencoder, ae_params, flat(pairs["image"]), scale))
     first_t = int(np.ceil(cfg.rank_min_t * schedule.num_steps))
     t = jnp.repeat(jax.random.randint(k_t, (p,), first_t, schedule.num_steps), 2)
     noise = jnp.repeat(jax.random.normal(k_noise, (p, *z.shape[1:]), z.dtype), 2, axis=0)
     labels = attributes.without(flat(pairs["labels"]), "finding")
-    labels = drop_labels(k_drop, labels, cfg, num_classes) if num_classes else None
+    labels = drop_labels(k_drop, labels, cfg, unet.num_classes) if unet.num_classes else None
     masks = jnp.repeat(pairs["lesion"], 2, axis=0)
     weights = lesion_weights(masks, z.shape, cfg.lesion_weight) if cfg.lesion_weight != 1 else None
     # Both images of a pair are noised from the lesion-free target, so z_t does not carry the mass
@@ -247,7 +259,7 @@ def _pair_rows(pairs, key, autoencoder, ae_params, scale, schedule, cfg, num_cla
     without = jnp.repeat(z.reshape(p, 2, *z.shape[1:])[:, 1], 2, axis=0)
     rows = (q_sample(schedule, without, t, noise), t, labels, source, z, noise, weights)
     return {
-        "rows": tuple(None if a is None else a.reshape(p, 2, *a.shape[1:]) for a in rows),
+        "rows": tuple(None if a is None else jax.tree.map(lambda a: a.reshape(p, 2, *a.shape[1:]), a) for a in rows),
         "lesion": pairs["lesion"],
         "band": pairs["band"],
     }
@@ -256,7 +268,7 @@ def _pair_rows(pairs, key, autoencoder, ae_params, scale, schedule, cfg, num_cla
 def make_train_step(unet, autoencoder, optimizer, schedule, cfg, paired=False):
     """``step(state, batch, ae_params, scale)`` with the networks, schedule and config bound."""
     check_label_dropout(cfg)
-    lesion_ranking.check(cfg, paired)
+    lesion_ranking.check(cfg, paired, unet.pixel_stem)
     if not cfg.lesion_weight > 0:
         raise ValueError(f"lesion_weight={cfg.lesion_weight}: expected a positive loss weight (1: none)")
 

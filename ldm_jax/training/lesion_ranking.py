@@ -16,6 +16,11 @@ batch's AUC on the decoded x0 predictions x̂0 = D(ẑ0 / s):
 1 − AUC of the batch's pairs from above. Both images of a pair are denoised from one z_t: the
 lesion-free target noised with one t, drawn from ⌈rank_min_t · T⌉ … T − 1, and one ε. z_t then
 cannot tell them apart, and the mass's presence in the prediction has to come from the source.
+
+With a pixel stem (``models.source_stem``) and ``rank_map_weight`` > 0 the loss also adds
+``rank_map_weight`` · L_rank of the stem's evidence map m in place of x̂0, at τ = 1 (m's scale is
+learned): deep supervision of the part of the filter that must find the mass, the objective of
+the learned observer (``evaluation.observer``).
 """
 
 from __future__ import annotations
@@ -97,8 +102,22 @@ def ranking_loss(positives, negatives, temperature: float):
     return jax.nn.softplus(-(positives[:, None] - negatives[None, :]) / temperature).mean()
 
 
-def check(cfg, paired: bool) -> None:
+def map_ranking_loss(sown, lesion, band):
+    """L_rank of the evidence maps the pixel stem sowed (``unet.apply(..., mutable=["intermediates"])``),
+    read on the last ``len(lesion)`` rows (the pairs', with index 0 of each pair the mass) at their
+    float masks ``[2P, H, W, 1]``; τ = 1."""
+    maps = sown["intermediates"]["source_stem"]["source_map"][0][-len(lesion) :]
+    contrast = ring_contrast(maps, lesion, band).reshape(-1, 2)
+    return ranking_loss(contrast[:, 0], contrast[:, 1], 1.0)
+
+
+def check(cfg, paired: bool, pixel_stem: int = 0) -> None:
     """Refuse ranking settings that cannot train, before anything is compiled."""
+    if cfg.rank_map_weight and not (cfg.rank_pairs and pixel_stem):
+        raise ValueError(
+            f"rank_map_weight={cfg.rank_map_weight}: ranks the pixel stem's map on the ranking pairs; it needs "
+            f"rank_pairs > 0 (got {cfg.rank_pairs}) and unet.pixel_stem > 0 (got {pixel_stem})"
+        )
     if not cfg.rank_pairs:
         return
     if not paired:

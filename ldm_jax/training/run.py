@@ -192,6 +192,7 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None, stage="diffus
         latent_shape=latent_shape,
         num_attributes=len(attributes.ATTRIBUTES),
         extra_channels=architecture.source_channels(cfg) if paired else 0,
+        image_shape=architecture.image_shape(cfg),
     )
     run = Stage(
         name=stage,

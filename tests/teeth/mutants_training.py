@@ -80,4 +80,28 @@ MUTANTS = [
         "None",
         ("tests/test_training.py::test_preempted_and_resumed_run_equals_uninterrupted",),
     ),
+    # the stem's evidence map ranked without its gradient: the term trains nothing
+    Mutant(
+        "map_ranking_without_gradient",
+        "ldm_jax/training/lesion_ranking.py",
+        'maps = sown["intermediates"]["source_stem"]["source_map"][0][-len(lesion) :]',
+        'maps = jax.lax.stop_gradient(sown["intermediates"]["source_stem"]["source_map"][0][-len(lesion) :])',
+        ("tests/test_diffusion_step.py::test_map_ranking_term_teaches_the_stem_to_find_the_mass",),
+    ),
+    # the map read on the batch's first rows instead of the pairs' (the last 2P)
+    Mutant(
+        "map_ranking_reads_the_batch_rows",
+        "ldm_jax/training/lesion_ranking.py",
+        '["source_map"][0][-len(lesion) :]',
+        '["source_map"][0][: len(lesion)]',
+        ("tests/test_diffusion_step.py::test_map_ranking_term_adds_the_surrogate_of_the_stems_evidence_map",),
+    ),
+    # the stem's features folded with rows and columns swapped
+    Mutant(
+        "pixel_stem_folds_transposed",
+        "ldm_jax/models/source_stem.py",
+        "blocks = latent_blocks(x, h)\n",
+        "blocks = latent_blocks(x, h).transpose(0, 2, 1, 3, 4, 5)\n",
+        ("tests/test_source_stem.py::test_a_pixel_reaches_only_the_cells_around_it",),
+    ),
 ]
