@@ -32,4 +32,9 @@ def get_config():
     # SSIM 0.932 → 0.851 (4,000 steps), 0.81 with its detail kept (sample.py --edit-keep-detail);
     # rank_weight 3 did worse, 8,000 steps too (README).
     cfg.counterfactual.update(dict(rank_pairs=8, rank_weight=1.0))
+    # And it reads the source at pixel resolution (models/source_stem.py, 16 features), its evidence
+    # map ranked too (deep supervision of the part that must find the mass). Seed 0, mass AUC at
+    # s=1: 0.76 → 0.92 at SSIM 0.851 → 0.867, masses kept 58% → 90% (README).
+    cfg.counterfactual.unet.pixel_stem = 16
+    cfg.counterfactual.rank_map_weight = 1.0
     return cfg
