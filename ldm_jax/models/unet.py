@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax import attributes
-from ldm_jax.models.source_stem import SourceStem
 from ldm_jax.models.layers import (
     AttentionBlock,
     Downsample,
@@ -39,6 +38,7 @@ from ldm_jax.models.layers import (
     output_conv,
     timestep_embedding,
 )
+from ldm_jax.models.source_stem import SourceStem
 
 
 def check_labels(labels, num_classes: Sequence[int]) -> np.ndarray:
