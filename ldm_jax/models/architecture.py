@@ -98,14 +98,14 @@ def resolve(cfg) -> ml_collections.ConfigDict:
             f"data.image_size={cfg.data.image_size} is not divisible by the autoencoder's "
             f"downsampling factor {factor} (autoencoder_net.ch_mult={ae.ch_mult})"
         )
-    unets = {"unet": cfg.unet}
-    if "counterfactual" in cfg:
-        unets["counterfactual.unet"] = cfg.counterfactual.unet
     if cfg.unet.pixel_stem:
         raise ValueError(
             f"unet.pixel_stem={cfg.unet.pixel_stem}: only the counterfactual stage's UNet reads a source "
             "image; set counterfactual.unet.pixel_stem"
         )
+    unets = {"unet": cfg.unet}
+    if "counterfactual" in cfg:
+        unets["counterfactual.unet"] = cfg.counterfactual.unet
     for name, unet in unets.items():
         if unet.out_channels != ae.z_channels:
             raise ValueError(
