@@ -22,7 +22,7 @@ BATCH_AXES = ("data", "fsdp")
 FSDP_MIN_SIZE = 2**18  # arrays with fewer elements stay replicated under fsdp
 LAUNCH_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 HEARTBEAT_VARIABLE = "LDM_JAX_HEARTBEAT_TIMEOUT"
-_CLUSTER_MARKERS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+_CLUSTER_MARKERS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 _barrier_count = itertools.count()  # every process passes the same barriers in the same order
 
 
@@ -61,8 +61,17 @@ def initialize_distributed() -> None:
                 f"JAX reports process {jax.process_index()} of {jax.process_count()}, the "
                 f"environment says {index} of {count}"
             )
-    elif any(marker in os.environ for marker in _CLUSTER_MARKERS):
+    elif in_cluster():
         jax.distributed.initialize(heartbeat_timeout_seconds=timeout)
+
+
+def in_cluster() -> bool:
+    """Whether the environment describes a job of several hosts that ``jax.distributed.initialize()``
+    finds by itself: SLURM, Open MPI, or a TPU slice of more than one worker (one worker
+    hostname, as libtpu is told on a single host, is no cluster)."""
+    if any(marker in os.environ for marker in _CLUSTER_MARKERS):
+        return True
+    return len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]) > 1
 
 
 def _env_int(name: str, default: int | None, minimum: int) -> int:

@@ -33,6 +33,14 @@ def label_distribution(label_rows: np.ndarray) -> np.ndarray:
     return np.concatenate([rows, counts[:, None]], axis=1)
 
 
+def autoencoder_param_shapes(cfg):
+    """``ShapeDtypeStruct``s of the autoencoder parameters of resolved run config ``cfg``."""
+    autoencoder = presets.build_autoencoder(cfg.autoencoder_net)
+    key = jax.random.PRNGKey(0)
+    shape = (1, *architecture.image_shape(cfg))
+    return jax.eval_shape(lambda: init_autoencoder_params(key, key, autoencoder, shape))
+
+
 def load_autoencoder(cfg, directory, step: int | None, mesh, fsdp_min_size: int = parallel.FSDP_MIN_SIZE):
     """``(autoencoder, params, step)`` from an autoencoder checkpoint directory (newest step
     when ``step`` is None); only the autoencoder weights are read, placed on ``mesh`` by
@@ -47,9 +55,7 @@ def load_autoencoder(cfg, directory, step: int | None, mesh, fsdp_min_size: int 
                 f"in {directory}: run the autoencoder stage first or set "
                 f"diffusion.autoencoder_checkpoint"
             )
-        key = jax.random.PRNGKey(0)
-        shape = (1, *architecture.image_shape(cfg))
-        abstract = jax.eval_shape(lambda: init_autoencoder_params(key, key, autoencoder, shape))
+        abstract = autoencoder_param_shapes(cfg)
         shardings = parallel.param_sharding(mesh, abstract, fsdp_min_size)
         tree = {"params": {"autoencoder": abstract_with_shardings(abstract, shardings)}}
         params = checkpointer.restore_subtree(step, tree)["params"]

@@ -12,9 +12,9 @@ import numpy as np
 from ldm_jax import attributes
 from ldm_jax import parallel
 from ldm_jax.diffusion.samplers import SamplerConfig
-from ldm_jax.sampling import edit_inputs, job
+from ldm_jax.sampling import edit_inputs, job, programs
 from ldm_jax.sampling.conditions import Conditions
-from ldm_jax.sampling.generate import image_keys, make_edit, make_generate
+from ldm_jax.sampling.generate import image_keys
 from ldm_jax.sampling.model import load_model
 
 
@@ -66,11 +66,7 @@ def run(args, edit) -> job.Summary:
     if edit.edit_input is None:
         conditions = Conditions(args.condition, model.label_distribution, args.seed)
         generate = parallel.compile_together(
-            jax.jit(
-                make_generate(model.unet, model.autoencoder, model.schedule, model.latent_shape, sampling),
-                in_shardings=(replicated, replicated, replicated, batch_sharding, batch_sharding),
-                out_shardings=batch_sharding,
-            )
+            programs.generate_program(model.unet, model.autoencoder, model.schedule, model.latent_shape, sampling, mesh)
         )
 
         def compute(indices):
@@ -90,29 +86,24 @@ def run(args, edit) -> job.Summary:
             record=record,
         )
     else:
-        task = _edit_job(args, edit, model, sampling, settings, common, keys, out, replicated, batch_sharding, scale)
+        task = _edit_job(args, edit, model, sampling, settings, common, keys, out, mesh, batch_sharding, scale)
     return job.run(task, batch_size=batch, shard=shard, progress=args.progress)
 
 
-def _edit_job(args, edit, model, sampling, settings, common, keys, out, replicated, batch_sharding, scale) -> job.Job:
+def _edit_job(args, edit, model, sampling, settings, common, keys, out, mesh, batch_sharding, scale) -> job.Job:
     inputs = edit_inputs.list_inputs(edit.edit_input)
     source = Conditions(edit.edit_from, model.label_distribution, args.seed)
     # The counterfactual filter's output is the fat-only breast of its training pairs: recorded as density A.
     target = Conditions(edit.edit_to or "density=A", model.label_distribution, args.seed)
     edit_fn = parallel.compile_together(
-        jax.jit(
-            make_edit(
-                model.unet,
-                model.autoencoder,
-                model.schedule,
-                sampling,
-                method=edit.edit_method,
-                strength=edit.edit_strength,
-                guide=edit.edit_guide,
-                detail=edit.edit_keep_detail,
-            ),
-            in_shardings=(replicated, replicated, replicated) + (batch_sharding,) * 4,
-            out_shardings=batch_sharding,
+        programs.edit_program(
+            model,
+            sampling,
+            mesh,
+            method=edit.edit_method,
+            strength=edit.edit_strength,
+            guide=edit.edit_guide,
+            detail=edit.edit_keep_detail,
         )
     )
     size = model.image_size

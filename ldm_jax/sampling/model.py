@@ -20,7 +20,7 @@ import numpy as np
 from ldm_jax import attributes
 from ldm_jax import parallel
 from ldm_jax.checkpoint.checkpointer import Checkpointer, abstract_with_shardings
-from ldm_jax.checkpoint.restore import load_autoencoder, schedule_from_config
+from ldm_jax.checkpoint.restore import autoencoder_param_shapes, load_autoencoder, schedule_from_config
 from ldm_jax.diffusion.schedule import Schedule
 from ldm_jax.models import architecture, presets
 from ldm_jax.models.init import init_unet_params
@@ -65,6 +65,36 @@ class SamplingModel:
 UNET_STAGES = ("diffusion", "counterfactual")
 
 
+def _unet(cfg, stage: str):
+    """``(UNet, its parameters' ShapeDtypeStructs)`` of stage ``stage`` of resolved config ``cfg``."""
+    unet = presets.build_unet(architecture.stage_unet(cfg, stage), dtype=jax.numpy.dtype(cfg.compute_dtype))
+    latent = (1, *architecture.latent_shape(cfg))
+    key, num_attributes = jax.random.PRNGKey(0), len(attributes.ATTRIBUTES)
+    extra = architecture.source_channels(cfg) if stage == "counterfactual" else 0
+    image = architecture.image_shape(cfg)
+    return unet, jax.eval_shape(lambda: init_unet_params(key, unet, latent, num_attributes, extra, image))
+
+
+def abstract_model(cfg, stage: str = "diffusion") -> SamplingModel:
+    """The model ``load_model`` would give for a run of resolved config ``cfg``, with
+    ``ShapeDtypeStruct``s for its weights: what ``bench.py --target`` compiles sampling for."""
+    unet, unet_params = _unet(cfg, stage)
+    return SamplingModel(
+        unet=unet,
+        autoencoder=presets.build_autoencoder(cfg.autoencoder_net, dtype=jax.numpy.dtype(cfg.compute_dtype)),
+        unet_params=unet_params,
+        ae_params=autoencoder_param_shapes(cfg),
+        scale=1.0,
+        schedule=schedule_from_config(cfg[stage]),
+        config=cfg,
+        step=0,
+        ema=True,
+        autoencoder_step=0,
+        label_distribution=None,
+        stage=stage,
+    )
+
+
 def load_model(workdir, *, ema: bool = True, mesh=None, stage: str = "diffusion") -> SamplingModel:
     """The newest checkpoint of ``workdir``'s UNet ``stage`` (see the module docstring): the
     ``diffusion`` model, or the ``counterfactual`` filter, whose UNet also takes the source
@@ -89,12 +119,7 @@ def load_model(workdir, *, ema: bool = True, mesh=None, stage: str = "diffusion"
             raise FileNotFoundError(f"no complete {stage} checkpoint in {directory}: {hint}")
         meta = checkpointer.restore_meta(step)
         cfg = architecture.resolve(meta["config"])
-        unet = presets.build_unet(architecture.stage_unet(cfg, stage), dtype=jax.numpy.dtype(cfg.compute_dtype))
-        latent = (1, *architecture.latent_shape(cfg))
-        key, num_attributes = jax.random.PRNGKey(0), len(attributes.ATTRIBUTES)
-        extra = architecture.source_channels(cfg) if stage == "counterfactual" else 0
-        image = architecture.image_shape(cfg)
-        abstract = jax.eval_shape(lambda: init_unet_params(key, unet, latent, num_attributes, extra, image))
+        unet, abstract = _unet(cfg, stage)
         field = "ema_params" if ema else "params"
         tree = {field: {"unet": abstract_with_shardings(abstract, parallel.param_sharding(mesh, abstract))}}
         unet_params = checkpointer.restore_subtree(step, tree)[field]["unet"]

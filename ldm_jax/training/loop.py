@@ -80,6 +80,47 @@ class SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+@dataclasses.dataclass
+class StepProgram:
+    """A stage's step as the trainer runs it: ``jitted(state, batch, stop_flags, *extra_args,
+    *static_args)``, the state donated, with the shardings of its state and frozen arguments."""
+
+    jitted: Any
+    state_shardings: Any
+    extra_shardings: tuple
+    static_argnums: tuple[int, ...]
+
+
+def step_program(stage: Stage, mesh, state_shardings, fsdp_min_size: int) -> StepProgram:
+    """The jitted step of ``stage`` over ``mesh``: the one program the trainer runs and
+    ``bench.py --target`` compiles ahead of time. The batch and the per-device stop flags are
+    split over the batch axes; frozen weights (the autoencoder, LPIPS) are placed by the rule
+    that places parameters; the step also returns the largest stop flag (module docstring)."""
+    batch_sharding = parallel.batch_sharding(mesh)
+    extra_shardings = tuple(parallel.param_sharding(mesh, stage.extra_args, fsdp_min_size))
+    num_dynamic = 3 + len(stage.extra_args)
+    static_argnums = tuple(range(num_dynamic, num_dynamic + len(stage.static_args(0))))
+
+    def step_and_stop(state, batch, stop_flags, *args):
+        state, metrics = stage.step(state, batch, *args)
+        return state, {**metrics, "stop": jax.numpy.max(stop_flags)}
+
+    jitted = jax.jit(
+        step_and_stop,
+        in_shardings=(state_shardings, batch_sharding, batch_sharding) + extra_shardings,
+        out_shardings=(state_shardings, parallel.replicated(mesh)),
+        static_argnums=static_argnums,
+        donate_argnums=(0,),
+    )
+    return StepProgram(jitted, state_shardings, extra_shardings, static_argnums)
+
+
+def abstract_state(stage: Stage, mesh, key, fsdp_min_size: int):
+    """``(abstract state, its shardings)``: ``stage.init``'s tree placed by ``parallel.param_sharding``."""
+    abstract = jax.eval_shape(stage.init, key)
+    return abstract, parallel.param_sharding(mesh, abstract, fsdp_min_size)
+
+
 def restore_or_init(stage: Stage, checkpointer: Checkpointer, mesh, key, pipeline, cfg):
     """``(state, meta or None, shardings)`` from the newest checkpoint (which also repositions
     ``pipeline``, unless ``cfg.data.reset_iterator``), else a fresh init.
@@ -88,8 +129,7 @@ def restore_or_init(stage: Stage, checkpointer: Checkpointer, mesh, key, pipelin
     """
     from ldm_jax.data.pipeline import IteratorMismatchError
 
-    abstract = jax.eval_shape(stage.init, key)
-    shardings = parallel.param_sharding(mesh, abstract, cfg.mesh.fsdp_min_size)
+    abstract, shardings = abstract_state(stage, mesh, key, cfg.mesh.fsdp_min_size)
     latest = checkpointer.latest_step()
     if latest is None:
         return jax.jit(stage.init, out_shardings=shardings)(key), None, shardings
@@ -131,28 +171,9 @@ def run_stage(
     first = jax.process_index() == 0
     start = int(jax.device_get(state.step))
     writer = MetricsWriter(stage_dir, enabled=first, start_step=start)
-    batch_sharding = parallel.batch_sharding(mesh)
-    # Frozen weights (the autoencoder, LPIPS) are placed by the rule that places parameters.
-    extra_shardings = parallel.param_sharding(mesh, stage.extra_args, cfg.mesh.fsdp_min_size)
-    extra_args = jax.device_put(stage.extra_args, extra_shardings)
-    num_static = len(stage.static_args(0))
-    num_dynamic = 3 + len(stage.extra_args)
-
-    def step_and_stop(state, batch, stop_flags, *args):
-        state, metrics = stage.step(state, batch, *args)
-        return state, {**metrics, "stop": jax.numpy.max(stop_flags)}
-
-    static_argnums = tuple(range(num_dynamic, num_dynamic + num_static))
-    step_fn = parallel.compile_together(
-        jax.jit(
-            step_and_stop,
-            in_shardings=(shardings, batch_sharding, batch_sharding) + tuple(extra_shardings),
-            out_shardings=(shardings, parallel.replicated(mesh)),
-            static_argnums=static_argnums,
-            donate_argnums=(0,),
-        ),
-        static_argnums,
-    )
+    program = step_program(stage, mesh, shardings, cfg.mesh.fsdp_min_size)
+    extra_args = jax.device_put(stage.extra_args, program.extra_shardings)
+    step_fn = parallel.compile_together(program.jitted, program.static_argnums)
 
     progress = _progress_bar(stage, start, enabled=first and cfg.log.progress)
     streak = skipped_total = 0

@@ -10,7 +10,6 @@ dense-tissue filter. Each stage lives in ``<workdir>/<stage>/`` (checkpoints,
 
 from __future__ import annotations
 
-import functools
 import pathlib
 
 import jax
@@ -23,14 +22,13 @@ from ldm_jax.checkpoint import restore
 from ldm_jax.checkpoint.checkpointer import Checkpointer
 from ldm_jax.data.source import open_source
 from ldm_jax.diffusion.samplers import SamplerConfig
-from ldm_jax.models import architecture, presets
+from ldm_jax.models import architecture
 from ldm_jax.sampling.generate import image_keys, make_generate
 from ldm_jax.sampling.grid import make_grid, to_pixels
-from ldm_jax.training import autoencoder_step, diffusion_step, lesion_ranking
+from ldm_jax.training import autoencoder_step, diffusion_step, lesion_ranking, stages
 from ldm_jax.training.config import stages_of
-from ldm_jax.training.loop import SigtermFlag, Stage, restore_or_init, run_stage
+from ldm_jax.training.loop import SigtermFlag, restore_or_init, run_stage
 from ldm_jax.training.run_info import record_run
-from ldm_jax.training.state import make_optimizer
 
 
 def train(cfg, workdir, devices=None) -> None:
@@ -110,34 +108,16 @@ def _pipeline(cfg, source, mesh, batch_size, *, seed_offset=0, shuffle=True, les
     )
 
 
-def _dtype(cfg):
-    return jnp.dtype(cfg.compute_dtype)
-
-
-def _autoencoder_parts(cfg):
-    autoencoder = presets.build_autoencoder(cfg.autoencoder_net, dtype=_dtype(cfg))
-    discriminator = presets.build_discriminator(cfg.discriminator_net, dtype=_dtype(cfg))
-    optimizers = autoencoder_step.make_optimizers(cfg.autoencoder)
-    return autoencoder, discriminator, optimizers
-
-
 def _round_up(n, multiple):
     return -(-n // multiple) * multiple
 
 
 def train_autoencoder(cfg, mesh, workdir, source, key, sigterm=None):
     acfg = cfg.autoencoder
-    lpips_module, lpips_variables = autoencoder_step.load_perceptual(acfg)  # fails early when files are missing
-    autoencoder, discriminator, optimizers = _autoencoder_parts(cfg)
+    perceptual = autoencoder_step.load_perceptual(acfg)  # fails early when files are missing
+    stage = stages.autoencoder_stage(cfg, perceptual)
+    autoencoder = stages.autoencoder_networks(cfg)[0]
     pipeline = _pipeline(cfg, source, mesh, acfg.batch_size)
-    shape = (acfg.batch_size, *architecture.image_shape(cfg))
-    init = functools.partial(
-        autoencoder_step.init_state,
-        autoencoder=autoencoder,
-        discriminator=discriminator,
-        optimizers=optimizers,
-        image_shape=shape,
-    )
     examples = next(_pipeline(cfg, source, mesh, _round_up(cfg.log.sample_count, mesh.size), shuffle=False))["image"]
     reconstruct = parallel.compile_together(
         jax.jit(lambda p, x: autoencoder.apply({"params": p}, x, sample_posterior=False)[0])
@@ -148,16 +128,7 @@ def train_autoencoder(cfg, mesh, workdir, source, key, sigterm=None):
         pairs = np.concatenate([parallel.to_host(examples), parallel.to_host(recon)])
         return {"reconstructions": make_grid(to_pixels(pairs, 255, np.uint8), columns=len(examples))}
 
-    stage = Stage(
-        name="autoencoder",
-        steps=acfg.steps,
-        init=init,
-        step=autoencoder_step.make_train_step(autoencoder, discriminator, optimizers, acfg, lpips_module),
-        extra_args=(lpips_variables,),
-        static_args=lambda step: (step >= acfg.gan_start,),
-        meta={"model": cfg.model, "config": cfg.to_dict()},
-        on_sample=on_sample,
-    )
+    stage.on_sample = on_sample
     run_stage(stage, pipeline=pipeline, mesh=mesh, workdir=workdir, cfg=cfg, key=key, sigterm=sigterm)
 
 
@@ -181,25 +152,9 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None, stage="diffus
     paired = stage == "counterfactual"
     ae_dir = str(pathlib.Path(dcfg.autoencoder_checkpoint or workdir / "autoencoder" / "checkpoints").absolute())
     autoencoder, ae_params, ae_step = restore.load_autoencoder(cfg, ae_dir, None, mesh, cfg.mesh.fsdp_min_size)
-    unet = presets.build_unet(architecture.stage_unet(cfg, stage), dtype=_dtype(cfg))
-    optimizer = make_optimizer(dcfg)
-    schedule = restore.schedule_from_config(dcfg)
-    latent_shape = (dcfg.batch_size, *architecture.latent_shape(cfg))
-    init = functools.partial(
-        diffusion_step.init_state,
-        unet=unet,
-        optimizer=optimizer,
-        latent_shape=latent_shape,
-        num_attributes=len(attributes.ATTRIBUTES),
-        extra_channels=architecture.source_channels(cfg) if paired else 0,
-        image_shape=architecture.image_shape(cfg),
-    )
-    run = Stage(
-        name=stage,
-        steps=dcfg.steps,
-        init=init,
-        step=diffusion_step.make_train_step(unet, autoencoder, optimizer, schedule, dcfg, paired=paired),
-    )
+    parts = stages.diffusion_parts(cfg, stage)
+    unet, schedule = parts.unet, parts.schedule
+    run = stages.diffusion_stage(cfg, stage, parts)
     pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size, lesion_masks=dcfg.lesion_weight != 1)
     if dcfg.rank_pairs:
         pipeline = lesion_ranking.WithLesionPairs(pipeline, mesh, dcfg.rank_pairs, cfg.data.image_size)
