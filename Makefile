@@ -10,7 +10,9 @@ STAMP := $(VENV)/.installed
 # the demo's 10 minutes) at the same step time (BENCHMARKS.md, "CPU convolutions" and "CPU
 # compile time"). Empty it to compare: `make demo CPU_XLA_FLAGS=`.
 CPU_XLA_FLAGS ?= --xla_cpu_experimental_ynn_fusion_type= --xla_backend_optimization_level=1
-ON_CPU := XLA_FLAGS="$(CPU_XLA_FLAGS) $$XLA_FLAGS"
+# JAX_PLATFORMS=cpu: the venv also holds libtpu (bench.py --target), which jax would otherwise try
+# to start as a device at every run, printing warnings about the TPU host it cannot find.
+ON_CPU := JAX_PLATFORMS=cpu XLA_FLAGS="$(CPU_XLA_FLAGS) $$XLA_FLAGS"
 
 .PHONY: demo demo-seeds test lint clean
 

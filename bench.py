@@ -3,7 +3,7 @@
     python bench.py --preset ldm64|sd15|mammo256|phantom_tiny --mode train|unet|sample --batch B \\
         [--steps 50] [--guidance 7.5] [--dtype bf16|f32] [--attention none|xla|cudnn] [--bf16-weights] \\
         [--peak-tflops X] [--measure-ceiling] [--json FILE]
-    python bench.py --target v5e:4x8|v5p:2x2x1|h100:8|... --config configs/X.py [--config.KEY=VALUE] \\
+    python bench.py --target v5e:4x8|v5p:2x2x1|v6e:2x2|... --config configs/X.py [--config.KEY=VALUE] \\
         [--programs diffusion sample ...] [--batch B] [--max-batch] [--json FILE]
 
 Timing (``--preset``; protocol in BENCHMARKS.md): compile time (trace + lower + compile, ahead of
@@ -18,8 +18,8 @@ steps, sampling and editing jobs, from the builders the trainer and sampler use)
 target's own compiler on abstract devices: memory per chip against its HBM (or the compiler's
 refusal), FLOPs, bytes, collectives and a roofline bound. ``--batch`` sets every program's global
 batch (default: the config's; sampling 4 per chip); ``--max-batch`` finds, by bisection, the
-largest per-chip batch that fits. Exit status 1 when a program does not fit. TPU targets need
-libtpu (``pip install "jax[tpu]==<jax version>"``), GPU targets the CUDA plugin.
+largest per-chip batch that fits. Exit status 1 when a program does not fit. Needs libtpu
+(``pip install "jax[tpu]==<jax version>"``).
 
 Progress goes to stderr, the JSON record(s) to stdout (and ``--json FILE``). Timing imports only
 jax, flax, optax, numpy and ml_collections (runs on a bare accelerator host).
@@ -41,9 +41,8 @@ from ldm_jax.models import presets
 from ldm_jax.parallel import check_batch_size, make_mesh
 
 ATTENTION = {"none": None, "xla": "xla", "cudnn": "cudnn"}
-PROGRAMS = ("autoencoder", "autoencoder_gan", "diffusion", "counterfactual", "sample", "edit")  # aot.PROGRAMS
 VERSION_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_collections")
-AOT_PACKAGES = (*VERSION_PACKAGES, "libtpu", "jax-cuda12-plugin")
+AOT_PACKAGES = (*VERSION_PACKAGES, "libtpu")
 
 
 def _log(message: str) -> None:
@@ -57,7 +56,7 @@ class Options:
     batch: int | None = cli.flag(None, "global batch, split over all devices")
     target: str | None = cli.flag(None, "compile ahead of time for this accelerator: " + ", ".join(targets.EXAMPLES))
     config: str | None = cli.flag(None, "run config whose programs --target compiles (--config.KEY=VALUE overrides)")
-    programs: list[str] = cli.flag([], "programs --target compiles (default: all the config runs)", choices=PROGRAMS)
+    programs: list[str] = cli.flag([], "programs --target compiles (default: all it runs)", choices=targets.PROGRAMS)
     max_batch: bool = cli.flag(False, "--target: find the largest per-chip batch that fits, by bisection")
     steps: int | None = cli.flag(None, "DDIM steps of --mode sample (default 50)")
     guidance: float = cli.flag(7.5, "classifier-free guidance scale of --mode sample (1 runs no unconditional branch)")
@@ -119,7 +118,8 @@ def compile_ahead(args: Options, overrides=()) -> list[dict]:
     target = targets.parse_target(args.target)
     mesh = aot.target_mesh(target, cfg.mesh.fsdp)
     stages = stages_of(cfg)
-    names = args.programs or [n for n in PROGRAMS if n in ("sample", "edit") or n.removesuffix("_gan") in stages]
+    runs = [n for n in targets.PROGRAMS if n in ("sample", "edit") or n.removesuffix("_gan") in stages]
+    names = args.programs or runs
     sampling = SamplerConfig(sampler="ddim", num_steps=args.steps, guidance_scale=args.guidance)
     records = []
     for name in names:

@@ -33,9 +33,8 @@ from ldm_jax.benchmarking.flops import count_flops
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.sampling import model as sampling_model
 from ldm_jax.sampling import programs as sampling_programs
-from ldm_jax.training import loop, stages
+from ldm_jax.training import autoencoder_step, loop, stages
 
-PROGRAMS = ("autoencoder", "autoencoder_gan", "diffusion", "counterfactual", "sample", "edit")
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4}
 _DTYPE_BYTES.update({"f64": 8, "s64": 8, "u64": 8})
@@ -59,8 +58,10 @@ def _abstract(tree):
 
 def stage_program(cfg, name: str, mesh, gan: bool = False) -> Program:
     """The training step of stage ``name`` of resolved config ``cfg`` as ``run_stage`` jits it;
-    the autoencoder stage with (``gan``) or without its discriminator."""
-    stage = stages.stage_of(cfg, name)
+    the autoencoder stage with (``gan``) or without its discriminator, and with LPIPS when the
+    config names its weights (they are read, as the trainer reads them)."""
+    perceptual = autoencoder_step.load_perceptual(cfg.autoencoder) if name == "autoencoder" else (None, None)
+    stage = stages.stage_of(cfg, name, perceptual)
     abstract, shardings = loop.abstract_state(stage, mesh, jax.random.PRNGKey(0), cfg.mesh.fsdp_min_size)
     program = loop.step_program(stage, mesh, shardings, cfg.mesh.fsdp_min_size)
     batch = stages.batch_specs(cfg, name)
@@ -88,14 +89,14 @@ def sampling_program(cfg, name: str, mesh, batch: int, sampling: SamplerConfig) 
 
 
 def build(cfg, name: str, mesh, *, sample_batch: int, sampling: SamplerConfig) -> Program:
-    """Program ``name`` (``PROGRAMS``) of resolved config ``cfg`` over ``mesh``."""
+    """Program ``name`` (``targets.PROGRAMS``) of resolved config ``cfg`` over ``mesh``."""
     if name in ("autoencoder", "autoencoder_gan"):
         return dataclasses.replace(stage_program(cfg, "autoencoder", mesh, gan=name.endswith("gan")), name=name)
     if name in ("diffusion", "counterfactual"):
         return stage_program(cfg, name, mesh)
     if name in ("sample", "edit"):
         return sampling_program(cfg, name, mesh, sample_batch, sampling)
-    raise ValueError(f"unknown program {name!r}; expected one of {PROGRAMS}")
+    raise ValueError(f"unknown program {name!r}; expected one of {targets.PROGRAMS}")
 
 
 def collectives(hlo_text: str) -> dict:

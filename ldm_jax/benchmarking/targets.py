@@ -21,18 +21,20 @@ class Chip:
     """One accelerator chip: HBM bytes, dense bf16 peak (TFLOP/s), HBM bandwidth (bytes/s)."""
 
     name: str
-    platform: str
     hbm_bytes: int
     peak_tflops: float
     hbm_bytes_per_s: float
 
 
 CHIPS = {
-    "v4": Chip("TPU v4", "tpu", 32 * GIB, PEAK_BF16_TFLOPS["TPU v4"], 1228e9),
-    "v5e": Chip("TPU v5e", "tpu", 16 * GIB, PEAK_BF16_TFLOPS["TPU v5e"], 819e9),
-    "v5p": Chip("TPU v5p", "tpu", 95 * GIB, PEAK_BF16_TFLOPS["TPU v5p"], 2765e9),
-    "v6e": Chip("TPU v6e", "tpu", 32 * GIB, PEAK_BF16_TFLOPS["TPU v6e"], 1640e9),
+    "v4": Chip("TPU v4", 32 * GIB, PEAK_BF16_TFLOPS["TPU v4"], 1228e9),
+    "v5e": Chip("TPU v5e", 16 * GIB, PEAK_BF16_TFLOPS["TPU v5e"], 819e9),
+    "v5p": Chip("TPU v5p", 95 * GIB, PEAK_BF16_TFLOPS["TPU v5p"], 2765e9),
+    "v6e": Chip("TPU v6e", 32 * GIB, PEAK_BF16_TFLOPS["TPU v6e"], 1640e9),
 }
+# What bench.py --target compiles (``aot.build``): the training steps, the autoencoder's with and
+# without its discriminator, and the sampling and editing jobs.
+PROGRAMS = ("autoencoder", "autoencoder_gan", "diffusion", "counterfactual", "sample", "edit")
 EXAMPLES = ("v5e:2x2", "v5e:4x4", "v5e:4x8", "v5p:2x2x1", "v6e:2x2", "v4:2x2x1")
 # libtpu reads these at start-up: several processes may load it (pytest workers), and it need not look
 # for a TPU host. They

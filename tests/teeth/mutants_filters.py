@@ -36,8 +36,8 @@ MUTANTS = [
     Mutant(
         "counterfactual_filter_never_sees_its_source",
         "ldm_jax/sampling/generate.py",
-        'cond, null = {"labels": labels, "source": source}, {"labels": null, "source": source}',
-        'cond, null = {"labels": labels, "source": 0 * source}, {"labels": null, "source": 0 * source}',
+        "source = source_inputs(unet, autoencoder, ae_params, images, scale)",
+        "source = jax.tree.map(jnp.zeros_like, source_inputs(unet, autoencoder, ae_params, images, scale))",
         (_FILTER,),
     ),
     Mutant(
@@ -97,7 +97,7 @@ MUTANTS += [
     ),
     Mutant(
         "source_pixels_folded_in_the_wrong_order",
-        "ldm_jax/sampling/generate.py",
+        "ldm_jax/models/layers.py",
         "transpose(0, 1, 3, 2, 4, 5)",
         "transpose(0, 1, 3, 4, 2, 5)",
         ("tests/test_sampling.py::test_source_features_are_the_scaled_latent_and_every_pixel_on_the_latent_grid",),
