@@ -537,3 +537,36 @@ def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
     MetricsWriter(tmp_path, start_step=3).close()  # the run died after step 5; its checkpoint is step 3
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["diffusion", "counterfactual"])
+def test_the_program_compiled_ahead_is_the_one_the_trainer_runs(trained_micro, name):
+    """``stages.batch_specs`` describes the batches the trainer's pipeline gives (keys, shapes,
+    dtypes), and the stage's step lowered on those specs is the program lowered on a real batch."""
+    from ldm_jax.data.source import open_source
+    from ldm_jax.training import lesion_ranking, stages
+
+    cfg = micro_config()
+    cfg.data.data_dir = str(trained_micro / "data")
+    cfg = architecture.resolve(cfg)
+    mesh = parallel.make_mesh(1)
+    section = cfg[name]
+    source = open_source(cfg, trained_micro)
+    pipeline = run._pipeline(cfg, source, mesh, section.batch_size, lesion_masks=section.lesion_weight != 1)
+    if section.rank_pairs:
+        pipeline = lesion_ranking.WithLesionPairs(pipeline, mesh, section.rank_pairs, cfg.data.image_size)
+    batch = next(pipeline)
+    specs = stages.batch_specs(cfg, name)
+    used = {k: batch[k] for k in specs}  # a diffusion batch of phantoms also holds an unused counterfactual
+    shapes = jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype)), (used, specs))
+    assert shapes[0] == shapes[1]
+    stage = stages.stage_of(cfg, name)
+    abstract, shardings = loop.abstract_state(stage, mesh, jax.random.PRNGKey(0), cfg.mesh.fsdp_min_size)
+    program = loop.step_program(stage, mesh, shardings, cfg.mesh.fsdp_min_size)
+    stop = parallel.process_flags(False, mesh)
+
+    def avals(batch):
+        """What jit traces the step on: the shapes, dtypes and weak types of every argument."""
+        return program.jitted.lower(abstract, batch, stop, *stage.extra_args).in_avals
+
+    assert avals(specs) == avals(used)
