@@ -1,4 +1,4 @@
-"""Real mammograms: a `mammo_dicom` data set built by hand at 256×256 (see README, Data).
+"""Real mammograms: a `mammo_dicom` data set built by hand at 256×256 (see docs/data.md).
 
     python -m ldm_jax.data.build --dataset mammo_dicom --config 256 --data-dir DATA \\
         --dicom-dir /path/to/vindr/images --labels breast-level_annotations.csv

@@ -8,8 +8,10 @@ def get_config():
     cfg.model = "phantom_tiny"
     cfg.data.config = "64"
     cfg.data.num_records = 4096
-    # L1 alone, cosine decay, batch 8: robust over seeds (README "The demo recipe"); the SSIM term's
-    # gradients spike in the black background and left the held-out PSNR at 21-28 dB by seed.
+    # L1 alone (ssim_weight 0): SSIM's gradient is large in the black background, where its local
+    # means are near 0, and made the outcome swing with the seed. Cosine decay after a short warm-up,
+    # and batch 8 for twice the updates over the same images. gan_start beyond the last step: no GAN
+    # term in the demo. Alternatives and their scores: docs/decisions.md.
     cfg.autoencoder.update(
         dict(
             steps=900,
@@ -23,8 +25,8 @@ def get_config():
             b2=0.99,
         )
     )
-    # Batch 16 x 1100 updates: more, smaller updates separate the density classes better than
-    # batch 32 x 700 (density accuracy 57% against 50% on the same autoencoder).
+    # Batch 16: more, smaller updates separate the density classes better than fewer, larger ones
+    # (docs/decisions.md). scale_factor_batches: batches whose latents set the latent scale factor.
     cfg.diffusion.update(
         dict(
             steps=1100,
@@ -38,7 +40,7 @@ def get_config():
     )
     cfg.checkpoint.every = 200
     # Grids per density with the other attributes given: full label rows are the pattern the
-    # model is trained on most (46% of rows; README "Which conditions are trained").
+    # model is trained on most (46% of rows; docs/sampling.md, "Which conditions are trained").
     cfg.log.update(
         dict(
             every=20,

@@ -55,7 +55,7 @@ def test_predict_save_load_roundtrip(tmp_path):
 @pytest.mark.slow
 def test_classifier_learns_density_and_view_at_64():
     """Density and view ≥ 95% held out after 600 steps (96.7% density measured); evaluate.py's
-    recipe trains 800 (98.4%, README's evaluation table).
+    recipe trains 800 (98.4%, docs/evaluation.md's table).
 
     The finding head is reported, not asserted: at 64×64 (3.1 mm pixels) calcifications are
     sub-pixel and masses are masked by glandular tissue, so it stays near chance; the bound is

@@ -1,5 +1,5 @@
 """The learned known-location observer (``ldm_jax.evaluation.observer``): its crops, its reader, and
-that it learns to read a lesion at the mask. Its AUC on dense phantoms is a measurement (README)."""
+that it learns to read a lesion at the mask. Its AUC on dense phantoms is a measurement (docs/filter.md)."""
 
 import numpy as np
 import pytest

@@ -81,7 +81,7 @@ def test_process_rows_and_flags_on_one_process():
 
 
 def test_fsdp_divides_the_mammo256_train_state():
-    """README's per-device table: fsdp=4 must hold at most a third of the replicated state."""
+    """docs/multihost.md's per-device table: fsdp=4 must hold at most a third of the replicated state."""
     import functools
 
     from ldm_jax.models import presets

@@ -105,7 +105,7 @@ def test_q_sample_equals_iterated_markov_chain(name):
     ],
 )
 def test_terminal_distribution_is_close_to_standard_normal(name, beta_range, terminal_snr):
-    """Terminal SNR(T-1) = ᾱ/(1-ᾱ) at T = 1000 (the parameters, as the README states them, from
+    """Terminal SNR(T-1) = ᾱ/(1-ᾱ) at T = 1000 (the parameters, as docs/diffusion_api.md states them, from
     float64 ᾱ; SD's scaled_linear keeps the most signal), and the terminal distribution that
     ``q_sample`` draws from, N(a x_0, s²) with a = q_sample(1, T-1, ε=0) and s = q_sample(0,
     T-1, ε=1): its KL to N(0, 1), 0.5·(a²x_0² + s² - 1 - log s²) (float64 from the float32 a
