@@ -15,7 +15,7 @@ import dataclasses
 import sys
 
 from ldm_jax import cli
-from ldm_jax.evaluation.run import Options
+from ldm_jax.evaluation.options import Options
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ import sys
 
 from ldm_jax import cli
 from ldm_jax.diffusion.samplers import SAMPLERS
-from ldm_jax.sampling.generate import EDIT_METHODS, GUIDED_ATTRIBUTES
+from ldm_jax.sampling.generate import EDITS, GUIDED_ATTRIBUTES
 
 
 @dataclasses.dataclass
@@ -61,7 +61,7 @@ class EditOptions:
     edit_to: str | None = cli.flag(None, "target condition, e.g. density=A")
     edit_from: str = cli.flag("unconditional", "condition of the inputs (used by ddim-inversion), e.g. density=D")
     edit_strength: float = cli.flag(0.6, "fraction of the denoising steps redone (0: reconstruction only, 1: all)")
-    edit_method: str = cli.flag("sdedit", "how the inputs are taken to noise", choices=EDIT_METHODS)
+    edit_method: str = cli.flag("sdedit", "how the inputs are taken to noise", choices=tuple(EDITS))
     edit_guide: str = cli.flag(
         "all",
         "guidance's unconditional branch: all labels null, or only the density (the other attributes held)",

@@ -11,7 +11,8 @@ from PIL import Image
 
 from ldm_jax.evaluation.headline import headline, mean_grey_by_density
 from ldm_jax.evaluation.filters import threshold_filter
-from ldm_jax.evaluation.run import Options, evaluate
+from ldm_jax.evaluation.options import Options
+from ldm_jax.evaluation.run import evaluate
 
 
 def test_threshold_filter_flattens_dense_tissue_but_keeps_fine_detail():

@@ -13,7 +13,9 @@ from ldm_jax.data.imageio import encode_png
 from ldm_jax.data.phantoms import generate_phantom
 from ldm_jax.data import lesion_pairs
 from ldm_jax.evaluation import filters
-from ldm_jax.evaluation.run import Evaluator, Options, compiled_edit, evaluate
+from ldm_jax.evaluation.evaluator import Evaluator, compiled_edit
+from ldm_jax.evaluation.options import Options
+from ldm_jax.evaluation.run import evaluate
 from ldm_jax.sampling.generate import image_keys, keep_detail
 
 

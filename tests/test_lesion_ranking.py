@@ -7,6 +7,7 @@ import pytest
 
 from ldm_jax.data.pipeline import IteratorMismatchError
 from ldm_jax.data import lesion_pairs
+from ldm_jax.data.seeds import TRAINING_PAIRS_SEED
 from ldm_jax.evaluation import detectability, lesions
 from ldm_jax.parallel import make_mesh, to_host
 from ldm_jax.training import lesion_ranking
@@ -32,7 +33,7 @@ def test_pairs_are_one_breast_with_and_without_its_mass(pairs):
 
 def test_ring_contrast_is_the_tables_mass_reader(pairs):
     """``ring_contrast`` gives ``lesions.mass_contrast`` (the filter table's reader) on each image."""
-    seeds = lesion_pairs.pair_seeds(4, lesion_pairs.TRAINING_PAIRS_SEED)
+    seeds = lesion_pairs.pair_seeds(4, TRAINING_PAIRS_SEED)
     breasts = lesion_pairs.phantom_pairs(4, SIZE, "mass", seeds[0][0])["with"]["breast_mask"]
     for part in (0, 1):
         images = pairs["image"][:, part]

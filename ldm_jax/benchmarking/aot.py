@@ -33,6 +33,7 @@ from ldm_jax.benchmarking.flops import count_flops
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.sampling import model as sampling_model
 from ldm_jax.sampling import programs as sampling_programs
+from ldm_jax.sampling.generate import Edit
 from ldm_jax.training import autoencoder_step, loop, stages
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -81,10 +82,10 @@ def sampling_program(cfg, name: str, mesh, batch: int, sampling: SamplerConfig) 
         fn = sampling_programs.generate_program(
             model.unet, model.autoencoder, model.schedule, model.latent_shape, sampling, mesh
         )
-        args = sampling_programs.generate_arg_specs(model, batch)
+        args = tuple(sampling_programs.generate_arg_specs(model, batch).values())
     else:
-        fn = sampling_programs.edit_program(model, sampling, mesh, method="sdedit", strength=0.6)
-        args = sampling_programs.edit_arg_specs(model, batch)
+        fn = sampling_programs.edit_program(model, sampling, mesh, Edit("sdedit", 0.6))
+        args = tuple(sampling_programs.edit_arg_specs(model, batch).values())
     return Program(name, fn, args, batch, float(count_flops(fn, *args)))
 
 

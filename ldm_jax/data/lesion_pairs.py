@@ -1,7 +1,7 @@
 """Same-seed phantom pairs: one breast rendered with a lesion and without it (``finding="none"``),
 the same tissue and quantum noise, differing only inside the lesion mask. The filter table and
 the learned observer score held-out pairs (``evaluation.detectability``); the counterfactual
-stage's ranking term trains on pairs from ``TRAINING_PAIRS_SEED`` on (``training.lesion_ranking``).
+stage's ranking term trains on pairs from ``seeds.TRAINING_PAIRS_SEED`` on (``training.lesion_ranking``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from ldm_jax.data.imageio import to_model_range
 from ldm_jax.data.phantoms import generate_phantom
 
 KINDS = ("mass", "calcification")
-# Pairs to train on (the learned observer, the counterfactual stage's ranking term) start here:
-# train-split seeds past the records of any mammo_phantoms data set, far from the held-out pairs.
-TRAINING_PAIRS_SEED = 500_000_000
 
 
 def phantom_arrays(phantoms) -> dict[str, np.ndarray]:

@@ -84,14 +84,6 @@ def lesion_score(image, lesion_mask, breast_mask, kind: str) -> float:
     raise ValueError(f"unknown lesion kind {kind!r}; expected one of {KINDS}")
 
 
-def kind_offset(first_seed: int, kind: str) -> int:
-    """Where ``kind``'s pairs start in a table of pairs from ``first_seed``: kind k of ``KINDS`` at
-    ``first_seed + 10**6 k``, so every kind has its own breasts."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown lesion kind {kind!r}; expected one of {KINDS}")
-    return first_seed + 10**6 * KINDS.index(kind)
-
-
 def detectability(with_lesion, without_lesion, lesion_masks, breast_masks, kind: str, **bootstrap) -> dict:
     """``paired_auc`` of the reader's scores on filtered images ``[N, H, W(, 1)]`` of the pairs, each
     pair scored at its lesion's mask."""

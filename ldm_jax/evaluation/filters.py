@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from ldm_jax import attributes
 from ldm_jax.evaluation import detectability, lesions, metrics
+from ldm_jax.sampling.generate import Edit
 
 FINDING = attributes.ATTRIBUTE_NAMES.index("finding")
 DENSITY = attributes.ATTRIBUTE_NAMES.index("density")
@@ -64,6 +65,11 @@ class EditFilter:
         guide = ", density-only guidance" if self.guide == "density" else ""
         detail = ", detail kept" if self.detail else ""
         return f"{self.method} g={self.guidance:g}{guide}{detail}"
+
+    @property
+    def edit(self) -> Edit:
+        """``make_edit``'s settings of this filter (its guidance scale goes to the sampler)."""
+        return Edit(self.method, self.strength, self.guide, self.detail)
 
     @property
     def without_detail(self) -> EditFilter:

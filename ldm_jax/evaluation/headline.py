@@ -29,7 +29,8 @@ from ldm_jax import attributes
 from ldm_jax.data.imageio import write_atomic
 from ldm_jax.evaluation import classifier as clf
 from ldm_jax.evaluation import metrics
-from ldm_jax.evaluation.run import DENSITY_CONDITIONS, Evaluator, Options, held_out_phantoms
+from ldm_jax.evaluation.evaluator import DENSITY_CONDITIONS, Evaluator, held_out_phantoms
+from ldm_jax.evaluation.options import Options
 from ldm_jax.sampling.grid import to_pixels
 
 DENSITIES = attributes.ATTRIBUTES["density"]

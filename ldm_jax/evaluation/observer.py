@@ -14,7 +14,7 @@ the image; none can separate the pairs better than the best observer of the uned
   with a ring around it). Its AUC is what a filter trained for such a reader reaches, a lower
   bound on the ideal observer's;
 * trained with the logistic loss on both images of each training pair (with lesion: 1, without:
-  0), training pairs from ``lesion_pairs.TRAINING_PAIRS_SEED`` on.
+  0), training pairs from ``seeds.TRAINING_PAIRS_SEED`` on.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from ldm_jax.data import lesion_pairs
+from ldm_jax.data import lesion_pairs, seeds
 from ldm_jax.evaluation import detectability
 
 CROP = 24  # pixels; a mass of radius 15 mm spans 10 pixels at 64×64
@@ -112,11 +112,11 @@ def train(crops_with, crops_without, *, steps: int, seed: int = 0, batch_size: i
 def ceiling(size: int, kind: str, test_pairs: int, test_seed: int, *, train_pairs: int, steps: int, seed: int = 0):
     """The filter-form observer's ``paired_auc`` on the unedited images of ``test_pairs`` dense pairs
     from seed ``test_seed`` (the filter table's), trained on ``train_pairs`` from
-    ``lesion_pairs.TRAINING_PAIRS_SEED``."""
+    ``seeds.TRAINING_PAIRS_SEED``."""
     if steps < 1 or train_pairs < 1:
         raise ValueError(f"the observer needs steps >= 1 and train_pairs >= 1, got {steps} and {train_pairs}")
     crops = {}
-    splits = (("train", train_pairs, lesion_pairs.TRAINING_PAIRS_SEED), ("test", test_pairs, test_seed))
+    splits = (("train", train_pairs, seeds.TRAINING_PAIRS_SEED), ("test", test_pairs, test_seed))
     for name, num, first in splits:
         pairs = lesion_pairs.phantom_pairs(num, size, kind, first)
         masks = pairs["with"]["mask"]

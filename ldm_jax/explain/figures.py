@@ -16,21 +16,21 @@ from ldm_jax import attributes
 from ldm_jax.benchmarking.flops import count_flops
 from ldm_jax.data.imageio import to_model_range
 from ldm_jax.data.phantoms import generate_phantom
-from ldm_jax.diffusion import forward, samplers
+from ldm_jax.data.seeds import EXPLAIN_PHANTOM_SEED
+from ldm_jax.diffusion import forward
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.diffusion.schedule import SCHEDULES, Schedule, make_schedule
 from ldm_jax.evaluation import classifier as clf
 from ldm_jax.evaluation import metrics
 from ldm_jax.evaluation.headline import mean_grey_by_density
-from ldm_jax.evaluation.run import DENSITY_CONDITIONS, Evaluator, held_out_phantoms
+from ldm_jax.evaluation.evaluator import DENSITY_CONDITIONS, Evaluator, held_out_phantoms
+from ldm_jax.evaluation.process import noised, reverse_path
 from ldm_jax.models import presets
 from ldm_jax.models.init import init_unet_params
-from ldm_jax.sampling.generate import denoiser, image_keys, make_generate
-
-PHANTOM_SEED = 7  # the page's phantom: a fixed training-split seed
+from ldm_jax.sampling.generate import image_keys, make_generate
 
 
-def phantom(size: int, seed: int = PHANTOM_SEED, **attrs) -> np.ndarray:
+def phantom(size: int, seed: int = EXPLAIN_PHANTOM_SEED, **attrs) -> np.ndarray:
     """``generate_phantom(seed, size, **attrs).image`` as ``[size, size, 1]`` in [-1, 1]."""
     return to_model_range(generate_phantom(seed, size, **attrs).image)[..., None]
 
@@ -42,19 +42,6 @@ def signal_levels(schedule: Schedule, ts) -> dict:
         "alpha_bar": np.asarray(schedule.alphas_cumprod[ts], np.float64),
         "snr": np.asarray(forward.snr(schedule, ts), np.float64),
     }
-
-
-def noised(schedule: Schedule, x0: np.ndarray, ts, seed: int = 0) -> np.ndarray:
-    """x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε (``forward.q_sample``, DDPM eq. 4) of one image ``[H, W, C]``
-    at every t of ``ts``, with one ε drawn from ``seed``: ``[len(ts), H, W, C]``."""
-    ts = jnp.asarray(ts, jnp.int32)
-    noise = jax.random.normal(jax.random.PRNGKey(seed), x0.shape)
-    batch = len(ts)
-    return np.asarray(
-        forward.q_sample(
-            schedule, jnp.broadcast_to(x0, (batch, *x0.shape)), ts, jnp.broadcast_to(noise, (batch, *x0.shape))
-        )
-    )
 
 
 def forward_frames(schedule: Schedule, x0: np.ndarray, ts, ev: Evaluator | None = None) -> dict:
@@ -160,31 +147,22 @@ def latent_view(ev: Evaluator, x0: np.ndarray) -> dict:
 
 
 def reverse_trajectory(ev: Evaluator, condition: str = "density=D", seed: int = 0) -> dict:
-    """One unguided sample under ``condition`` on ``ev.sampling``'s grid: at each step the latent
-    x_t and the model's x̂_0 (``forward.x0_eps_from_prediction``), both decoded; ``[n, H, W, 1]``
-    each for the n grid timesteps ``t``, and the final sample."""
+    """One unguided sample under ``condition`` on ``ev.sampling``'s grid (``process.reverse_path``):
+    at each step the latent x_t and the model's x̂_0 (``forward.x0_eps_from_prediction``), both
+    decoded; ``[n, H, W, 1]`` each for the n grid timesteps ``t``, and the final sample."""
     m = ev.model
-    labels = jnp.asarray(attributes.parse_condition(condition))[None]
-    keys = image_keys(jax.random.PRNGKey(seed), jnp.arange(1))
-    x_T = jax.random.normal(keys[0], (1, *m.latent_shape))
-    sampling = SamplerConfig(num_steps=ev.sampling.num_steps, prediction=m.prediction)
-    ts = sampling.grid(m.schedule.num_steps)
+    reverse = reverse_path(ev, condition, seed)
+    ts, xt, final = jnp.asarray(reverse["t"]), reverse["path"][:-1, 0], reverse["path"][-1]
 
     @jax.jit
-    def trajectory(unet_params):
-        final, path = samplers.sample(
-            denoiser(m.unet, unet_params), m.schedule, x_T, keys, sampling, cond=labels, return_trajectory=True
-        )
-        xt = path[:-1, 0]
-        prediction = m.unet.apply({"params": unet_params}, xt, jnp.asarray(ts), jnp.repeat(labels, len(ts), 0))
-        x0_hat, _ = forward.x0_eps_from_prediction(m.schedule, xt, jnp.asarray(ts), prediction, m.prediction)
-        return final, xt, x0_hat
+    def predicted_x0(unet_params):
+        prediction = m.unet.apply({"params": unet_params}, xt, ts, jnp.repeat(reverse["labels"], len(ts), 0))
+        return forward.x0_eps_from_prediction(m.schedule, xt, ts, prediction, m.prediction)[0]
 
-    final, xt, x0_hat = trajectory(m.unet_params)
     return {
-        "t": ts.tolist(),
+        "t": reverse["t"].tolist(),
         "xt": np.asarray(ev.decode(xt / m.scale)),
-        "x0_hat": np.asarray(ev.decode(x0_hat / m.scale)),
+        "x0_hat": np.asarray(ev.decode(predicted_x0(m.unet_params) / m.scale)),
         "sample": np.asarray(ev.decode(final / m.scale))[0],
     }
 

@@ -22,9 +22,13 @@ import numpy as np
 from ldm_jax import attributes
 from ldm_jax.cli import flag
 from ldm_jax.data.imageio import write_atomic
+from ldm_jax.data.seeds import EXPLAIN_PAIRS_SEED
 from ldm_jax.diffusion.schedule import SCHEDULES, make_schedule
 from ldm_jax.evaluation import filters, metrics, report
-from ldm_jax.evaluation import run as evaluation
+from ldm_jax.evaluation import filter_table
+from ldm_jax.evaluation.evaluator import DENSITY_CONDITIONS, Evaluator, compiled_edit
+from ldm_jax.evaluation.options import Options as EvaluationOptions
+from ldm_jax.evaluation.process import noised
 from ldm_jax.explain import figures
 from ldm_jax.sampling.edit_inputs import read_input
 
@@ -40,7 +44,6 @@ SECTIONS = (
 )
 HORIZONS = (10, 100, 1000)  # T of section 4
 LATENT_RANGE = 3.0  # latent values are shown from -3 to 3
-FILTER_SEEDS = evaluation.TEST_SEED_OFFSET + 5 * 10**6  # held-out seeds, apart from evaluate.py's pairs
 STYLE = ".fig{margin:1em 0}.fig img{width:128px}.source{font-size:.9em}.frame figure{margin:.2em}"
 
 
@@ -205,7 +208,7 @@ def _schedules(schedule, x0, T: int) -> str:
     ts = [T // 10, T // 4, T // 2, (3 * T) // 4]
     images = report.image_rows(
         [
-            {"caption": name, "images": [(f"t = {t}", x) for t, x in zip(ts, figures.noised(table[name], x0, ts))]}
+            {"caption": name, "images": [(f"t = {t}", x) for t, x in zip(ts, noised(table[name], x0, ts))]}
             for name in SCHEDULES
         ]
     )
@@ -253,7 +256,7 @@ def _horizon(x0, ev, options: Options) -> str:
             s = make_schedule(name, T)
             level = figures.signal_levels(s, [T - 1])
             values.append((level["alpha_bar"][0], level["snr"][0], figures.prior_kl(s, x0)))
-            row.append((f"T = {T}: x_{T - 1}", figures.noised(s, x0, [T - 1])[0]))
+            row.append((f"T = {T}: x_{T - 1}", noised(s, x0, [T - 1])[0]))
         for key, column in zip(rows, zip(*values)):
             rows[key].append([name, *(_n(v) for v in column)])
         images.append({"caption": name, "images": row})
@@ -300,7 +303,7 @@ def _horizon(x0, ev, options: Options) -> str:
         table[f"{row['steps']} DDIM steps"] = cells
     samples = report.image_rows(
         [
-            {"caption": f"{row['steps']} steps", "images": list(zip(evaluation.DENSITY_CONDITIONS, row["images"]))}
+            {"caption": f"{row['steps']} steps", "images": list(zip(DENSITY_CONDITIONS, row["images"]))}
             for row in quality
         ]
     )
@@ -404,11 +407,11 @@ def _reverse(ev, seed: int) -> str:
 def _filter(ev, workdir, options: Options) -> str:
     if ev is None:
         return _needs_run("the dense-tissue filter")
-    data, labels, keys, outputs = evaluation.filter_inputs(ev, options.edits, ("mass",), FILTER_SEEDS)
+    data, labels, keys, outputs = filter_table.filter_inputs(ev, options.edits, ("mass",), EXPLAIN_PAIRS_SEED)
     edits = [filters.EditFilter("sdedit", 0.6, options.guidance)]
     if ev.counterfactual is not None:
         edits.append(filters.EditFilter("counterfactual", 1.0, 1.0))
-    outputs.update({f.name: evaluation.compiled_edit(ev, f)(data["image"], *labels, keys) for f in edits})
+    outputs.update({f.name: compiled_edit(ev, f)(data["image"], *labels, keys) for f in edits})
     shown = ["threshold filter", *(f.name for f in edits)]
     with_mass = data["has_lesion"]
     measured = {}
@@ -429,12 +432,12 @@ def _filter(ev, workdir, options: Options) -> str:
         ),
         _fig(
             "filter-edits",
-            "ldm_jax.evaluation.run.compiled_edit (make_edit), ldm_jax.evaluation.filters, "
+            "ldm_jax.evaluation.evaluator.compiled_edit (make_edit), ldm_jax.evaluation.filters, "
             "ldm_jax.data.lesion_pairs.phantom_pairs",
             f"{options.edits} dense held-out phantoms with a mass: input, fat-only truth, "
             + ", ".join(shown)
             + f" ({options.steps} steps).",
-            report.image_rows(evaluation.filter_rows(data, outputs, shown, count=options.edits)),
+            report.image_rows(filter_table.filter_rows(data, outputs, shown, count=options.edits)),
         ),
         _fig(
             "filter-numbers",
@@ -487,7 +490,7 @@ def _filter_grid(scores: dict) -> list[list[str]]:
 
 
 def _evaluator(workdir, options: Options):
-    eval_options = evaluation.Options(
+    eval_options = EvaluationOptions(
         steps=options.steps,
         filter_steps=options.steps,
         guidance=options.guidance,
@@ -495,7 +498,7 @@ def _evaluator(workdir, options: Options):
         batch=2 * options.edits,
         seed=options.seed,
     )
-    return evaluation.Evaluator(workdir, eval_options, pathlib.Path(workdir) / "eval")
+    return Evaluator(workdir, eval_options, pathlib.Path(workdir) / "eval")
 
 
 def build(workdir=None, options: Options = Options(), out=None) -> pathlib.Path:

@@ -14,7 +14,7 @@ from ldm_jax import parallel
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.sampling import edit_inputs, job, programs
 from ldm_jax.sampling.conditions import Conditions
-from ldm_jax.sampling.generate import image_keys
+from ldm_jax.sampling.generate import EDITS, Edit, image_keys
 from ldm_jax.sampling.model import load_model
 
 
@@ -25,7 +25,7 @@ def run(args, edit) -> job.Summary:
     mesh = parallel.make_mesh(1)
     batch = args.batch or 4 * mesh.size
     parallel.check_batch_size(batch, mesh)
-    stage = "counterfactual" if edit.edit_input is not None and edit.edit_method == "counterfactual" else "diffusion"
+    stage = EDITS[edit.edit_method].stage if edit.edit_input is not None else "diffusion"
     model = load_model(args.workdir, ema=args.ema, mesh=mesh, stage=stage)
     sampling = SamplerConfig(
         sampler=args.sampler,
@@ -95,17 +95,14 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, mesh, ba
     source = Conditions(edit.edit_from, model.label_distribution, args.seed)
     # The counterfactual filter's output is the fat-only breast of its training pairs: recorded as density A.
     target = Conditions(edit.edit_to or "density=A", model.label_distribution, args.seed)
-    edit_fn = parallel.compile_together(
-        programs.edit_program(
-            model,
-            sampling,
-            mesh,
-            method=edit.edit_method,
-            strength=edit.edit_strength,
-            guide=edit.edit_guide,
-            detail=edit.edit_keep_detail,
-        )
-    )
+    spec = Edit(edit.edit_method, edit.edit_strength, edit.edit_guide, edit.edit_keep_detail)
+    edit_fn = parallel.compile_together(programs.edit_program(model, sampling, mesh, spec))
+    described = {
+        "method": spec.method,
+        "strength": spec.strength,
+        "guide": spec.guide,
+        "keep_detail": spec.detail,
+    }
     size = model.image_size
 
     def compute(indices):
@@ -125,10 +122,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, mesh, ba
             "source_sha256": edit_inputs.digest(inputs[index]),
             "source_condition": attributes.format_condition(source.labels([index])[0]),
             "condition": attributes.format_condition(target.labels([index])[0]),
-            "method": edit.edit_method,
-            "strength": edit.edit_strength,
-            "guide": edit.edit_guide,
-            "keep_detail": edit.edit_keep_detail,
+            **described,
         }
 
     root = pathlib.Path(edit.edit_input).absolute()
@@ -140,10 +134,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, mesh, ba
         "inputs_digest": hashlib.sha256(names.encode()).hexdigest(),
         "edit_from": source.spec,
         "edit_to": target.spec,
-        "method": edit.edit_method,
-        "strength": edit.edit_strength,
-        "guide": edit.edit_guide,
-        "keep_detail": edit.edit_keep_detail,
+        **described,
     }
     return job.Job(
         out=out,

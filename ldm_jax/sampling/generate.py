@@ -10,6 +10,7 @@ an image does not depend on the batch it lands in, the batch size or the device 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,6 @@ from ldm_jax.diffusion import forward, samplers
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.models.layers import latent_blocks
 
-EDIT_METHODS = ("sdedit", "ddim-inversion", "diffedit", "counterfactual")
 MASK_DRAWS = 4  # diffedit: noise draws the edit mask averages over
 MASK_STRENGTH = 0.5  # diffedit: the mask is read at the grid step where half of the steps remain
 MASK_THRESHOLD = 0.5  # diffedit: the mask holds where the normalised difference exceeds this
@@ -129,6 +129,149 @@ def edit_mask(denoise, schedule, z0, source_labels, target_labels, keys, samplin
     return (difference > MASK_THRESHOLD * peak).astype(z0.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    """An edit's settings, ``make_edit``'s keywords: ``method`` (an ``EDITS`` name), ``strength``
+    (the fraction of the steps redone), ``guide`` (a ``GUIDED_ATTRIBUTES`` name) and ``detail``
+    (returned as its change to the input, ``keep_detail``)."""
+
+    method: str = "sdedit"
+    strength: float = 0.6
+    guide: str = "all"
+    detail: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EditSetup:
+    """What an edit method is built on: the networks, the schedule, the sampler settings, the
+    strength, the guide and the grid step ``start`` it denoises from."""
+
+    unet: Any
+    autoencoder: Any
+    schedule: Any
+    sampling: SamplerConfig
+    strength: float
+    guide: str
+    start: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EditBatch:
+    """One batch under edit: weights and latent scale, images ``[B, H, W, C]``, their latents z_0,
+    source and target labels ``[B, A]`` and per-image keys ``[B]``."""
+
+    unet_params: Any
+    ae_params: Any
+    scale: Any
+    images: Any
+    z0: Any
+    source_labels: Any
+    target_labels: Any
+    keys: Any
+
+
+def guidance_null(labels, guide: str):
+    """Guidance's unconditional branch for ``labels [B, A]``: the all-null labels, or with
+    ``guide="density"`` the labels with only the density nulled, so ε̃ = u + s·(c − u) pushes along
+    the density condition alone, every other attribute held on both sides."""
+    null = jnp.asarray(attributes.null_labels(labels.shape[0]))
+    if guide == "density":
+        null = labels.at[:, 0].set(null[:, 0])
+    return null
+
+
+def _denoised(setup: EditSetup, batch: EditBatch, denoise, z_t, cond, null, known=None):
+    """``samplers.sample`` of ``z_t`` from grid step ``setup.start`` down to ẑ_0."""
+    return samplers.sample(
+        denoise,
+        setup.schedule,
+        z_t,
+        batch.keys,
+        setup.sampling,
+        cond=cond,
+        null_cond=null,
+        start_step=setup.start,
+        known=known,
+    )
+
+
+def _inverted(setup: EditSetup, batch: EditBatch, denoise):
+    """``(z_t, path)``: DDIM inversion of z_0 up to grid step ``setup.start`` under the source labels,
+    unguided, and the latents from z_0 upwards."""
+    unguided = dataclasses.replace(setup.sampling, guidance_scale=1.0)
+    return samplers.ddim_invert(
+        denoise,
+        setup.schedule,
+        batch.z0,
+        unguided,
+        cond=batch.source_labels,
+        start_step=setup.start,
+        return_trajectory=True,
+    )
+
+
+def sdedit_latent(setup: EditSetup, batch: EditBatch):
+    """SDEdit (Meng et al. 2022): z_t = q_sample(z_0, t, ε), a fresh ε per image, denoised under the
+    target labels."""
+    z_t, _ = samplers.sdedit_start(setup.schedule, batch.z0, batch.keys, setup.strength, setup.sampling)
+    labels = batch.target_labels
+    return _denoised(
+        setup, batch, denoiser(setup.unet, batch.unet_params), z_t, labels, guidance_null(labels, setup.guide)
+    )
+
+
+def ddim_inversion_latent(setup: EditSetup, batch: EditBatch):
+    """z_t by deterministic DDIM inversion under the source labels (no guidance), then DDIM (η = 0)
+    under the target labels: with strength 1 and equal labels the image comes back up to the
+    inversion error."""
+    denoise = denoiser(setup.unet, batch.unet_params)
+    z_t, _ = _inverted(setup, batch, denoise)
+    labels = batch.target_labels
+    return _denoised(setup, batch, denoise, z_t, labels, guidance_null(labels, setup.guide))
+
+
+def diffedit_latent(setup: EditSetup, batch: EditBatch):
+    """DiffEdit (Couairon et al. 2023): ``ddim-inversion`` that regenerates only where the model's
+    prediction moves between the source and the target labels (``edit_mask``); elsewhere each step
+    takes the inversion's latent of that level, so the rest of the image comes back unchanged."""
+    denoise = denoiser(setup.unet, batch.unet_params)
+    z_t, path = _inverted(setup, batch, denoise)
+    labels = batch.target_labels
+    mask = edit_mask(denoise, setup.schedule, batch.z0, batch.source_labels, labels, batch.keys, setup.sampling)
+    known = (mask, path[::-1][1:])  # after each step: the inversion's latent of that level
+    return _denoised(setup, batch, denoise, z_t, labels, guidance_null(labels, setup.guide), known)
+
+
+def counterfactual_latent(setup: EditSetup, batch: EditBatch):
+    """SDEdit's start, denoised by the UNet of the ``counterfactual`` stage (trained on (image,
+    fat-only counterfactual) pairs), which also sees its source (``source_inputs``) at every step,
+    under the source labels without the finding (what is known of the input; it was trained so,
+    ``diffusion_step``); the target is what the pairs taught it, so the target labels are not used."""
+    labels = attributes.without(batch.source_labels, "finding")
+    source = source_inputs(setup.unet, setup.autoencoder, batch.ae_params, batch.images, batch.scale)
+    z_t, _ = samplers.sdedit_start(setup.schedule, batch.z0, batch.keys, setup.strength, setup.sampling)
+    cond, null = {"labels": labels, **source}, {"labels": guidance_null(labels, setup.guide), **source}
+    return _denoised(setup, batch, source_denoiser(setup.unet, batch.unet_params), z_t, cond, null)
+
+
+@dataclasses.dataclass(frozen=True)
+class EditMethod:
+    """A registered edit method: ``latent(setup, batch)`` the edited latent ẑ_0, the ``sampler`` it
+    denoises with (None: any) and the training ``stage`` whose model runs it."""
+
+    latent: Callable
+    sampler: str | None = None
+    stage: str = "diffusion"
+
+
+EDITS = {
+    "sdedit": EditMethod(sdedit_latent),
+    "ddim-inversion": EditMethod(ddim_inversion_latent, sampler="ddim"),
+    "diffedit": EditMethod(diffedit_latent, sampler="ddim"),
+    "counterfactual": EditMethod(counterfactual_latent, stage="counterfactual"),
+}
+
+
 def make_edit(
     unet,
     autoencoder,
@@ -144,71 +287,32 @@ def make_edit(
 
     The image is encoded (posterior mode) to z_0, taken to the grid step of ``sampling``'s grid
     where the last round(strength · num_steps) steps remain, and denoised from there with
-    ``sampling`` under the target labels:
-
-    - ``sdedit`` (Meng et al. 2022): z_t = q_sample(z_0, t, ε), a fresh ε per image;
-    - ``ddim-inversion``: z_t by deterministic DDIM inversion under the source labels
-      (no guidance), then DDIM (η = 0) under the target labels, so with strength 1 and
-      equal labels the image comes back up to the inversion error.
-    - ``diffedit`` (Couairon et al. 2023): ``ddim-inversion`` that regenerates only where the
-      model's prediction moves between the source and the target labels (``edit_mask``);
-      elsewhere each step takes the inversion's latent of that level, so the rest of the
-      image comes back unchanged;
-    - ``counterfactual``: SDEdit's start, denoised by a UNet trained on (image, fat-only
-      counterfactual) pairs (the ``counterfactual`` stage) that also sees z_0 at every step,
-      under the *source* labels (what is known of the input); the target is what the
-      pairs taught it, so ``target_labels`` are not used.
-
-    Guidance's unconditional branch is the all-null labels (``guide="all"``), or the
-    conditioning labels with only the density nulled (``guide="density"``): ε̃ = u + s·(c − u) then pushes
-    along the density condition alone, with every other attribute held on both sides.
-
-    Strength 0 returns decode(encode(x)); with ``detail`` every edit is returned as its change
-    to the input instead (``keep_detail``), so strength 0 returns x. Images are NHWC in [-1, 1].
+    ``sampling`` by ``EDITS[method].latent``; guidance's unconditional branch is ``guidance_null``.
+    Strength 0 returns decode(encode(x)); with ``detail`` every edit is returned as its change to
+    the input instead (``keep_detail``), so strength 0 returns x. Images are NHWC in [-1, 1].
     """
-    if method not in EDIT_METHODS:
-        raise ValueError(f"unknown edit method {method!r}; expected one of {EDIT_METHODS}")
+    if method not in EDITS:
+        raise ValueError(f"unknown edit method {method!r}; expected one of {tuple(EDITS)}")
     if guide not in GUIDED_ATTRIBUTES:
         raise ValueError(f"unknown guide {guide!r}; expected one of {GUIDED_ATTRIBUTES}")
-    if method in ("ddim-inversion", "diffedit") and sampling.sampler != "ddim":
-        raise ValueError(f"{method} edits denoise with the ddim sampler, not {sampling.sampler!r}")
+    needed = EDITS[method].sampler
+    if needed is not None and sampling.sampler != needed:
+        raise ValueError(f"{method} edits denoise with the {needed} sampler, not {sampling.sampler!r}")
     start = None if strength == 0 else samplers.start_step_for_strength(strength, sampling.num_steps)
+    setup = EditSetup(unet, autoencoder, schedule, sampling, strength, guide, start)
+    latent = EDITS[method].latent
 
     def edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys):
         z0 = encode_mode(autoencoder, ae_params, images, scale)
-        z = (
-            z0
-            if start is None
-            else edited_latent(unet_params, ae_params, scale, images, z0, source_labels, target_labels, keys)
-        )
+        batch = EditBatch(unet_params, ae_params, scale, images, z0, source_labels, target_labels, keys)
+        z = z0 if start is None else latent(setup, batch)
         out = decode(autoencoder, ae_params, z, scale)
         return keep_detail(images, out, decode(autoencoder, ae_params, z0, scale)) if detail else out
 
-    def edited_latent(unet_params, ae_params, scale, images, z0, source_labels, target_labels, keys):
-        # the counterfactual filter is trained without the finding (diffusion_step) and runs so
-        labels = attributes.without(source_labels, "finding") if method == "counterfactual" else target_labels
-        null = jnp.asarray(attributes.null_labels(images.shape[0]))
-        if guide == "density":
-            null = labels.at[:, 0].set(null[:, 0])
-        if method == "counterfactual":
-            denoise = source_denoiser(unet, unet_params)
-            source = source_inputs(unet, autoencoder, ae_params, images, scale)
-            cond, null = {"labels": labels, **source}, {"labels": null, **source}
-        else:
-            denoise, cond = denoiser(unet, unet_params), labels
-        known = None
-        if method in ("ddim-inversion", "diffedit"):
-            unguided = dataclasses.replace(sampling, guidance_scale=1.0)
-            z_t, path = samplers.ddim_invert(
-                denoise, schedule, z0, unguided, cond=source_labels, start_step=start, return_trajectory=True
-            )
-            if method == "diffedit":
-                mask = edit_mask(denoise, schedule, z0, source_labels, labels, keys, sampling)
-                known = (mask, path[::-1][1:])  # after each step: the inversion's latent of that level
-        else:
-            z_t, _ = samplers.sdedit_start(schedule, z0, keys, strength, sampling)
-        return samplers.sample(
-            denoise, schedule, z_t, keys, sampling, cond=cond, null_cond=null, start_step=start, known=known
-        )
-
     return edit
+
+
+def model_edit(model, sampling: SamplerConfig, edit: Edit):
+    """``make_edit`` of a loaded model (``sampling.model``: its UNet, autoencoder and schedule) with
+    ``edit``'s settings."""
+    return make_edit(model.unet, model.autoencoder, model.schedule, sampling, **dataclasses.asdict(edit))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from ldm_jax import attributes, parallel
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.models import architecture
-from ldm_jax.sampling.generate import image_keys, make_edit, make_generate
+from ldm_jax.sampling.generate import Edit, image_keys, make_generate, model_edit
 
 
 def generate_program(unet, autoencoder, schedule, latent_shape, sampling: SamplerConfig, mesh):
@@ -26,26 +26,41 @@ def generate_program(unet, autoencoder, schedule, latent_shape, sampling: Sample
     )
 
 
-def edit_program(model, sampling: SamplerConfig, mesh, **edit):
+def edit_program(model, sampling: SamplerConfig, mesh, edit: Edit):
     """``edit(unet_params, ae_params, scale, images, source_labels, target_labels, keys) -> images``
-    (``make_edit`` with the ``edit`` keywords: method, strength, guide, detail)."""
+    (``model_edit`` with ``edit``'s settings)."""
     replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     return jax.jit(
-        make_edit(model.unet, model.autoencoder, model.schedule, sampling, **edit),
+        model_edit(model, sampling, edit),
         in_shardings=(replicated, replicated, replicated) + (batch,) * 4,
         out_shardings=batch,
     )
 
 
-def generate_arg_specs(model, batch: int) -> tuple:
-    """Abstract arguments of ``generate_program`` for ``batch`` images."""
+def generate_arg_specs(model, batch: int) -> dict:
+    """Abstract arguments of ``generate_program`` for ``batch`` images, by name in argument order."""
     labels = jax.ShapeDtypeStruct((batch, len(attributes.ATTRIBUTES)), jnp.int32)
     keys = jax.eval_shape(lambda: image_keys(jax.random.PRNGKey(0), jnp.arange(batch)))
-    return (model.unet_params, model.ae_params, jax.ShapeDtypeStruct((), jnp.float32), labels, keys)
+    scale = jax.ShapeDtypeStruct((), jnp.float32)
+    return {
+        "unet_params": model.unet_params,
+        "ae_params": model.ae_params,
+        "scale": scale,
+        "labels": labels,
+        "keys": keys,
+    }
 
 
-def edit_arg_specs(model, batch: int) -> tuple:
-    """Abstract arguments of ``edit_program`` for ``batch`` images of the model's size."""
-    unet_params, ae_params, scale, labels, keys = generate_arg_specs(model, batch)
+def edit_arg_specs(model, batch: int) -> dict:
+    """Abstract arguments of ``edit_program`` for ``batch`` images of the model's size, by name in
+    argument order."""
+    specs = generate_arg_specs(model, batch)
     images = jax.ShapeDtypeStruct((batch, *architecture.image_shape(model.config)), jnp.float32)
-    return (unet_params, ae_params, scale, images, labels, labels, keys)
+    weights = {name: specs[name] for name in ("unet_params", "ae_params", "scale")}
+    return {
+        **weights,
+        "images": images,
+        "source_labels": specs["labels"],
+        "target_labels": specs["labels"],
+        "keys": specs["keys"],
+    }

@@ -7,7 +7,7 @@ regression loss alone barely rewards a faint, uncertain mass: its squared error 
 square of the mass's contrast (README "The dense-tissue filter, measured"). So with
 ``rank_pairs`` = P each batch also holds P matched dense pairs, one breast rendered with a mass and
 without it (``lesion_pairs.phantom_pairs``; fresh seeds every batch, from
-``lesion_pairs.TRAINING_PAIRS_SEED`` on), and the loss adds the logistic surrogate of the
+``seeds.TRAINING_PAIRS_SEED`` on), and the loss adds the logistic surrogate of the
 batch's AUC on the decoded x0 predictions x̂0 = D(ẑ0 / s):
 
     L_rank = (1/P²) Σ_{i,j} softplus(−(c(x̂0⁺_i) − c(x̂0⁻_j)) / τ)
@@ -39,9 +39,9 @@ def pair_arrays(first_pair: int, num: int, size: int) -> dict[str, np.ndarray]:
     ``counterfactual`` ``[num, 2, size, size, 1]`` in [-1, 1] and ``labels`` ``[num, 2, A]`` (index
     0 with the mass, 1 without), and the reader's ``lesion`` and ``band`` masks ``[num, size, size, 1]``
     as float32."""
-    from ldm_jax.data import lesion_pairs  # the phantom generator needs scipy; the train step does not
+    from ldm_jax.data import lesion_pairs, seeds  # the phantom generator needs scipy; the train step does not
 
-    pairs = lesion_pairs.phantom_pairs(num, size, PAIR_KIND, lesion_pairs.TRAINING_PAIRS_SEED + first_pair)
+    pairs = lesion_pairs.phantom_pairs(num, size, PAIR_KIND, seeds.TRAINING_PAIRS_SEED + first_pair)
     both = (pairs["with"], pairs["without"])
     lesion, breast = pairs["with"]["mask"], pairs["with"]["breast_mask"]
     band = np.stack([lesion_pairs.mass_band(m, b) for m, b in zip(lesion, breast)])

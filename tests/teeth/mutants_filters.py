@@ -29,15 +29,16 @@ MUTANTS = [
     Mutant(
         "density_guide_nulls_everything",
         "ldm_jax/sampling/generate.py",
-        "            null = labels.at[:, 0].set(null[:, 0])\n",
-        "            null = null\n",
+        "        null = labels.at[:, 0].set(null[:, 0])\n",
+        "        null = null\n",
         (_GUIDE,),
     ),
     Mutant(
         "counterfactual_filter_never_sees_its_source",
         "ldm_jax/sampling/generate.py",
-        "source = source_inputs(unet, autoencoder, ae_params, images, scale)",
-        "source = jax.tree.map(jnp.zeros_like, source_inputs(unet, autoencoder, ae_params, images, scale))",
+        "source = source_inputs(setup.unet, setup.autoencoder, batch.ae_params, batch.images, batch.scale)",
+        "source = jax.tree.map(jnp.zeros_like, source_inputs(setup.unet, setup.autoencoder, batch.ae_params, "
+        "batch.images, batch.scale))",
         (_FILTER,),
     ),
     Mutant(

@@ -25,8 +25,8 @@ import tensorflow_datasets as tfds
 
 from ldm_jax import attributes
 from ldm_jax.data import imageio, phantoms
+from ldm_jax.data.seeds import SPLIT_SEED_OFFSET
 
-SPLIT_SEED_OFFSET = {"train": 0, "validation": 1_000_000_000, "test": 2_000_000_000}
 _DEFAULT_SIZES = {64: 50_000, 128: 50_000, 256: 20_000, 512: 5_000}
 _TINY = {"train": 8, "validation": 4, "test": 4}
 
