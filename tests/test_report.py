@@ -1,5 +1,6 @@
 import base64
 import html.parser
+import json
 import re
 
 import numpy as np
@@ -111,3 +112,17 @@ def test_report_rejects_bad_input():
     # only the sections given are rendered; no slider, no script
     text = report.render_report({"metrics": {"a": 1}})
     assert "<script" not in text and '<section id="metrics">' in text
+
+
+def test_training_curves_cover_every_stage_that_logged(tmp_path):
+    from ldm_jax.evaluation.outputs import training_curves
+
+    for stage, losses in (("autoencoder", [0.5, 0.25]), ("counterfactual", [2.0])):
+        (tmp_path / stage).mkdir()
+        rows = [{"step": 10 * i, "loss": loss} for i, loss in enumerate(losses)] + [{"step": 99, "lr": 1e-4}]
+        (tmp_path / stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = training_curves(tmp_path)
+    assert curves == {
+        "autoencoder loss": {"loss": [(0, 0.5), (10, 0.25)]},
+        "counterfactual loss": {"loss": [(0, 2.0)]},
+    }
