@@ -7,10 +7,12 @@ import numpy as np
 import optax
 import pytest
 
+from ldm_jax import rng
 from ldm_jax.models.autoencoder import LAST_LAYER_PATH, AutoencoderKL, DiagonalGaussian
 from ldm_jax.models.discriminator import PatchDiscriminator
 from ldm_jax.training import autoencoder_step
 from ldm_jax.training.config import default_config
+from ldm_jax.training.state import step_key
 
 
 def _np_kl(mean, logvar):
@@ -80,7 +82,7 @@ def test_train_step_adaptive_gan_weight_and_generator_loss_match_direct_gradient
     _, metrics = step(state, {"image": x}, None, True)
 
     ae_params, d_params = state.params["autoencoder"], state.params["discriminator"]
-    key = jax.random.fold_in(state.rng, state.step)
+    key = rng.stream(step_key(state), "posterior")
 
     def with_kernel(kernel):
         p = jax.tree.map(lambda a: a, ae_params)

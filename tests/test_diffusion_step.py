@@ -12,11 +12,11 @@ import numpy as np
 import optax
 from micro import micro_config
 
-from ldm_jax import attributes
+from ldm_jax import attributes, rng
 from ldm_jax.diffusion.schedule import make_schedule
 from ldm_jax.models.source_stem import SourceStem
-from ldm_jax.training import diffusion_step, run
-from ldm_jax.training.state import make_optimizer
+from ldm_jax.training import counterfactual_step, diffusion_step, run
+from ldm_jax.training.state import make_optimizer, step_key
 
 B, SIZE, C = 4, 8, 4  # images [B, 8, 8, 1] -> latents [B, 4, 4, 4]
 POSTERIOR_STD = 0.5
@@ -106,8 +106,8 @@ def _recomputed_errors(cfg, state, batch, scale):
     """The step's squared ε errors ``[B, h, w, C]`` and min-SNR weights ``[B]``, recomputed in numpy:
     z = s·(μ + σ ε_enc), t, ε, z_t = √ᾱ z + √(1−ᾱ) ε from the step's key splits (float64 ᾱ from the
     β table)."""
-    key = jax.random.fold_in(state.rng, 0)
-    k_enc, k_t, k_noise, k_drop, _ = jax.random.split(key, 5)
+    key = step_key(state)
+    k_enc, k_t, k_noise, k_drop = (rng.stream(key, name) for name in ("encode", "timesteps", "noise", "labels"))
     mean = np.concatenate(_pooled(batch["image"].astype(np.float64)), -1)
     z = (mean + POSTERIOR_STD * np.asarray(jax.random.normal(k_enc, mean.shape), np.float64)) * scale
     t = np.asarray(jax.random.randint(k_t, (B,), 0, 1000))
@@ -198,17 +198,17 @@ def test_accumulating_two_micro_batches_equals_the_large_batch():
 
 
 def test_latent_scale_factor_is_one_over_the_std_of_the_measured_latents():
-    rng = np.random.default_rng(0)
-    latents = rng.normal(0.3, 2.5, (4, 4, 4, 4))
+    latents = np.random.default_rng(0).normal(0.3, 2.5, (4, 4, 4, 4))
     np.testing.assert_allclose(diffusion_step.latent_scale_factor(latents), 1 / np.std(latents), rtol=1e-12)
-    # run.estimate_scale_factor: the latents z ~ q(z|x) of the batches it reads, with keys fold_in(key, i).
+    # run.estimate_scale_factor: the latents z ~ q(z|x) of the batches it reads, batch i from stream scale_factor i.
     batches = [_batch(10 + i) for i in range(2)]
     key = jax.random.PRNGKey(11)
     scale = run.estimate_scale_factor(AE, {}, iter(batches), 2, key)
     latents = []
     for i, batch in enumerate(batches):
         mean = np.concatenate(_pooled(batch["image"].astype(np.float64)), -1)
-        latents.append(mean + POSTERIOR_STD * np.asarray(jax.random.normal(jax.random.fold_in(key, i), mean.shape)))
+        noise = jax.random.normal(rng.stream(key, "scale_factor", i), mean.shape)
+        latents.append(mean + POSTERIOR_STD * np.asarray(noise))
     latents = np.concatenate(latents)
     np.testing.assert_allclose(scale, 1 / np.std(latents), rtol=1e-5)
     np.testing.assert_allclose(np.std(latents * scale), 1.0, rtol=1e-5)
@@ -263,7 +263,7 @@ def test_paired_step_denoises_the_counterfactual_and_sees_the_image():
 
     a, b = _batch(1), _batch(2)
     pair = {"image": a["image"], "counterfactual": b["image"], "labels": a["labels"]}
-    paired = jax.jit(diffusion_step.make_train_step(UNET, AE, optimizer, SCHEDULE, cfg, paired=True))
+    paired = jax.jit(counterfactual_step.make_train_step(UNET, AE, optimizer, SCHEDULE, cfg))
     _, metrics = paired(paired_state, pair, {}, np.float32(0.7))
     plain_batch = {"image": b["image"], "labels": attributes.without(a["labels"], "finding")}
     _, plain = _step(cfg, optimizer)(plain_state, plain_batch, {}, np.float32(0.7))
@@ -300,7 +300,7 @@ def _lesion_pairs(p, seed=0):
 
 
 def _ranked(cfg, optimizer):
-    return jax.jit(diffusion_step.make_train_step(UNET, AE, optimizer, SCHEDULE, cfg, paired=True))
+    return jax.jit(counterfactual_step.make_train_step(UNET, AE, optimizer, SCHEDULE, cfg))
 
 
 def _paired_state(optimizer):
@@ -315,8 +315,8 @@ def test_pair_rows_share_z_t_of_the_lesion_free_target_without_the_finding():
     target, and neither is told the finding."""
     cfg = _cfg(rank_pairs=16, rank_min_t=0.7, uncond_dropout=0.0, single_attribute_rate=0.0, label_dropout=0.0)
     pairs = _lesion_pairs(16)
-    rows = diffusion_step._pair_rows(pairs, jax.random.PRNGKey(3), UNET, AE, {}, 0.7, SCHEDULE, cfg)
-    z_t, t, labels, source, z, noise, weights = (jax.tree.map(np.asarray, a) for a in rows["rows"])
+    rows = counterfactual_step.pair_rows(pairs, jax.random.PRNGKey(3), UNET, AE, {}, 0.7, SCHEDULE, cfg)
+    z_t, t, labels, z, noise = (np.asarray(rows["rows"][k]) for k in ("z_t", "t", "labels", "z", "noise"))
     assert (t[:, 0] == t[:, 1]).all() and t.min() >= 700 and len(np.unique(t)) > 4
     np.testing.assert_array_equal(noise[:, 0], noise[:, 1])
     acp = np.cumprod(1.0 - np.asarray(SCHEDULE.betas, np.float64))[t][..., None, None, None]
@@ -329,12 +329,27 @@ def test_pair_rows_share_z_t_of_the_lesion_free_target_without_the_finding():
     np.testing.assert_array_equal(labels[..., others], pairs["labels"][..., others])
 
 
+def test_both_images_of_a_pair_get_one_label_pattern_at_the_default_dropout_rates():
+    """Classifier-free dropout acts on the pairs, not on their images: at the default rates the two
+    rows of every pair hold the same labels (some dropped), so that only the source tells them apart."""
+    cfg = _cfg(rank_pairs=64)
+    assert cfg.uncond_dropout > 0 and cfg.label_dropout > 0 and cfg.single_attribute_rate > 0
+    pairs = _lesion_pairs(64)
+    rows = counterfactual_step.pair_rows(pairs, jax.random.PRNGKey(5), UNET, AE, {}, 0.7, SCHEDULE, cfg)
+    labels = np.asarray(rows["rows"]["labels"])
+    np.testing.assert_array_equal(labels[:, 0], labels[:, 1])
+    finding = attributes.ATTRIBUTE_NAMES.index("finding")
+    others = [a for a in range(len(attributes.ATTRIBUTES)) if a != finding]
+    dropped = labels[:, 0, others] != pairs["labels"][:, 0, others]
+    assert 0 < dropped.any(1).mean() < 1  # dropout did act, on some pairs
+
+
 def _metrics_by_weight(unet, state, pair_batch, weight_key: str) -> dict:
     """The paired step's metrics with ``weight_key`` at 0 and at 2.5 (4 pairs, x0 targets)."""
     metrics = {}
     for weight in (0.0, 2.5):
         cfg = _cfg(rank_pairs=4, prediction="x0", weighting="uniform", **{weight_key: weight})
-        step = jax.jit(diffusion_step.make_train_step(unet, AE, optax.sgd(0.0), SCHEDULE, cfg, paired=True))
+        step = jax.jit(counterfactual_step.make_train_step(unet, AE, optax.sgd(0.0), SCHEDULE, cfg))
         _, m = step(state, pair_batch, {}, np.float32(0.7))
         metrics[weight] = {k: float(v) for k, v in m.items()}
     return metrics
@@ -361,9 +376,10 @@ def test_ranking_term_adds_the_weighted_auc_surrogate_of_the_decoded_contrasts()
     np.testing.assert_allclose(losses[2.5]["loss"], losses[0.0]["loss"] + 2.5 * losses[2.5]["rank_loss"], rtol=1e-5)
 
     cfg = _cfg(rank_pairs=4)
-    key = jax.random.fold_in(state.rng, state.step)
-    rows = diffusion_step._pair_rows(pair_batch["pairs"], key, UNET, AE, {}, 0.7, SCHEDULE, cfg)
-    z_t, t, labels, source = (jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), a) for a in rows["rows"][:4])
+    rows = counterfactual_step.pair_rows(pair_batch["pairs"], step_key(state), UNET, AE, {}, 0.7, SCHEDULE, cfg)
+    z_t, t, labels, source = (
+        jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), rows["rows"][k]) for k in ("z_t", "t", "labels", "source")
+    )
     x0 = np.asarray(UNET.apply({"params": state.params["unet"]}, z_t, t, labels, extra=source["source"]), np.float64)
     decoded = np.repeat(np.repeat(x0[..., :1] / 0.7, 2, axis=1), 2, axis=2)
     contrast, surrogate = _ring_contrasts(decoded, pair_batch["pairs"])
@@ -386,7 +402,7 @@ def test_ranking_term_teaches_the_filter_to_show_the_mass():
         history.append((float(metrics["rank_loss"]), float(metrics["rank_gap"])))
     (first_loss, first_gap), (last_loss, last_gap) = np.mean(history[:3], axis=0), np.mean(history[-20:], axis=0)
     assert last_loss < np.log(2) < first_loss
-    assert last_gap > 3 * first_gap and last_gap > 0.2
+    assert last_gap > 3 * first_gap and last_gap > 0.15  # 0.18-0.40 over init seeds 7, 1, 2, 3
 
 
 STEM_UNET = TinyUNet(pixel_stem=2)
@@ -429,7 +445,7 @@ def test_map_ranking_term_teaches_the_stem_to_find_the_mass():
     cfg = _cfg(rank_pairs=8, rank_weight=0.0, rank_map_weight=1.0, prediction="x0", weighting="uniform")
     optimizer = optax.adam(1e-2)
     state = _stem_state(optimizer)
-    step = jax.jit(diffusion_step.make_train_step(STEM_UNET, AE, optimizer, SCHEDULE, cfg, paired=True))
+    step = jax.jit(counterfactual_step.make_train_step(STEM_UNET, AE, optimizer, SCHEDULE, cfg))
     history = []
     for i in range(60):
         batch = {**_batch(i), "counterfactual": _batch(1000 + i)["image"], "pairs": _lesion_pairs(8, seed=i)}

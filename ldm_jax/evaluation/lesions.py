@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from ldm_jax.data import lesion_pairs
+from ldm_jax.data.mass_reader import ring_contrast_np
 
 MASS, CALCIFICATION = 1, 2  # finding indices (ldm_jax.attributes.ATTRIBUTES["finding"])
 
@@ -144,14 +145,11 @@ def calcification_detectability(originals, tests, lesion_masks, breast_masks, fi
 
 
 def mass_contrast(image, lesion_mask, breast_mask, ring: int = 2) -> float:
-    """Mean of ``image`` over the lesion minus its mean over a ``ring``-pixel band around it (inside
-    the breast)."""
+    """The mass reader (``mass_reader``) on ``image``: its mean over the lesion minus its mean over a
+    ``ring``-pixel band around it inside the breast."""
     image = _image(image, "image")
     lesion, breast = _masks(lesion_mask, breast_mask, image.shape)
-    band = lesion_pairs.mass_band(lesion, breast, ring)
-    if not lesion.any() or not band.any():
-        raise ValueError("the lesion mask or the band around it is empty")
-    return float(image[lesion].mean() - image[band].mean())
+    return ring_contrast_np(image, lesion, lesion_pairs.mass_band(lesion, breast, ring))
 
 
 def lesion_pair(

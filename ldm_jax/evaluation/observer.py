@@ -27,6 +27,7 @@ import optax
 from tqdm import tqdm
 
 from ldm_jax.data import lesion_pairs, seeds
+from ldm_jax.data.mass_reader import ring_contrast
 from ldm_jax.evaluation import detectability
 
 CROP = 24  # pixels; a mass of radius 15 mm spans 10 pixels at 64×64
@@ -73,9 +74,7 @@ class LesionMap(nn.Module):
 
 def read(maps, masks):
     """The reader's score of maps ``[B, S, S]`` at masks ``[B, S, S]``: ``mean(map | mask) − mean(map | rest)``."""
-    inside = (maps * masks).sum((1, 2)) / jnp.maximum(masks.sum((1, 2)), 1.0)
-    rest = (maps * (1 - masks)).sum((1, 2)) / jnp.maximum((1 - masks).sum((1, 2)), 1.0)
-    return inside - rest
+    return ring_contrast(maps, masks, 1 - masks)
 
 
 def observe(params, crops):

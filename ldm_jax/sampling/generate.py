@@ -152,7 +152,7 @@ class EditSetup:
     sampling: SamplerConfig
     strength: float
     guide: str
-    start: int
+    start: int | None  # None at strength 0 (no method runs)
 
 
 @dataclasses.dataclass(frozen=True)

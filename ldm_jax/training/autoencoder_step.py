@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ldm_jax import rng
 from ldm_jax.models.init import init_autoencoder_params
 from ldm_jax.perceptual.ssim import ms_ssim, ssim
-from ldm_jax.training.state import TrainState, all_finite, guarded_update, make_optimizer
+from ldm_jax.training.state import TrainState, all_finite, guarded_update, make_optimizer, step_key
 
 GAN_LOSSES = ("hinge", "least_squares")
 
@@ -39,7 +40,8 @@ def make_optimizers(cfg):
 
 def init_state(key, autoencoder, discriminator, optimizers, image_shape) -> TrainState:
     """Fresh state for images of shape ``[B, H, W, C]``."""
-    k_ae, k_d, k_s = jax.random.split(key, 3)
+    init = rng.stream(key, "init")
+    k_ae, k_d, k_s = (rng.stream(init, name) for name in ("autoencoder", "discriminator", "posterior"))
     x = jnp.zeros(image_shape, jnp.float32)
     params = {
         "autoencoder": init_autoencoder_params(k_ae, k_s, autoencoder, image_shape),
@@ -115,7 +117,7 @@ def train_step(
     """
     perceptual = None if lpips_module is None else (lpips_module, lpips_variables)
     x = batch["image"]
-    key = jax.random.fold_in(state.rng, state.step)
+    key = rng.stream(step_key(state), "posterior")
     ae_params, d_params = state.params["autoencoder"], state.params["discriminator"]
 
     def losses(p):

@@ -8,32 +8,26 @@ network is also the unconditional and partially conditioned model that classifie
 guidance and partial conditions (``density=D``) sample with, and an EMA of the weights
 kept in the state.
 
-Paired (the ``counterfactual`` stage): the latent z is the pair's target (the phantom's fat-only
-counterfactual) and the UNet also sees the source image (``generate.source_features``: its latent
-s · mode(E(x_src)) and its pixels folded onto the latent grid), concatenated to z_t, so it learns
-p(z | x_src): a supervised dense-tissue filter. Its finding label is always null, as it is when
-the filter runs, so that it learns to read the lesion from the source rather than from the label.
-With ``counterfactual.unet.pixel_stem`` > 0 the UNet also reads the source image at its own
-resolution (``models.source_stem``). With ``rank_pairs`` > 0 its batches also hold matched mass
-pairs, denoised like the other rows, and the loss adds ``rank_weight`` · L_rank on their decoded
-x0 predictions, and ``rank_map_weight`` · L_rank on the stem's evidence map (``lesion_ranking``).
+The paired ``counterfactual`` stage (``counterfactual_step``) builds on the pieces here: rows,
+prediction, loss, gradient accumulation and the update.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ldm_jax import attributes
-from ldm_jax.diffusion.forward import q_sample, x0_eps_from_prediction
+from ldm_jax import attributes, rng
+from ldm_jax.diffusion.forward import q_sample
 from ldm_jax.diffusion.losses import diffusion_loss
 from ldm_jax.models.init import init_unet_params
 from ldm_jax.models.layers import latent_blocks
-from ldm_jax.sampling.generate import source_inputs
 from ldm_jax.training import lesion_ranking
-from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update, guarded_update
+from ldm_jax.training.state import TrainState, all_finite, ema_decay, ema_update, guarded_update, step_key
 
 
 def init_state(
@@ -41,7 +35,7 @@ def init_state(
 ) -> TrainState:
     """Fresh UNet state for latents ``[B, h, w, c]`` (and ``extra_channels`` of source features, and
     source images of ``image_shape`` for a pixel stem); EMA starts equal to the weights."""
-    params = init_unet_params(key, unet, latent_shape, num_attributes, extra_channels, image_shape)
+    params = init_unet_params(rng.stream(key, "init"), unet, latent_shape, num_attributes, extra_channels, image_shape)
     return state_around(params, optimizer, key)
 
 
@@ -107,12 +101,11 @@ def drop_labels(key, labels, cfg, num_classes=attributes.NUM_CLASSES):
     attribute a's null index.
     """
     b, a = labels.shape
-    k_row, k_which, k_attribute = jax.random.split(key, 3)
-    u = jax.random.uniform(k_row, (b, 1))
+    u = jax.random.uniform(rng.stream(key, "label_rows"), (b, 1))
     unconditional = u < cfg.uncond_dropout
     single = (u >= cfg.uncond_dropout) & (u < cfg.uncond_dropout + cfg.single_attribute_rate)
-    kept = jnp.arange(a)[None, :] == jax.random.randint(k_which, (b, 1), 0, a)
-    per_attribute = jax.random.uniform(k_attribute, (b, a)) < cfg.label_dropout
+    kept = jnp.arange(a)[None, :] == jax.random.randint(rng.stream(key, "label_kept"), (b, 1), 0, a)
+    per_attribute = jax.random.uniform(rng.stream(key, "label_attributes"), (b, a)) < cfg.label_dropout
     drop = unconditional | jnp.where(single, ~kept, per_attribute)
     return jnp.where(drop, jnp.asarray(num_classes, labels.dtype), labels)
 
@@ -124,103 +117,75 @@ def lesion_weights(masks, latent_shape, weight: float):
     return 1.0 + (weight - 1.0) * share
 
 
-def train_step(
-    state: TrainState, batch, ae_params, scale, *, unet, autoencoder, optimizer, schedule, cfg, paired=False
-):
-    """One optimizer update over ``cfg.accum_steps`` micro-batches; non-finite updates are skipped.
+def noised_rows(key, z, labels, schedule, cfg, num_classes, **extra) -> dict:
+    """The denoising rows of latents ``z [B, h, w, c]``: ``t`` ~ U{0..T−1}, ``noise`` ε ~ N(0, I),
+    ``z_t`` = q_sample(z, t, ε), ``labels`` through ``drop_labels`` (None without classes), and the
+    ``extra`` row arrays (loss ``weights``, ``context``, ``source``); None entries are left out."""
+    t = jax.random.randint(rng.stream(key, "timesteps"), (z.shape[0],), 0, schedule.num_steps)
+    noise = jax.random.normal(rng.stream(key, "noise"), z.shape, z.dtype)
+    labels = drop_labels(rng.stream(key, "labels"), labels, cfg, num_classes) if num_classes else None
+    rows = {"z_t": q_sample(schedule, z, t, noise), "t": t, "z": z, "noise": noise, "labels": labels, **extra}
+    return {k: v for k, v in rows.items() if v is not None}
 
-    ``batch`` holds ``image`` ``[B, H, W, C]`` (encoded by ``autoencoder``), or ``latents`` when
-    ``autoencoder`` is None (the benchmark's ``ldm64``), with ``labels`` ``[B, A]`` when the UNet
-    is class-conditioned and ``context`` ``[B, L, D]`` when it cross-attends (``sd15``).
-    ``paired``: ``image`` is the source and ``counterfactual`` the target (module docstring).
-    With ``cfg.lesion_weight`` ≠ 1 the batch also holds the lesion ``mask`` (``lesion_weights``),
-    with ``cfg.rank_pairs`` > 0 the ``pairs`` of ``lesion_ranking.pair_arrays``.
-    """
-    key = jax.random.fold_in(state.rng, state.step)
-    k_enc, k_t, k_noise, k_drop, k_dropout = jax.random.split(key, 5)
-    source = None
-    if autoencoder is None:
-        z = batch["latents"]
-    elif paired:
-        z = encode_latents(autoencoder, ae_params, batch["counterfactual"], k_enc, scale)
-        source = jax.lax.stop_gradient(source_inputs(unet, autoencoder, ae_params, batch["image"], scale))
-    else:
-        z = encode_latents(autoencoder, ae_params, batch["image"], k_enc, scale)
-    b = z.shape[0]
-    t = jax.random.randint(k_t, (b,), 0, schedule.num_steps)
-    noise = jax.random.normal(k_noise, z.shape, z.dtype)
-    z_t = q_sample(schedule, z, t, noise)
-    weights = lesion_weights(batch["mask"], z.shape, cfg.lesion_weight) if cfg.lesion_weight != 1 else None
-    labels = batch.get("labels")
-    if paired:  # a filter is never told the finding: it must read the lesion from the source
-        labels = attributes.without(labels, "finding")
-    labels = drop_labels(k_drop, labels, cfg, unet.num_classes) if unet.num_classes else None
-    pairs = None
-    if cfg.rank_pairs:
-        pairs = _pair_rows(batch["pairs"], key, unet, autoencoder, ae_params, scale, schedule, cfg)
 
-    def loss_fn(params, micro, pair_micro, index):
-        z_t, t, labels, context, source, z, noise, weights = micro
-        if pair_micro is not None:  # the pairs' rows after the batch's: [P', 2, ...] → [2P', ...]
-            z_t, t, labels, source, z, noise, weights = (
-                a if r is None else jax.tree.map(lambda a, r: jnp.concatenate([a, r.reshape(-1, *r.shape[2:])]), a, r)
-                for a, r in zip((z_t, t, labels, source, z, noise, weights), pair_micro["rows"])
-            )
-        out, sown = unet.apply(
-            {"params": params},
-            z_t,
-            t,
-            labels,
-            context,
-            extra=None if source is None else source["source"],
-            extra_pixels=None if source is None else source.get("pixels"),
-            train=True,
-            rngs={"dropout": jax.random.fold_in(k_dropout, index)},
-            mutable=["intermediates"] if cfg.rank_map_weight else [],
-        )
-        loss = diffusion_loss(
-            schedule,
-            out,
-            z,
-            noise,
-            t,
-            target=cfg.prediction,
-            weighting=cfg.weighting,
-            min_snr_gamma=cfg.min_snr_gamma,
-            loss_type=cfg.loss_type,
-            mask=weights,
-        )
-        if pair_micro is None:
-            return loss, {}
-        n = 2 * len(pair_micro["lesion"])
-        x0, _ = x0_eps_from_prediction(schedule, z_t[-n:], t[-n:], out[-n:], cfg.prediction)
-        decoded = autoencoder.apply({"params": ae_params}, x0 / scale, method=autoencoder.decode)
-        masks = [jnp.repeat(pair_micro[k], 2, axis=0) for k in ("lesion", "band")]
-        contrast = lesion_ranking.ring_contrast(decoded, *masks).reshape(-1, 2)
-        rank = lesion_ranking.ranking_loss(contrast[:, 0], contrast[:, 1], cfg.rank_temperature)
-        aux = {"rank_loss": rank, "rank_gap": jnp.mean(contrast[:, 0] - contrast[:, 1])}
-        loss = loss + cfg.rank_weight * rank
-        if cfg.rank_map_weight:
-            aux["map_rank_loss"] = lesion_ranking.map_ranking_loss(sown, *masks)
-            loss = loss + cfg.rank_map_weight * aux["map_rank_loss"]
-        return loss, aux
+def predict(unet, params, rows, dropout_key, sow: bool = False):
+    """``(UNet output, sown intermediates)`` on ``rows`` in training mode (``source`` rows: the
+    paired stage's source features and pixels)."""
+    source = rows.get("source", {})
+    return unet.apply(
+        {"params": params},
+        rows["z_t"],
+        rows["t"],
+        rows.get("labels"),
+        rows.get("context"),
+        extra=source.get("source"),
+        extra_pixels=source.get("pixels"),
+        train=True,
+        rngs={"dropout": dropout_key},
+        mutable=["intermediates"] if sow else [],
+    )
 
-    accum = int(cfg.accum_steps)
-    if b % accum:
-        raise ValueError(f"batch size {b} is not divisible by accum_steps={accum}")
-    # Micro-batch j takes rows j, j+accum, ... (and pairs j, j+accum, ...): every micro-batch stays
-    # spread over all devices. A Python loop (unrolled), not lax.scan: XLA:CPU runs convolutions
-    # inside loops ~10x slower.
+
+def denoising_loss(out, rows, schedule, cfg):
+    """w(t) · ‖target − out‖² of the rows (``diffusion_loss``), weighted by their loss ``weights``."""
+    return diffusion_loss(
+        schedule,
+        out,
+        rows["z"],
+        rows["noise"],
+        rows["t"],
+        target=cfg.prediction,
+        weighting=cfg.weighting,
+        min_snr_gamma=cfg.min_snr_gamma,
+        loss_type=cfg.loss_type,
+        mask=rows.get("weights"),
+    )
+
+
+def accumulated_gradients(loss_fn, params, rows, accum: int, key):
+    """Mean loss, mean metrics and mean gradients of ``loss_fn(params, micro, dropout_key) → (loss,
+    metrics)`` over ``accum`` micro-batches of the ``rows`` pytree: micro-batch j takes rows j,
+    j + accum, … of every leaf, so that each stays spread over all devices, and the ``dropout`` key j.
+    A Python loop (unrolled), not lax.scan: XLA:CPU runs convolutions inside loops ~10x slower."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    loss, aux, grads = 0.0, {}, jax.tree.map(jnp.zeros_like, state.params["unet"])
+    loss, metrics, grads = 0.0, {}, jax.tree.map(jnp.zeros_like, params)
     for j in range(accum):
-        micro, pair_micro = jax.tree.map(
-            lambda a: a[j::accum], ((z_t, t, labels, batch.get("context"), source, z, noise, weights), pairs)
-        )
-        (micro_loss, micro_aux), micro_grads = grad_fn(state.params["unet"], micro, pair_micro, j)
+        micro = jax.tree.map(lambda a: a[j::accum], rows)
+        (micro_loss, micro_metrics), micro_grads = grad_fn(params, micro, rng.stream(key, "dropout", j))
         loss = loss + micro_loss / accum
-        aux = {k: aux.get(k, 0.0) + v / accum for k, v in micro_aux.items()}
+        metrics = {k: metrics.get(k, 0.0) + v / accum for k, v in micro_metrics.items()}
         grads = jax.tree.map(lambda a, g: a + g / accum, grads, micro_grads)
+    return loss, metrics, grads
+
+
+def check_accumulation(batch_size: int, accum: int) -> None:
+    if batch_size % accum:
+        raise ValueError(f"batch size {batch_size} is not divisible by accum_steps={accum}")
+
+
+def apply_update(state: TrainState, grads, loss, metrics, optimizer, cfg):
+    """The optimizer update of the UNet by ``grads`` and the EMA; a non-finite loss or gradient
+    leaves the state unchanged (``metrics['skipped']`` = 1)."""
     grads = {"unet": grads}
     grad_norm = optax.tree.norm(grads)
     finite = all_finite(loss, grad_norm)
@@ -230,63 +195,50 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_update(state.ema_params, params, decay)
     )
-    metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": 1 - finite.astype(jnp.int32), **aux}
-    return new_state, metrics
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "skipped": 1 - finite.astype(jnp.int32), **metrics}
 
 
-def _pair_rows(pairs, key, unet, autoencoder, ae_params, scale, schedule, cfg) -> dict:
-    """The ranking term's inputs (``lesion_ranking``) from the batch's ``pairs``: ``rows``, the
-    pairs' (z_t, t, labels, source features, target z, ε, loss weights), each ``[P, 2, ...]``, with
-    one z_t for both images of a pair (the lesion-free target noised with one t ≥ ⌈rank_min_t · T⌉
-    and one ε); and the reader's ``lesion`` and ``band`` masks ``[P, H, W, 1]``."""
-    k_enc, k_t, k_noise, k_drop = jax.random.split(jax.random.fold_in(key, 1), 4)
-    p = pairs["image"].shape[0]
+def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder, optimizer, schedule, cfg):
+    """One optimizer update over ``cfg.accum_steps`` micro-batches; non-finite updates are skipped.
 
-    def flat(a):
-        return a.reshape(2 * p, *a.shape[2:])
+    ``batch`` holds ``image`` ``[B, H, W, C]`` (encoded by ``autoencoder``), or ``latents`` when
+    ``autoencoder`` is None (the benchmark's ``ldm64``), with ``labels`` ``[B, A]`` when the UNet
+    is class-conditioned and ``context`` ``[B, L, D]`` when it cross-attends (``sd15``); with
+    ``cfg.lesion_weight`` ≠ 1 also the lesion ``mask`` (``lesion_weights``).
+    """
+    key = step_key(state)
+    if autoencoder is None:
+        z = batch["latents"]
+    else:
+        z = encode_latents(autoencoder, ae_params, batch["image"], rng.stream(key, "encode"), scale)
+    check_accumulation(z.shape[0], cfg.accum_steps)
+    weights = lesion_weights(batch["mask"], z.shape, cfg.lesion_weight) if cfg.lesion_weight != 1 else None
+    rows = noised_rows(
+        key, z, batch.get("labels"), schedule, cfg, unet.num_classes, weights=weights, context=batch.get("context")
+    )
 
-    z = encode_latents(autoencoder, ae_params, flat(pairs["counterfactual"]), k_enc, scale)
-    source = jax.lax.stop_gradient(source_inputs(unet, autoencoder, ae_params, flat(pairs["image"]), scale))
-    first_t = int(np.ceil(cfg.rank_min_t * schedule.num_steps))
-    t = jnp.repeat(jax.random.randint(k_t, (p,), first_t, schedule.num_steps), 2)
-    noise = jnp.repeat(jax.random.normal(k_noise, (p, *z.shape[1:]), z.dtype), 2, axis=0)
-    labels = attributes.without(flat(pairs["labels"]), "finding")
-    labels = drop_labels(k_drop, labels, cfg, unet.num_classes) if unet.num_classes else None
-    masks = jnp.repeat(pairs["lesion"], 2, axis=0)
-    weights = lesion_weights(masks, z.shape, cfg.lesion_weight) if cfg.lesion_weight != 1 else None
-    # Both images of a pair are noised from the lesion-free target, so z_t does not carry the mass
-    # (at t = T/2 it is still √ᾱ_t = 0.34 of the target) and the mass can come from the source only.
-    without = jnp.repeat(z.reshape(p, 2, *z.shape[1:])[:, 1], 2, axis=0)
-    rows = (q_sample(schedule, without, t, noise), t, labels, source, z, noise, weights)
-    return {
-        "rows": tuple(None if a is None else jax.tree.map(lambda a: a.reshape(p, 2, *a.shape[1:]), a) for a in rows),
-        "lesion": pairs["lesion"],
-        "band": pairs["band"],
-    }
+    def loss_fn(params, micro, dropout_key):
+        out, _ = predict(unet, params, micro, dropout_key)
+        return denoising_loss(out, micro, schedule, cfg), {}
+
+    loss, metrics, grads = accumulated_gradients(loss_fn, state.params["unet"], rows, cfg.accum_steps, key)
+    return apply_update(state, grads, loss, metrics, optimizer, cfg)
 
 
-def make_train_step(unet, autoencoder, optimizer, schedule, cfg, paired=False):
-    """``step(state, batch, ae_params, scale)`` with the networks, schedule and config bound."""
+def check_config(cfg, paired: bool, pixel_stem: int) -> None:
+    """Refuse a UNet stage's settings that cannot train, before anything is compiled."""
     check_label_dropout(cfg)
-    lesion_ranking.check(cfg, paired, unet.pixel_stem)
+    lesion_ranking.check(cfg, paired, pixel_stem)
     if not cfg.lesion_weight > 0:
         raise ValueError(f"lesion_weight={cfg.lesion_weight}: expected a positive loss weight (1: none)")
 
-    def step(state, batch, ae_params, scale):
-        return train_step(
-            state,
-            batch,
-            ae_params,
-            scale,
-            unet=unet,
-            autoencoder=autoencoder,
-            optimizer=optimizer,
-            schedule=schedule,
-            cfg=cfg,
-            paired=paired,
-        )
 
-    return step
+def make_train_step(unet, autoencoder, optimizer, schedule, cfg):
+    """``step(state, batch, ae_params, scale)`` with the networks, schedule and config bound."""
+    check_config(cfg, False, unet.pixel_stem)
+    return functools.partial(
+        train_step, unet=unet, autoencoder=autoencoder, optimizer=optimizer, schedule=schedule, cfg=cfg
+    )
 
 
 def latent_scale_factor(latents: np.ndarray) -> float:

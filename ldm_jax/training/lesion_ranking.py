@@ -4,7 +4,7 @@ The filter table scores a dense-tissue filter by how well a reader told where a 
 breasts with the mass from breasts without it (``evaluation.detectability``): the ring contrast
 c(x) = mean(x | lesion) − mean(x | band around it), and the AUC over different breasts. The
 regression loss alone barely rewards a faint, uncertain mass: its squared error grows with the
-square of the mass's contrast (README "The dense-tissue filter, measured"). So with
+square of the mass's contrast (docs/filter.md). So with
 ``rank_pairs`` = P each batch also holds P matched dense pairs, one breast rendered with a mass and
 without it (``lesion_pairs.phantom_pairs``; fresh seeds every batch, from
 ``seeds.TRAINING_PAIRS_SEED`` on), and the loss adds the logistic surrogate of the
@@ -26,10 +26,10 @@ the learned observer (``evaluation.observer``).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ldm_jax import parallel
+from ldm_jax.data.mass_reader import ring_contrast
 
 PAIR_KIND = "mass"  # the reader the term trains for: masses' ring contrast
 
@@ -87,14 +87,6 @@ class WithLesionPairs:
         drawn = state.pop(self.STATE_KEY)
         self.pipeline.set_state(state)
         self.drawn = drawn
-
-
-def ring_contrast(images, lesion, band):
-    """``c(x) = mean(x | lesion) − mean(x | band)`` per image ``[B, H, W, 1]`` with float masks of the
-    same shape: ``lesions.mass_contrast``, batched and differentiable."""
-    inside = (images * lesion).sum((1, 2, 3)) / jnp.maximum(lesion.sum((1, 2, 3)), 1.0)
-    around = (images * band).sum((1, 2, 3)) / jnp.maximum(band.sum((1, 2, 3)), 1.0)
-    return inside - around
 
 
 def ranking_loss(positives, negatives, temperature: float):

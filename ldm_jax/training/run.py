@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ldm_jax import attributes
-from ldm_jax import parallel
+from ldm_jax import attributes, parallel, rng
 from ldm_jax.checkpoint import restore
 from ldm_jax.checkpoint.checkpointer import Checkpointer
 from ldm_jax.data.source import open_source
@@ -51,12 +50,13 @@ def train(cfg, workdir, devices=None) -> None:
         record_run(cfg, workdir)
         key = jax.random.PRNGKey(cfg.seed)
         if "autoencoder" in stages:
-            train_autoencoder(cfg, mesh, workdir, source, jax.random.fold_in(key, 0), sigterm)
+            train_autoencoder(cfg, mesh, workdir, source, rng.stream(key, "autoencoder"), sigterm)
         if "diffusion" in stages:
-            train_diffusion(cfg, mesh, workdir, source, jax.random.fold_in(key, 1), sigterm)
+            train_diffusion(cfg, mesh, workdir, source, rng.stream(key, "diffusion"), sigterm)
         if "counterfactual" in stages:
             check_pairs(cfg, source)
-            train_diffusion(cfg, mesh, workdir, source, jax.random.fold_in(key, 3), sigterm, stage="counterfactual")
+            stage_key = rng.stream(key, "counterfactual")
+            train_diffusion(cfg, mesh, workdir, source, stage_key, sigterm, stage="counterfactual")
 
 
 def check_batch_sizes(cfg, stages, mesh) -> None:
@@ -133,12 +133,12 @@ def train_autoencoder(cfg, mesh, workdir, source, key, sigterm=None):
 
 
 def estimate_scale_factor(autoencoder, ae_params, pipeline, num_batches, key) -> float:
-    """1/std of latents z ~ q(z|x) over ``num_batches`` batches of training images."""
+    """1/std of latents z ~ q(z|x) over ``num_batches`` batches of training images; ``key``: the stage's."""
     encode = parallel.compile_together(
         jax.jit(lambda p, x, k: diffusion_step.encode_latents(autoencoder, p, x, k, 1.0))
     )
     latents = [
-        parallel.to_host(encode(ae_params, next(pipeline)["image"], jax.random.fold_in(key, i)))
+        parallel.to_host(encode(ae_params, next(pipeline)["image"], rng.stream(key, "scale_factor", i)))
         for i in range(num_batches)
     ]
     return diffusion_step.latent_scale_factor(np.concatenate(latents))
@@ -165,9 +165,7 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None, stage="diffus
         scale = meta["scale_factor"]
     else:
         estimate_from = _pipeline(cfg, source, mesh, dcfg.batch_size, seed_offset=1)
-        scale = estimate_scale_factor(
-            autoencoder, ae_params, estimate_from, dcfg.scale_factor_batches, jax.random.fold_in(key, 1)
-        )
+        scale = estimate_scale_factor(autoencoder, ae_params, estimate_from, dcfg.scale_factor_batches, key)
     distribution = (meta or {}).get("label_distribution") or restore.label_distribution(all_labels(source)).tolist()
     run.extra_args = (ae_params, np.float32(scale))
     run.meta = {
@@ -205,7 +203,7 @@ def _grid_sampler(cfg, mesh, unet, autoencoder, ae_params, schedule, scale, key)
     labels = np.concatenate([labels, attributes.null_labels(n - len(labels))])
     sharding = parallel.batch_sharding(mesh)
     labels = parallel.global_array(labels, sharding)
-    keys = parallel.global_array(np.asarray(image_keys(jax.random.fold_in(key, 2), jnp.arange(n))), sharding)
+    keys = parallel.global_array(np.asarray(image_keys(rng.stream(key, "sample_grid"), jnp.arange(n))), sharding)
     latent = architecture.latent_shape(cfg)
     sampling = SamplerConfig(
         num_steps=cfg.log.sample_steps, prediction=cfg.diffusion.prediction, guidance_scale=cfg.log.guidance_scale

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from ldm_jax import attributes
 from ldm_jax.checkpoint import restore
 from ldm_jax.models import architecture, presets
-from ldm_jax.training import autoencoder_step, diffusion_step
+from ldm_jax.training import autoencoder_step, counterfactual_step, diffusion_step
 from ldm_jax.training.loop import Stage
 from ldm_jax.training.state import make_optimizer
 
@@ -94,9 +94,8 @@ def diffusion_stage(cfg, name: str = "diffusion", parts: DiffusionParts | None =
         extra_channels=architecture.source_channels(cfg) if paired else 0,
         image_shape=architecture.image_shape(cfg),
     )
-    step = diffusion_step.make_train_step(
-        parts.unet, parts.autoencoder, parts.optimizer, parts.schedule, dcfg, paired=paired
-    )
+    step_module = counterfactual_step if paired else diffusion_step
+    step = step_module.make_train_step(parts.unet, parts.autoencoder, parts.optimizer, parts.schedule, dcfg)
     return Stage(name=name, steps=dcfg.steps, init=init, step=step, extra_args=frozen_specs(cfg))
 
 

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ldm_jax import rng
+
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -18,8 +20,8 @@ class TrainState:
 
     ``params`` and ``opt_state`` are dicts keyed by network name (``unet``; or
     ``autoencoder`` and ``discriminator``); ``ema_params`` mirrors ``params`` (or is
-    ``None``); ``rng`` is the run's root key (uint32[2]); the key of step ``s`` is
-    ``fold_in(rng, s)``, so randomness depends only on the seed and the step.
+    ``None``); ``rng`` is the stage's key (uint32[2]); the key of step ``s`` is its ``step`` stream
+    (``step_key``), so randomness depends only on the seed and the step.
     """
 
     step: jax.Array
@@ -27,6 +29,11 @@ class TrainState:
     opt_state: Any
     ema_params: Any
     rng: jax.Array
+
+
+def step_key(state: TrainState):
+    """The key of update ``state.step``: stream ``step`` of the stage's key (``ldm_jax.rng``)."""
+    return rng.stream(state.rng, "step", state.step)
 
 
 def learning_rate_schedule(cfg) -> optax.Schedule:

@@ -21,9 +21,9 @@ MUTANTS = [
     ),
     Mutant(
         "paired_step_denoises_the_image_not_its_counterfactual",
-        "ldm_jax/training/diffusion_step.py",
-        'z = encode_latents(autoencoder, ae_params, batch["counterfactual"], k_enc, scale)',
-        'z = encode_latents(autoencoder, ae_params, batch["image"], k_enc, scale)',
+        "ldm_jax/training/counterfactual_step.py",
+        'autoencoder, ae_params, batch["counterfactual"], rng.stream(key, "encode"), scale',
+        'autoencoder, ae_params, batch["image"], rng.stream(key, "encode"), scale',
         (_PAIRED,),
     ),
     Mutant(
@@ -105,9 +105,9 @@ MUTANTS += [
     ),
     Mutant(
         "filter_trained_with_the_finding",
-        "ldm_jax/training/diffusion_step.py",
-        '        labels = attributes.without(labels, "finding")\n',
-        "        pass\n",
+        "ldm_jax/training/counterfactual_step.py",
+        'labels = attributes.without(batch["labels"], "finding")',
+        'labels = batch["labels"]',
         (_PAIRED,),
     ),
     Mutant(
@@ -120,8 +120,8 @@ MUTANTS += [
     Mutant(
         "observer_reads_the_whole_crop",
         "ldm_jax/evaluation/observer.py",
-        "    inside = (maps * masks).sum((1, 2))",
-        "    masks = jnp.ones_like(masks)\n    inside = (maps * masks).sum((1, 2))",
+        "return ring_contrast(maps, masks, 1 - masks)",
+        "return ring_contrast(maps, jnp.ones_like(masks), jnp.zeros_like(masks))",
         (_OBSERVER,),
     ),
     Mutant(
@@ -145,44 +145,44 @@ _RANK_ROWS = "tests/test_diffusion_step.py::test_pair_rows_share_z_t_of_the_lesi
 MUTANTS += [
     Mutant(
         "ranking_prefers_the_breast_without_the_mass",
-        "ldm_jax/training/diffusion_step.py",
+        "ldm_jax/training/counterfactual_step.py",
         "ranking_loss(contrast[:, 0], contrast[:, 1], cfg.rank_temperature)",
         "ranking_loss(contrast[:, 1], contrast[:, 0], cfg.rank_temperature)",
         (_RANK_TERM, _RANK_LEARNS),
     ),
     Mutant(
         "ranking_reads_latents_not_images",
-        "ldm_jax/training/diffusion_step.py",
+        "ldm_jax/training/counterfactual_step.py",
         'autoencoder.apply({"params": ae_params}, x0 / scale, method=autoencoder.decode)',
         'autoencoder.apply({"params": ae_params}, x0, method=autoencoder.decode)',
         (_RANK_TERM,),
     ),
     Mutant(
         "pairs_noised_apart",
-        "ldm_jax/training/diffusion_step.py",
-        "noise = jnp.repeat(jax.random.normal(k_noise, (p, *z.shape[1:]), z.dtype), 2, axis=0)",
-        "noise = jax.random.normal(k_noise, (2 * p, *z.shape[1:]), z.dtype)",
+        "ldm_jax/training/counterfactual_step.py",
+        'noise = per_pair(jax.random.normal(rng.stream(key, "pair_noise"), (p, *z.shape[1:]), z.dtype))',
+        'noise = jax.random.normal(rng.stream(key, "pair_noise"), (2 * p, *z.shape[1:]), z.dtype)',
         (_RANK_ROWS,),
     ),
     Mutant(
         "pairs_noised_from_their_own_targets",
-        "ldm_jax/training/diffusion_step.py",
-        "rows = (q_sample(schedule, without, t, noise), t, labels, source, z, noise, weights)",
-        "rows = (q_sample(schedule, z, t, noise), t, labels, source, z, noise, weights)",
+        "ldm_jax/training/counterfactual_step.py",
+        '"z_t": q_sample(schedule, without, t, noise)',
+        '"z_t": q_sample(schedule, z, t, noise)',
         (_RANK_ROWS,),
     ),
     Mutant(
         "pairs_at_any_t",
-        "ldm_jax/training/diffusion_step.py",
+        "ldm_jax/training/counterfactual_step.py",
         "first_t = int(np.ceil(cfg.rank_min_t * schedule.num_steps))",
         "first_t = 0",
         (_RANK_ROWS,),
     ),
     Mutant(
         "ring_contrast_against_the_whole_image",
-        "ldm_jax/training/lesion_ranking.py",
-        "around = (images * band).sum((1, 2, 3)) / jnp.maximum(band.sum((1, 2, 3)), 1.0)",
-        "around = images.mean((1, 2, 3))",
+        "ldm_jax/data/mass_reader.py",
+        "around = (images * band).sum(axes) / jnp.maximum(band.sum(axes), 1.0)",
+        "around = images.mean(axes)",
         ("tests/test_lesion_ranking.py::test_ring_contrast_is_the_tables_mass_reader",),
     ),
     Mutant(
@@ -191,5 +191,17 @@ MUTANTS += [
         "        self.drawn = drawn\n",
         "        self.drawn = 0\n",
         ("tests/test_lesion_ranking.py::test_a_resumed_stream_draws_the_pairs_an_uninterrupted_one_would",),
+    ),
+    Mutant(
+        "pair_labels_dropped_per_image",
+        "ldm_jax/training/counterfactual_step.py",
+        """        labels = attributes.without(pairs["labels"][:, 0], "finding")
+        labels = per_pair(diffusion_step.drop_labels(rng.stream(key, "pair_labels"), labels, cfg, unet.num_classes))""",
+        """        labels = attributes.without(flat(pairs["labels"]), "finding")
+        labels = diffusion_step.drop_labels(rng.stream(key, "pair_labels"), labels, cfg, unet.num_classes)""",
+        (
+            "tests/test_diffusion_step.py::"
+            "test_both_images_of_a_pair_get_one_label_pattern_at_the_default_dropout_rates",
+        ),
     ),
 ]

@@ -13,8 +13,8 @@ MUTANTS = [
     Mutant(
         "diffusion_z_t_from_other_noise",
         "ldm_jax/training/diffusion_step.py",
-        "    z_t = q_sample(schedule, z, t, noise)\n",
-        "    z_t = q_sample(schedule, z, t, jax.random.normal(k_drop, z.shape, z.dtype))\n",
+        '"z_t": q_sample(schedule, z, t, noise)',
+        '"z_t": q_sample(schedule, z, t, jax.random.normal(rng.stream(key, "labels"), z.shape, z.dtype))',
         ("tests/test_diffusion_step.py::test_one_step_loss_is_min_snr_l2_of_eps_at_z_t_built_from_that_noise",),
     ),
     Mutant(
@@ -103,5 +103,12 @@ MUTANTS = [
         "blocks = latent_blocks(x, h)\n",
         "blocks = latent_blocks(x, h).transpose(0, 2, 1, 3, 4, 5)\n",
         ("tests/test_source_stem.py::test_a_pixel_reaches_only_the_cells_around_it",),
+    ),
+    Mutant(
+        "pair_timesteps_from_the_batchs_stream",
+        "ldm_jax/training/counterfactual_step.py",
+        'rng.stream(key, "pair_timesteps")',
+        'rng.stream(key, "timesteps")',
+        ("tests/test_rng.py::test_every_key_a_run_draws_is_drawn_once_for_one_purpose",),
     ),
 ]
