@@ -66,15 +66,26 @@ def _copy_repository(scratch: pathlib.Path) -> None:
     (scratch / ".jax_cache").symlink_to(ROOT / ".jax_cache")
 
 
-def plant(scratch: pathlib.Path, mutant: Mutant) -> None:
-    target = scratch / mutant.path
-    text = target.read_text()
-    if text.count(mutant.old) != 1:
-        raise ValueError(
-            f"{mutant.name}: the text to replace occurs {text.count(mutant.old)} times in "
-            f"{mutant.path}, not once: update the mutant to the current code"
+def why_not_planted(mutant: Mutant, root: pathlib.Path = ROOT) -> str | None:
+    """None when ``mutant`` plants in the repository at ``root`` (its text occurs exactly once), else why not."""
+    target = root / mutant.path
+    if not target.is_file():
+        return f"{mutant.name}: {mutant.path} does not exist: update the mutant to the current code"
+    count = target.read_text().count(mutant.old)
+    if count != 1:
+        return (
+            f"{mutant.name}: the text to replace occurs {count} times in {mutant.path}, not once: "
+            "update the mutant to the current code"
         )
-    target.write_text(text.replace(mutant.old, mutant.new))
+    return None
+
+
+def plant(scratch: pathlib.Path, mutant: Mutant) -> None:
+    problem = why_not_planted(mutant, scratch)
+    if problem:
+        raise ValueError(problem)
+    target = scratch / mutant.path
+    target.write_text(target.read_text().replace(mutant.old, mutant.new))
 
 
 def caught(mutant: Mutant) -> tuple[bool, str]:
@@ -114,8 +125,13 @@ def main(argv=None) -> int:
         for m in mutants:
             print(f"{m.name}: {m.path} -> {' '.join(m.tests)}")
         return 0
-    survivors = []
+    survivors, stale = [], []
     for i, mutant in enumerate(mutants, 1):
+        problem = why_not_planted(mutant)
+        if problem:  # reported, and the run goes on: a stale mutant fails it at the end
+            print(f"[{i}/{len(mutants)}] DOES NOT APPLY: {problem}", flush=True)
+            stale.append(mutant.name)
+            continue
         start = time.monotonic()
         ok, tail = caught(mutant)
         print(
@@ -126,10 +142,11 @@ def main(argv=None) -> int:
             survivors.append(mutant.name)
             print(tail, flush=True)
     print(
-        f"{len(mutants) - len(survivors)} of {len(mutants)} planted bugs caught"
+        f"{len(mutants) - len(survivors) - len(stale)} of {len(mutants)} planted bugs caught"
         + (f"; survived: {', '.join(survivors)}" if survivors else "")
+        + (f"; do not apply: {', '.join(stale)}" if stale else "")
     )
-    return 1 if survivors else 0
+    return 1 if survivors or stale else 0
 
 
 if __name__ == "__main__":
