@@ -1,6 +1,7 @@
 """Training: checkpoints, failure handling, device-count invariance, CLI end to end, exact resume."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -570,3 +571,15 @@ def test_the_program_compiled_ahead_is_the_one_the_trainer_runs(trained_micro, n
         return program.jitted.lower(abstract, batch, stop, *stage.extra_args).in_avals
 
     assert avals(specs) == avals(used)
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "diffusion", "counterfactual"])
+def test_the_out_of_memory_hint_names_only_keys_the_stage_has(stage):
+    cfg = micro_config()
+    mesh = parallel.make_mesh(1)
+    hint = loop.memory_hint(stage, cfg[stage], 8 * mesh.size, mesh)
+    assert hint.startswith(f"{stage}: out of device memory with 8 examples per device")
+    for key in re.findall(r"\b(\w+)\.(\w+)\b", hint):
+        section, name = key
+        assert name in cfg[section], f"the hint names {section}.{name}, which the config lacks"
+    assert ("accum_steps" in hint) == (stage != "autoencoder")

@@ -63,38 +63,13 @@ def _phantom_tiny() -> dict:
 
 
 def _phantom_micro() -> dict:
-    """The smallest working LDM (tests and smoke runs): few layers, so it compiles quickly."""
-    return dict(
-        image_size=64,
-        image_channels=1,
-        latent_size=16,
-        latent_channels=4,
-        context_len=0,
-        autoencoder=dict(
-            in_channels=1,
-            out_channels=1,
-            ch=8,
-            ch_mult=(1, 1, 2),
-            num_res_blocks=1,
-            z_channels=4,
-            attn_mid=False,
-            norm_groups=4,
-            out_norm=False,
-        ),
-        discriminator=dict(ch=8, num_layers=1, norm_groups=4),
-        unet=dict(
-            out_channels=4,
-            model_channels=16,
-            channel_mult=(1, 2),
-            num_res_blocks=1,
-            attention_resolutions=(2,),
-            num_head_channels=16,
-            num_classes=attributes.NUM_CLASSES,
-            use_scale_shift_norm=True,
-            resblock_updown=False,
-            norm_groups=4,
-        ),
-    )
+    """``phantom_tiny``'s shapes with the fewest layers and channels (tests and smoke runs), so it
+    compiles quickly."""
+    preset = _phantom_tiny()
+    preset["autoencoder"].update(ch_mult=(1, 1, 2), norm_groups=4)
+    preset["discriminator"].update(ch=8, num_layers=1, norm_groups=4)
+    preset["unet"].update(model_channels=16, channel_mult=(1, 2), num_head_channels=16, norm_groups=4)
+    return preset
 
 
 def _phantom128() -> dict:

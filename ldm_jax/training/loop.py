@@ -176,39 +176,17 @@ def run_stage(
     step_fn = parallel.compile_together(program.jitted, program.static_argnums)
 
     progress = _progress_bar(stage, start, enabled=first and cfg.log.progress)
-    streak = skipped_total = 0
-    pending = None  # metrics of the previous step, read after the next step is dispatched
+    consume = _StepLog(stage, cfg, writer, progress)
+    pending = None  # (step, metrics, batch size) of the previous step, read after the next one is dispatched
     global_batch = sampled_at = None
-    timer = _Throughput()
 
     def save(step):
         checkpointer.save(step, state, pipeline, stage.meta)
 
-    def consume(step, metrics) -> bool:
-        """Log the metrics of ``step``; True when some process has asked to stop."""
-        nonlocal streak, skipped_total
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        stop = bool(metrics.pop("stop"))
-        skipped = int(metrics.pop("skipped", 0))
-        skipped_total += skipped
-        streak = streak + 1 if skipped else 0
-        if streak >= cfg.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"{stage.name}: {streak} updates in a row had a non-finite loss or gradient (last at step "
-                f"{step}); the state was not updated by them. Lower the learning rate, check the data, or "
-                f"use float32 compute."
-            )
-        rate = timer.images_per_second(step, global_batch)
-        progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{rate:.1f}", refresh=False)
-        progress.update(1)
-        if step % cfg.log.every == 0 or step == stage.steps:
-            writer.scalars(step, {**metrics, "images_per_second": rate, "skipped_total": skipped_total})
-        return stop
-
     try:
         with (
             contextlib.nullcontext(sigterm) if sigterm else SigtermFlag() as flag,
-            _explained_runtime_errors(mesh, lambda: global_batch, checkpointer),
+            _explained_runtime_errors(mesh, lambda: global_batch, checkpointer, stage.name, cfg.get(stage.name, {})),
         ):
             for step in range(start + 1, stage.steps + 1):
                 batch = next(pipeline)
@@ -218,7 +196,7 @@ def run_stage(
                 # The previous step's metrics are read after this step is dispatched, so the host
                 # never waits for the device; every process decides to stop at the same step.
                 stop = pending is not None and consume(*pending)
-                pending = (step, metrics)
+                pending = (step, metrics, global_batch)
                 if stage.on_sample and cfg.log.sample_every and step % cfg.log.sample_every == 0:
                     _write_samples(stage, state, step, stage_dir, writer)
                     sampled_at = step
@@ -244,6 +222,36 @@ def run_stage(
         checkpointer.close()
         writer.close()
     return state
+
+
+class _StepLog:
+    """``log(step, metrics, global_batch) → stop``: reads one step's metrics from the devices, stops
+    the run after ``max_nonfinite_steps`` skipped updates in a row, advances the progress bar and
+    writes the scalars every ``log.every`` steps; True when some process has asked to stop."""
+
+    def __init__(self, stage, cfg, writer, progress):
+        self.stage, self.cfg, self.writer, self.progress = stage, cfg, writer, progress
+        self.streak = self.skipped_total = 0
+        self.timer = _Throughput()
+
+    def __call__(self, step, metrics, global_batch) -> bool:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        stop = bool(metrics.pop("stop"))
+        skipped = int(metrics.pop("skipped", 0))
+        self.skipped_total += skipped
+        self.streak = self.streak + 1 if skipped else 0
+        if self.streak >= self.cfg.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.stage.name}: {self.streak} updates in a row had a non-finite loss or gradient (last at "
+                f"step {step}); the state was not updated by them. Lower the learning rate, check the data, or "
+                f"use float32 compute."
+            )
+        rate = self.timer.images_per_second(step, global_batch)
+        self.progress.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", img_s=f"{rate:.1f}", refresh=False)
+        self.progress.update(1)
+        if step % self.cfg.log.every == 0 or step == self.stage.steps:
+            self.writer.scalars(step, {**metrics, "images_per_second": rate, "skipped_total": self.skipped_total})
+        return stop
 
 
 def _write_samples(stage, state, step, stage_dir, writer):
@@ -280,20 +288,28 @@ class _Throughput:
 _PEER_LOST = ("connection closed by peer", "connection reset", "heartbeat", "unavailable", "gloo")
 
 
+def memory_hint(stage_name: str, section, batch: int, mesh) -> str:
+    """What to change when stage ``stage_name`` (config ``section``) runs out of device memory: only
+    keys that the stage has."""
+    options = [f"lower {stage_name}.batch_size"]
+    if "accum_steps" in section:
+        options.append(f"raise {stage_name}.accum_steps (gradient accumulation)")
+    options += ["use compute_dtype='bfloat16'", "shard parameters with mesh.fsdp > 1"]
+    return (
+        f"{stage_name}: out of device memory with {batch // max(mesh.size, 1)} examples per device (global batch "
+        f"{batch} on {mesh.size} devices): {', '.join(options[:-1])}, or {options[-1]}"
+    )
+
+
 @contextlib.contextmanager
-def _explained_runtime_errors(mesh, global_batch, checkpointer):
+def _explained_runtime_errors(mesh, global_batch, checkpointer, stage_name: str, section):
     """Turn device errors into what the user can do: out of memory, or a lost process."""
     try:
         yield
     except jax.errors.JaxRuntimeError as error:
         text = str(error)
         if "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower():
-            batch = global_batch() or 0
-            raise MemoryError(
-                f"out of device memory with {batch // max(mesh.size, 1)} examples per device (global batch "
-                f"{batch} on {mesh.size} devices): lower the batch size, raise diffusion.accum_steps (gradient "
-                f"accumulation), use compute_dtype='bfloat16', or shard parameters with mesh.fsdp > 1"
-            ) from error
+            raise MemoryError(memory_hint(stage_name, section, global_batch() or 0, mesh)) from error
         if jax.process_count() > 1 and any(marker in text.lower() for marker in _PEER_LOST):
             raise ProcessLostError(
                 f"process {jax.process_index()} of {jax.process_count()}: another process of the job stopped "
