@@ -22,13 +22,13 @@ def _demo_config():
 def get_config():
     cfg = _demo_config()
     cfg.stages = "autoencoder,diffusion,counterfactual"
-    # The diffusion stage's optimizer settings, with the loss of an image-to-image regression:
+    # The diffusion stage's settings (every key the section leaves unset takes diffusion's value),
+    # with the loss of an image-to-image regression:
     # prediction="x0" and weighting="uniform" score the x0 estimate alike at every t (ε targets with
     # min-SNR weights barely score x0 at high noise, where the source matters most); lesion_weight
     # weighs latent pixels inside the lesion masks 20×, so the rare lesion pixels are not drowned by
     # the background they share the loss with. steps: 4,000 (twice as many gave a cleaner picture but
     # a lower mass AUC).
-    cfg.counterfactual.update({key: cfg.diffusion[key] for key in cfg.diffusion})
     cfg.counterfactual.update(dict(steps=4000, prediction="x0", weighting="uniform", lesion_weight=20.0))
     # Trained for the reader that scores it: rank_pairs matched dense breasts a batch, each rendered
     # with a mass and without it, and rank_weight times the logistic surrogate of the AUC between

@@ -7,6 +7,7 @@ scale) is what is checked, in numpy where it can be.
 
 import flax.linen as nn
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -15,7 +16,7 @@ from micro import micro_config
 from ldm_jax import attributes, rng
 from ldm_jax.diffusion.schedule import make_schedule
 from ldm_jax.models.source_stem import SourceStem
-from ldm_jax.training import counterfactual_step, diffusion_step, run
+from ldm_jax.training import config, counterfactual_step, diffusion_step, run
 from ldm_jax.training.state import make_optimizer, step_key
 
 B, SIZE, C = 4, 8, 4  # images [B, 8, 8, 1] -> latents [B, 4, 4, 4]
@@ -79,7 +80,8 @@ UNET, AE = TinyUNet(), TinyAutoencoder()
 
 
 def _cfg(**overrides):
-    cfg = micro_config().diffusion
+    """The micro config's diffusion settings with the counterfactual stage's ranking keys at their defaults."""
+    cfg = ml_collections.ConfigDict({**micro_config().diffusion.to_dict(), **config.ranking_settings()})
     cfg.update(overrides)
     return cfg
 

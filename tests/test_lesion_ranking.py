@@ -98,20 +98,21 @@ def test_a_resumed_stream_draws_the_pairs_an_uninterrupted_one_would():
 def test_settings_that_cannot_train_are_refused():
     from micro import micro_config
 
-    cfg = micro_config().counterfactual
+    from ldm_jax.models import architecture
+
+    assert "rank_pairs" not in micro_config().diffusion  # a key of the counterfactual stage only
+    cfg = architecture.resolve(micro_config()).counterfactual
     cfg.rank_pairs, cfg.rank_map_weight = 8, 0.0
-    with pytest.raises(ValueError, match="counterfactual stage only"):
-        lesion_ranking.check(cfg, paired=False)
-    lesion_ranking.check(cfg, paired=True)
+    lesion_ranking.check(cfg)
     # the stem's map is ranked on the pairs: it needs both
     mapped = cfg.copy_and_resolve_references()
     mapped.rank_map_weight = 1.0
-    lesion_ranking.check(mapped, paired=True, pixel_stem=4)
+    lesion_ranking.check(mapped, pixel_stem=4)
     with pytest.raises(ValueError, match=r"unet.pixel_stem > 0 \(got 0\)"):
-        lesion_ranking.check(mapped, paired=True)
+        lesion_ranking.check(mapped)
     mapped.rank_pairs = 0
     with pytest.raises(ValueError, match=r"rank_pairs > 0 \(got 0\)"):
-        lesion_ranking.check(mapped, paired=True, pixel_stem=4)
+        lesion_ranking.check(mapped, pixel_stem=4)
     for key, value, message in (
         ("accum_steps", 3, "multiple of accum_steps=3"),
         ("rank_temperature", 0.0, "rank_temperature=0.0"),
@@ -120,4 +121,4 @@ def test_settings_that_cannot_train_are_refused():
         bad = cfg.copy_and_resolve_references()
         bad[key] = value
         with pytest.raises(ValueError, match=message):
-            lesion_ranking.check(bad, paired=True)
+            lesion_ranking.check(bad)

@@ -148,6 +148,28 @@ def test_a_key_added_after_the_run_was_saved_takes_its_default(tmp_path):
         run_info.record_run(cfg, tmp_path)
 
 
+def test_the_counterfactual_section_takes_diffusions_unset_keys_and_old_runs_resume(tmp_path):
+    """``counterfactual`` keys left unset take ``diffusion``'s values when the config is resolved, set
+    ones stay; a run recorded before 2026-12-07, whose every stage section held the ranking keys,
+    resumes (the keys that exist no more are dropped) and still refuses a real change."""
+    cfg = micro_config()
+    cfg.diffusion.learning_rate, cfg.counterfactual.b2 = 3e-4, 0.95
+    resolved = architecture.resolve(cfg)
+    assert resolved.counterfactual.learning_rate == 3e-4 and resolved.counterfactual.b2 == 0.95
+    assert resolved.counterfactual.steps == 4 and "rank_pairs" not in resolved.diffusion
+    old = resolved.to_dict()
+    old["diffusion"].update({k: v for k, v in old["counterfactual"].items() if k.startswith("rank_")})
+    old["diffusion"]["rank_pairs"] = 0
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    for stage in ("diffusion", "counterfactual"):  # both trained: their sections may not change
+        (tmp_path / stage / "checkpoints" / "2").mkdir(parents=True)
+    run_info.record_run(cfg, tmp_path)
+    assert "rank_pairs" not in json.loads((tmp_path / "config.json").read_text())["diffusion"]
+    cfg.counterfactual.rank_weight = 2.0
+    with pytest.raises(run_info.IncompatibleRunError, match="counterfactual.rank_weight: saved 1.0, now 2.0"):
+        run_info.record_run(cfg, tmp_path)
+
+
 def _parse_config(*overrides):
     """The config ``train.py --config configs/phantom_tiny.py`` parses with ``--config.<key>=<value>`` overrides."""
     from absl import flags

@@ -8,7 +8,8 @@ has every field of its module, unset (None) unless a config file or the command 
 ``--config.model=`` and ``--config.unet.model_channels=`` combine in any order, and the
 resolved config a run records is the whole architecture.
 
-The ``counterfactual`` stage's UNet is ``unet`` with the fields its own ``counterfactual.unet``
+The ``counterfactual`` stage's section works the same way over ``diffusion``: a key it leaves unset
+takes ``diffusion``'s value, and its UNet is ``unet`` with the fields its own ``counterfactual.unet``
 sets (``stage_unet``), so the filter can be wider than the generative model it sits beside.
 
 ``data.image_size`` is the run's one image size (0: the preset's); the latent shape follows
@@ -85,7 +86,10 @@ def resolve(cfg) -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict(cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg)
     for section in SECTIONS:
         cfg[section] = _filled(section, cfg.get(section, {}), cfg.model)
-    if "counterfactual" in cfg:  # its UNet: unet, with the fields it sets (saved before it existed: none)
+    if "counterfactual" in cfg:  # diffusion's keys and unet, with what it sets (saved before it existed: none)
+        for key, value in cfg.get("diffusion", {}).items():
+            if cfg.counterfactual.get(key) is None:
+                cfg.counterfactual[key] = value
         given = cfg.counterfactual.get("unet", {})
         cfg.counterfactual.unet = _tuples({**cfg.unet.to_dict(), **{k: v for k, v in given.items() if v is not None}})
     if "resize" not in cfg.data:  # saved before data.resize: a set image_size meant "resize to it"

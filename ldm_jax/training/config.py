@@ -51,15 +51,6 @@ def _diffusion() -> dict:
         # Loss weight of latent pixels inside the data set's lesion masks (mammo_phantoms stores
         # them), over 1 elsewhere: 1 is the plain loss. Masses are 1-2 of 256 latent pixels at 64×64.
         lesion_weight=1.0,
-        # The counterfactual stage's ranking term (training/lesion_ranking.py): matched dense mass
-        # pairs added to each batch (0: none), the term's weight, its temperature τ (in units of
-        # the reader's contrast, [-1, 1] image range) and the least t of the pairs (fraction of T);
-        # and the weight of the same ranking on the pixel stem's evidence map (unet.pixel_stem > 0).
-        rank_pairs=0,
-        rank_weight=1.0,
-        rank_temperature=0.05,
-        rank_min_t=0.5,
-        rank_map_weight=0.0,
         # Classifier-free guidance (diffusion_step.drop_labels): rows trained unconditional,
         # rows with one attribute given, and per-attribute dropout on the other rows.
         uncond_dropout=0.1,
@@ -70,6 +61,25 @@ def _diffusion() -> dict:
         scale_factor_batches=4,  # batches used to estimate 1/std of the latents
         autoencoder_checkpoint="",  # "" → <workdir>/autoencoder/checkpoints (latest step)
     )
+
+
+def ranking_settings() -> dict:
+    """The counterfactual stage's own keys: its ranking term (training/lesion_ranking.py)."""
+    return dict(
+        rank_pairs=0,  # matched dense mass pairs added to each batch (0: no ranking term)
+        rank_weight=1.0,  # the term's weight
+        rank_temperature=0.05,  # τ, in units of the reader's contrast ([-1, 1] image range)
+        rank_min_t=0.5,  # the least t of the pairs, as a fraction of T
+        rank_map_weight=0.0,  # the same ranking on the pixel stem's evidence map (unet.pixel_stem > 0)
+    )
+
+
+def counterfactual_section() -> ml_collections.ConfigDict:
+    """The ``counterfactual`` stage's section: every UNet-stage key unset (it takes ``diffusion``'s
+    value, ``architecture.resolve``) unless set, its ranking keys, and the fields of its ``unet``
+    that differ from ``cfg.unet``."""
+    unset = {key: ml_collections.config_dict.placeholder(type(value)) for key, value in _diffusion().items()}
+    return ml_collections.ConfigDict({**unset, **ranking_settings(), "unet": architecture.unset_section("unet")})
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -127,10 +137,11 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.diffusion = ml_collections.ConfigDict(_diffusion())
     # The supervised dense-tissue filter (stage "counterfactual", not in the default stages): a UNet
     # trained on (image → fat-only counterfactual) latent pairs of mammo_phantoms, seeing the
-    # source image beside the noisy latent (diffusion_step, "Paired"). Same keys as diffusion, and
-    # its UNet: the fields of cfg.unet that it sets differently, e.g.
-    # --config.counterfactual.unet.model_channels=64 (architecture.stage_unet).
-    cfg.counterfactual = ml_collections.ConfigDict({**_diffusion(), "unet": architecture.unset_section("unet")})
+    # source image beside the noisy latent (training/counterfactual_step.py). The keys of diffusion
+    # that it sets differently (the rest are diffusion's), its ranking term's keys, and the fields
+    # of cfg.unet that its UNet sets differently, e.g. --config.counterfactual.steps=4000
+    # --config.counterfactual.unet.model_channels=64 (architecture.resolve).
+    cfg.counterfactual = counterfactual_section()
 
     cfg.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
     cfg.log = ml_collections.ConfigDict(
@@ -174,9 +185,10 @@ def stages_of(cfg) -> tuple[str, ...]:
 
 def with_defaults(saved: dict, defaults: dict | None = None) -> dict:
     """``saved`` (a run's config dict) with every key it lacks taken from ``defaults`` (the current
-    ``default_config``): a setting added after the run was saved defaults to the old behaviour."""
+    ``default_config``), so that a setting added after the run was saved defaults to the old
+    behaviour, and without the keys ``defaults`` no longer has (``diffusion.rank_*`` until 2026-12-07)."""
     defaults = default_config().to_dict() if defaults is None else defaults
-    merged = dict(saved)
+    merged = {key: value for key, value in saved.items() if key in defaults}  # a key removed since: gone
     for key, value in defaults.items():
         if key not in merged:
             merged[key] = value

@@ -228,7 +228,8 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
 def check_config(cfg, paired: bool, pixel_stem: int) -> None:
     """Refuse a UNet stage's settings that cannot train, before anything is compiled."""
     check_label_dropout(cfg)
-    lesion_ranking.check(cfg, paired, pixel_stem)
+    if paired:
+        lesion_ranking.check(cfg, pixel_stem)
     if not cfg.lesion_weight > 0:
         raise ValueError(f"lesion_weight={cfg.lesion_weight}: expected a positive loss weight (1: none)")
 

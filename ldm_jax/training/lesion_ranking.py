@@ -103,8 +103,8 @@ def map_ranking_loss(sown, lesion, band):
     return ranking_loss(contrast[:, 0], contrast[:, 1], 1.0)
 
 
-def check(cfg, paired: bool, pixel_stem: int = 0) -> None:
-    """Refuse ranking settings that cannot train, before anything is compiled."""
+def check(cfg, pixel_stem: int = 0) -> None:
+    """Refuse the counterfactual stage's ranking settings that cannot train, before anything is compiled."""
     if cfg.rank_map_weight and not (cfg.rank_pairs and pixel_stem):
         raise ValueError(
             f"rank_map_weight={cfg.rank_map_weight}: ranks the pixel stem's map on the ranking pairs; it needs "
@@ -112,8 +112,6 @@ def check(cfg, paired: bool, pixel_stem: int = 0) -> None:
         )
     if not cfg.rank_pairs:
         return
-    if not paired:
-        raise ValueError("rank_pairs: the ranking term trains the counterfactual stage only (diffusion.rank_pairs=0)")
     if cfg.rank_pairs < 0 or cfg.rank_pairs % cfg.accum_steps:
         raise ValueError(
             f"rank_pairs={cfg.rank_pairs}: expected a positive multiple of accum_steps={cfg.accum_steps}, "

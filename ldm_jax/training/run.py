@@ -156,7 +156,7 @@ def train_diffusion(cfg, mesh, workdir, source, key, sigterm=None, stage="diffus
     unet, schedule = parts.unet, parts.schedule
     run = stages.diffusion_stage(cfg, stage, parts)
     pipeline = _pipeline(cfg, source, mesh, dcfg.batch_size, lesion_masks=dcfg.lesion_weight != 1)
-    if dcfg.rank_pairs:
+    if dcfg.get("rank_pairs"):  # the counterfactual stage's key
         pipeline = lesion_ranking.WithLesionPairs(pipeline, mesh, dcfg.rank_pairs, cfg.data.image_size)
     checkpointer = Checkpointer(workdir / stage / "checkpoints", async_save=False)
     state, meta, shardings = restore_or_init(run, checkpointer, mesh, key, pipeline, cfg)

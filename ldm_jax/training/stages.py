@@ -124,7 +124,7 @@ def batch_specs(cfg, name: str) -> dict:
         specs["counterfactual"] = specs["image"]
     if section.lesion_weight != 1:
         specs["mask"] = jax.ShapeDtypeStruct(plane, jnp.float32)
-    if section.rank_pairs:
+    if section.get("rank_pairs"):  # the counterfactual stage's key
         p, (_, h, w, c) = section.rank_pairs, image
         specs["pairs"] = {
             "image": jax.ShapeDtypeStruct((p, 2, h, w, c), jnp.float32),
