@@ -101,12 +101,14 @@ def _configs():
 
 def test_phantom_seed_ranges_are_disjoint_for_the_sizes_drawn():
     from ldm_jax.data.builders import mammo_phantoms
+    from ldm_jax.models import architecture
     from ldm_jax.evaluation.options import Options as EvaluationOptions
     from ldm_jax.explain.page import Options as PageOptions
 
     records = max(mammo_phantoms._DEFAULT_SIZES.values())  # the largest split a default data set holds
     evaluation, page = EvaluationOptions(), PageOptions()
-    ranked = max(cfg.counterfactual.steps * cfg.counterfactual.rank_pairs for cfg in _configs())
+    filters = [architecture.resolve(cfg).counterfactual for cfg in _configs()]
+    ranked = max(f.steps * f.rank_pairs for f in filters)
     ranges = {f"{split} split": (first, records) for split, first in seeds.SPLIT_SEED_OFFSET.items()}
     ranges["training pairs"] = (seeds.TRAINING_PAIRS_SEED, max(ranked, evaluation.observer_pairs))
     for kind in KINDS:

@@ -576,7 +576,7 @@ def test_the_program_compiled_ahead_is_the_one_the_trainer_runs(trained_micro, n
     section = cfg[name]
     source = open_source(cfg, trained_micro)
     pipeline = run._pipeline(cfg, source, mesh, section.batch_size, lesion_masks=section.lesion_weight != 1)
-    if section.rank_pairs:
+    if section.get("rank_pairs"):
         pipeline = lesion_ranking.WithLesionPairs(pipeline, mesh, section.rank_pairs, cfg.data.image_size)
     batch = next(pipeline)
     specs = stages.batch_specs(cfg, name)
