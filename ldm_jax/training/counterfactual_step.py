@@ -66,7 +66,7 @@ def pair_rows(pairs, key, unet, autoencoder, ae_params, scale, schedule, cfg) ->
         labels = attributes.without(pairs["labels"][:, 0], "finding")
         labels = per_pair(diffusion_step.drop_labels(rng.stream(key, "pair_labels"), labels, cfg, unet.num_classes))
     masks = per_pair(pairs["lesion"])
-    weights = diffusion_step.lesion_weights(masks, z.shape, cfg.lesion_weight) if cfg.lesion_weight != 1 else None
+    weights = diffusion_step.lesion_weights(masks, z.shape, cfg.lesion_weight)
     # Both images of a pair are noised from the lesion-free target, so z_t does not carry the mass
     # (at t = T/2 it is still √ᾱ_t = 0.34 of the target) and the mass can come from the source only.
     without = per_pair(z.reshape(p, 2, *z.shape[1:])[:, 1])
@@ -106,9 +106,7 @@ def train_step(state, batch, ae_params, scale, *, unet, autoencoder, optimizer, 
     z = diffusion_step.encode_latents(autoencoder, ae_params, batch["counterfactual"], rng.stream(key, "encode"), scale)
     diffusion_step.check_accumulation(z.shape[0], cfg.accum_steps)
     source = jax.lax.stop_gradient(source_inputs(unet, autoencoder, ae_params, batch["image"], scale))
-    weights = (
-        diffusion_step.lesion_weights(batch["mask"], z.shape, cfg.lesion_weight) if cfg.lesion_weight != 1 else None
-    )
+    weights = diffusion_step.lesion_weights(batch.get("mask"), z.shape, cfg.lesion_weight)
     labels = attributes.without(batch["labels"], "finding")  # the filter must read the lesion from the source
     rows = {"rows": diffusion_step.noised_rows(key, z, labels, schedule, cfg, unet.num_classes, weights=weights)}
     rows["rows"]["source"] = source

@@ -112,7 +112,10 @@ def drop_labels(key, labels, cfg, num_classes=attributes.NUM_CLASSES):
 
 def lesion_weights(masks, latent_shape, weight: float):
     """Per-latent-pixel loss weights ``[B, h, w, 1]``: ``1 + (weight − 1) · m``, with m the share of
-    each latent pixel's f×f image block inside the lesion (``masks [B, H, W, 1]`` in [0, 1])."""
+    each latent pixel's f×f image block inside the lesion (``masks [B, H, W, 1]`` in [0, 1]); None
+    (the plain loss, no masks read) at weight 1."""
+    if weight == 1:
+        return None
     share = latent_blocks(masks, latent_shape[1]).mean((3, 4))
     return 1.0 + (weight - 1.0) * share
 
@@ -212,7 +215,7 @@ def train_step(state: TrainState, batch, ae_params, scale, *, unet, autoencoder,
     else:
         z = encode_latents(autoencoder, ae_params, batch["image"], rng.stream(key, "encode"), scale)
     check_accumulation(z.shape[0], cfg.accum_steps)
-    weights = lesion_weights(batch["mask"], z.shape, cfg.lesion_weight) if cfg.lesion_weight != 1 else None
+    weights = lesion_weights(batch.get("mask"), z.shape, cfg.lesion_weight)
     rows = noised_rows(
         key, z, batch.get("labels"), schedule, cfg, unet.num_classes, weights=weights, context=batch.get("context")
     )
