@@ -40,17 +40,29 @@ def _build_once(tmp_path_factory, worker_id, name, build) -> pathlib.Path:
     return path
 
 
+def _train(args) -> None:
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
 @pytest.fixture(scope="session")
 def trained_micro(tmp_path_factory, worker_id):
-    """Every stage of the micro config (the supervised counterfactual filter too) trained by
-    ``train.py`` in one process on 8 devices."""
+    """The autoencoder and diffusion stages of the micro config trained by ``train.py`` in one
+    process on 8 devices: what sampling, evaluation and the explainer read."""
+    return _build_once(tmp_path_factory, worker_id, "micro_run", lambda workdir: _train(train_args(workdir)))
+
+
+@pytest.fixture(scope="session")
+def trained_filter(trained_micro, tmp_path_factory, worker_id):
+    """``trained_micro`` continued by its supervised counterfactual filter (pixel stem, ranking
+    pairs): a copy of that run in which ``train.py --config.stages=counterfactual`` trains the
+    third stage, as a user adds the filter to a finished run."""
 
     def build(workdir):
-        args = train_args(workdir, stages="autoencoder,diffusion,counterfactual")
-        result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr[-4000:]
+        shutil.copytree(trained_micro, workdir)
+        _train(train_args(workdir, stages="counterfactual"))
 
-    return _build_once(tmp_path_factory, worker_id, "micro_run", build)
+    return _build_once(tmp_path_factory, worker_id, "micro_filter_run", build)
 
 
 @pytest.fixture(scope="session")

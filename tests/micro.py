@@ -20,7 +20,7 @@ MICRO_OVERRIDES = {
     "diffusion.batch_size": 8,
     "diffusion.warmup_steps": 2,
     "diffusion.scale_factor_batches": 1,
-    "counterfactual.steps": 4,  # trained by trained_micro only (stages)
+    "counterfactual.steps": 4,  # trained by the trained_filter fixture only (stages)
     "counterfactual.batch_size": 8,
     "counterfactual.warmup_steps": 2,
     "counterfactual.scale_factor_batches": 1,

@@ -150,11 +150,11 @@ EVALUATED = {  # what evaluate.py's metrics.json holds, for the filter section t
 
 
 @pytest.fixture(scope="module")
-def micro_page(trained_micro, tmp_path_factory):
-    """The page of a copy of the micro run (with an evaluate.py metrics.json), a PNG of a phantom
+def micro_page(trained_filter, tmp_path_factory):
+    """The page of a copy of the micro run with its filter (and an evaluate.py metrics.json), a PNG of a phantom
     as the user's mammogram."""
     run = tmp_path_factory.mktemp("explain") / "run"
-    shutil.copytree(trained_micro, run, ignore=shutil.ignore_patterns("data"))
+    shutil.copytree(trained_filter, run, ignore=shutil.ignore_patterns("data"))
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps(EVALUATED))
     user = run / "mammogram.png"
@@ -182,6 +182,7 @@ def test_the_page_has_every_section_and_figure_and_embeds_every_image(micro_page
     assert "4 times fewer numbers" in text  # 64×64×1 pixels over a 16×16×4 latent
     assert text.count("DDIM steps</th>") == 2  # one quality row per step count
     assert f"from the run {micro_page.parent}" in text
+    assert "<tr><th>counterfactual g=1 s=1</th>" in text  # the run's supervised filter, measured on the page
     # evaluate.py's numbers, one row per filter: detectability with intervals, similarity, lesions kept, A/B
     assert (
         "<tr><td>sdedit g=3 s=0.6</td><td>0.61 [0.57, 0.65]</td><td>0.55 [0.52, 0.58]</td><td>0.64</td>"

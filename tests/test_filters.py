@@ -67,7 +67,7 @@ def test_baselines_on_the_same_pairs():
 
 
 @pytest.mark.slow
-def test_evaluate_dense_section_alone_sweeps_every_filter_including_the_trained_counterfactual(trained_micro, tmp_path):
+def test_evaluate_dense_section_alone_sweeps_every_filter_and_the_trained_counterfactual(trained_filter, tmp_path):
     """evaluate.py --sections dense_tissue_filters on a run with the counterfactual stage: the sweep
     holds the supervised filter's strengths beside the unsupervised edits, on the same pairs; a
     "real" image given by the user is shown through them, unscored and marked as such."""
@@ -85,7 +85,7 @@ def test_evaluate_dense_section_alone_sweeps_every_filter_including_the_trained_
         batch=8,
         classifier_steps=5,
     )
-    results = evaluate(trained_micro, options, tmp_path / "eval")
+    results = evaluate(trained_filter, options, tmp_path / "eval")
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(saved) >= {"dense_tissue_filters", "classifier_held_out"}
     assert not {"reconstruction", "generation", "conditioning", "memorization"} & set(saved)
@@ -111,10 +111,10 @@ def test_evaluate_dense_section_alone_sweeps_every_filter_including_the_trained_
 
 
 @pytest.mark.slow
-def test_a_filter_with_its_detail_kept_is_its_edit_as_a_change_to_the_input(trained_micro):
+def test_a_filter_with_its_detail_kept_is_its_edit_as_a_change_to_the_input(trained_filter):
     """evaluate derives each detail-kept filter from its edit's output and the round trip through
     the autoencoder of the model that ran it: the same images as running the edit with ``detail``."""
-    ev = Evaluator(trained_micro, Options(filter_steps=2, batch=4), None)
+    ev = Evaluator(trained_filter, Options(filter_steps=2, batch=4), None)
     pairs = {"mass": lesion_pairs.phantom_pairs(2, 64, "mass", offset=9_000)}
     data = filters.stack_pairs(pairs)
     labels = filters.edit_labels(data["labels"])

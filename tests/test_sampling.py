@@ -545,7 +545,7 @@ def test_dicom_job_and_settings_guard(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_counterfactual_edit_runs_the_trained_filter(trained, tmp_path):
+def test_counterfactual_edit_runs_the_trained_filter(trained_filter, tmp_path):
     """sample.py --edit-method counterfactual loads the counterfactual stage's UNet and gives what
     make_edit gives with it; the output is recorded as density A."""
     inputs = tmp_path / "inputs"
@@ -554,10 +554,10 @@ def test_counterfactual_edit_runs_the_trained_filter(trained, tmp_path):
     for s, p in enumerate(phantoms):
         (inputs / f"scan{s}.png").write_bytes(encode_png(p.image))
     args = ["--edit-input", str(inputs), "--edit-method", "counterfactual", "--edit-strength", "1"]
-    assert _sample(trained, tmp_path / "edit", *args, "--batch", "8", "--format", "npz", "--seed", "5") == 0
-    model = load_model(trained, stage="counterfactual")
+    assert _sample(trained_filter, tmp_path / "edit", *args, "--batch", "8", "--format", "npz", "--seed", "5") == 0
+    model = load_model(trained_filter, stage="counterfactual")
     assert model.stage == "counterfactual" and model.step == 4
-    assert model.unet.model_channels == 32 and load_model(trained).unet.model_channels == 16  # its own UNet
+    assert model.unet.model_channels == 32 and load_model(trained_filter).unet.model_channels == 16  # its own UNet
     sampling = SamplerConfig(num_steps=3, prediction=model.prediction, guidance_scale=3.0)
     edit = jax.jit(
         make_edit(model.unet, model.autoencoder, model.schedule, sampling, method="counterfactual", strength=1)

@@ -371,31 +371,33 @@ def test_nonfinite_update_is_skipped_counted_and_stops_the_run(tmp_path):
     assert [r["skipped_total"] for r in rows] == [1, 2]
 
 
-def test_cli_trains_every_stage_and_writes_everything(trained_micro):
+def test_cli_trains_every_stage_and_writes_everything(trained_filter):
     for stage in ("autoencoder", "diffusion", "counterfactual"):
-        stage_dir = trained_micro / stage
+        stage_dir = trained_filter / stage
         assert sorted(int(p.name) for p in (stage_dir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
         rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2, 3, 4]
         assert all(np.isfinite(r["loss"]) for r in rows)
         assert list((stage_dir / "tensorboard").glob("events.out.tfevents.*"))
-    ae_rows = [json.loads(line) for line in (trained_micro / "autoencoder" / "metrics.jsonl").read_text().splitlines()]
+    ae_rows = [json.loads(line) for line in (trained_filter / "autoencoder" / "metrics.jsonl").read_text().splitlines()]
     assert "d_loss" not in ae_rows[0] and "d_loss" in ae_rows[-1]  # the GAN switches on at gan_start
-    grids = sorted(p.name for p in (trained_micro / "diffusion" / "samples").iterdir())
+    grids = sorted(p.name for p in (trained_filter / "diffusion" / "samples").iterdir())
     assert grids == ["step_0000004_density=A.png", "step_0000004_density=D.png"]
-    assert not (trained_micro / "counterfactual" / "samples").exists()  # no label grids for the filter
-    meta = json.loads((trained_micro / "diffusion" / "checkpoints" / "4" / "meta" / "metadata").read_text())
+    assert not (trained_filter / "counterfactual" / "samples").exists()  # no label grids for the filter
+    meta = json.loads((trained_filter / "diffusion" / "checkpoints" / "4" / "meta" / "metadata").read_text())
     assert meta["autoencoder_step"] == 4 and meta["scale_factor"] > 0
-    filter_meta = trained_micro / "counterfactual" / "checkpoints" / "4" / "meta" / "metadata"
-    assert json.loads(filter_meta.read_text())["autoencoder_checkpoint"] == meta["autoencoder_checkpoint"]
+    filter_meta = trained_filter / "counterfactual" / "checkpoints" / "4" / "meta" / "metadata"
+    filter_ae = json.loads(filter_meta.read_text())
+    assert filter_ae["autoencoder_checkpoint"] == str(trained_filter / "autoencoder" / "checkpoints")
+    assert filter_ae["autoencoder_step"] == meta["autoencoder_step"]  # added to the run: its autoencoder
     # The filter's ranking term ran on 8 fresh mass pairs a step, and its data position counts them.
-    filter_rows = [json.loads(line) for line in (trained_micro / "counterfactual" / "metrics.jsonl").open()]
+    filter_rows = [json.loads(line) for line in (trained_filter / "counterfactual" / "metrics.jsonl").open()]
     assert all(np.isfinite(r["rank_loss"]) and np.isfinite(r["rank_gap"]) for r in filter_rows)
-    filter_data = trained_micro / "counterfactual" / "checkpoints" / "4" / "data" / "metadata"
+    filter_data = trained_filter / "counterfactual" / "checkpoints" / "4" / "data" / "metadata"
     assert json.loads(filter_data.read_text())["lesion_pairs_drawn"] == 4 * 8
     distribution = np.asarray(meta["label_distribution"])  # rows: labels..., count
     assert distribution.shape[1] == 5 and distribution[:, -1].sum() == 64  # every training record counted
-    env = json.loads((trained_micro / "environment.json").read_text())
+    env = json.loads((trained_filter / "environment.json").read_text())
     assert env["versions"]["jax"] == jax.__version__ and env["devices"]
 
 
