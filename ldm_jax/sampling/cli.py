@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pathlib
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,28 @@ from ldm_jax.sampling import edit_inputs, job, programs
 from ldm_jax.sampling.conditions import Conditions
 from ldm_jax.sampling.generate import EDITS, Edit, image_keys
 from ldm_jax.sampling.model import load_model
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What a generation job and an editing job share: the options, the loaded model and its
+    sampler, the job's settings (what a resumed job must match) and every image's record fields."""
+
+    args: Any
+    model: Any
+    sampling: SamplerConfig
+    mesh: Any
+    scale: jax.Array
+    settings: dict
+    common: dict
+
+    def put(self, batch: np.ndarray) -> jax.Array:
+        """A host batch as one array over the mesh's batch axis."""
+        return parallel.global_array(batch, parallel.batch_sharding(self.mesh))
+
+    def keys(self, indices) -> jax.Array:
+        """Image i's key depends on (seed, i) only (``image_keys``)."""
+        return self.put(np.asarray(image_keys(jax.random.PRNGKey(self.args.seed), indices)))
 
 
 def run(args, edit) -> job.Summary:
@@ -47,13 +71,6 @@ def run(args, edit) -> job.Summary:
         "guidance": args.guidance,
         "format": args.format,
     }
-    replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    scale = jax.device_put(jnp.float32(model.scale), replicated)
-    root = jax.random.PRNGKey(args.seed)
-
-    def keys(indices):
-        return parallel.global_array(np.asarray(image_keys(root, indices)), batch_sharding)
-
     common = {
         "seed": args.seed,
         "sampler": sampling.sampler,
@@ -62,41 +79,44 @@ def run(args, edit) -> job.Summary:
         "checkpoint_step": model.step,
         "ema": model.ema,
     }
-    out = pathlib.Path(args.out)
-    if edit.edit_input is None:
-        conditions = Conditions(args.condition, model.label_distribution, args.seed)
-        generate = parallel.compile_together(
-            programs.generate_program(model.unet, model.autoencoder, model.schedule, model.latent_shape, sampling, mesh)
-        )
-
-        def compute(indices):
-            labels = parallel.global_array(conditions.labels(indices), batch_sharding)
-            return generate(model.unet_params, model.ae_params, scale, labels, keys(indices))
-
-        def record(index):
-            return {**common, "condition": attributes.format_condition(conditions.labels([index])[0])}
-
-        task = job.Job(
-            out=out,
-            settings={**settings, "condition": conditions.spec, "num": args.num},
-            num=args.num,
-            fmt=args.format,
-            compute=compute,
-            labels=lambda i: conditions.labels([i])[0],
-            record=record,
-        )
-    else:
-        task = _edit_job(args, edit, model, sampling, settings, common, keys, out, mesh, batch_sharding, scale)
+    scale = jax.device_put(jnp.float32(model.scale), parallel.replicated(mesh))
+    context = _Context(args, model, sampling, mesh, scale, settings, common)
+    task = _generation_job(context) if edit.edit_input is None else _edit_job(context, edit)
     return job.run(task, batch_size=batch, shard=shard, progress=args.progress)
 
 
-def _edit_job(args, edit, model, sampling, settings, common, keys, out, mesh, batch_sharding, scale) -> job.Job:
+def _generation_job(c: _Context) -> job.Job:
+    model, args = c.model, c.args
+    conditions = Conditions(args.condition, model.label_distribution, args.seed)
+    generate = parallel.compile_together(
+        programs.generate_program(model.unet, model.autoencoder, model.schedule, model.latent_shape, c.sampling, c.mesh)
+    )
+
+    def compute(indices):
+        return generate(model.unet_params, model.ae_params, c.scale, c.put(conditions.labels(indices)), c.keys(indices))
+
+    def record(index):
+        return {**c.common, "condition": attributes.format_condition(conditions.labels([index])[0])}
+
+    return job.Job(
+        out=pathlib.Path(args.out),
+        settings={**c.settings, "condition": conditions.spec, "num": args.num},
+        num=args.num,
+        fmt=args.format,
+        compute=compute,
+        labels=lambda i: conditions.labels([i])[0],
+        record=record,
+    )
+
+
+def _edit_job(c: _Context, edit) -> job.Job:
+    model, args = c.model, c.args
     inputs = edit_inputs.list_inputs(edit.edit_input)
     source = Conditions(edit.edit_from, model.label_distribution, args.seed)
     # The counterfactual filter's output is the fat-only breast of its training pairs: recorded as density A.
     target = Conditions(edit.edit_to or "density=A", model.label_distribution, args.seed)
     spec = Edit(edit.edit_method, edit.edit_strength, edit.edit_guide, edit.edit_keep_detail)
-    edit_fn = parallel.compile_together(programs.edit_program(model, sampling, mesh, spec))
+    edit_fn = parallel.compile_together(programs.edit_program(model, c.sampling, c.mesh, spec))
     described = {
         "method": spec.method,
         "strength": spec.strength,
@@ -108,17 +128,11 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, mesh, ba
     def compute(indices):
         images = np.stack([edit_inputs.read_input(inputs[i], size) for i in indices])[..., None]
         batch = [images, source.labels(indices), target.labels(indices)]
-        return edit_fn(
-            model.unet_params,
-            model.ae_params,
-            scale,
-            *[parallel.global_array(a, batch_sharding) for a in batch],
-            keys(indices),
-        )
+        return edit_fn(model.unet_params, model.ae_params, c.scale, *map(c.put, batch), c.keys(indices))
 
     def record(index):
         return {
-            **common,
+            **c.common,
             "source_sha256": edit_inputs.digest(inputs[index]),
             "source_condition": attributes.format_condition(source.labels([index])[0]),
             "condition": attributes.format_condition(target.labels([index])[0]),
@@ -128,7 +142,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, mesh, ba
     root = pathlib.Path(edit.edit_input).absolute()
     names = "\n".join(str(p.absolute().relative_to(root)) if root.is_dir() else p.name for p in inputs)
     settings = {
-        **settings,
+        **c.settings,
         "edit_input": str(root),
         "inputs": len(inputs),
         "inputs_digest": hashlib.sha256(names.encode()).hexdigest(),
@@ -137,7 +151,7 @@ def _edit_job(args, edit, model, sampling, settings, common, keys, out, mesh, ba
         **described,
     }
     return job.Job(
-        out=out,
+        out=pathlib.Path(args.out),
         settings=settings,
         num=len(inputs),
         fmt=args.format,
