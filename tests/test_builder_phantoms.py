@@ -52,6 +52,8 @@ def test_split_sizes_override_and_validation(tmp_path):
     assert {k: len(v) for k, v in builder.as_data_source().items()} == {"train": 2, "test": 1}
     with pytest.raises(ValueError, match="train2"):
         mammo_phantoms.MammoPhantoms(config="64", split_sizes={"train2": 3}, data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="test 1..1,000,000"):  # past it: evaluate.py's filter pairs
+        mammo_phantoms.MammoPhantoms(config="64", split_sizes={"test": 10**6 + 1}, data_dir=str(tmp_path))
     assert [c.name for c in mammo_phantoms.MammoPhantoms.BUILDER_CONFIGS] == [
         "64",
         "64_tiny",

@@ -99,17 +99,19 @@ def _configs():
         yield module.get_config()
 
 
-def test_phantom_seed_ranges_are_disjoint_for_the_sizes_drawn():
+def test_phantom_seed_ranges_are_disjoint_for_every_split_size_the_builder_accepts():
     from ldm_jax.data.builders import mammo_phantoms
     from ldm_jax.models import architecture
     from ldm_jax.evaluation.options import Options as EvaluationOptions
     from ldm_jax.explain.page import Options as PageOptions
 
     records = max(mammo_phantoms._DEFAULT_SIZES.values())  # the largest split a default data set holds
+    assert all(records <= most for most in seeds.MAX_SPLIT_SIZE.values())
     evaluation, page = EvaluationOptions(), PageOptions()
     filters = [architecture.resolve(cfg).counterfactual for cfg in _configs()]
     ranked = max(f.steps * f.rank_pairs for f in filters)
-    ranges = {f"{split} split": (first, records) for split, first in seeds.SPLIT_SEED_OFFSET.items()}
+    offsets, most = seeds.SPLIT_SEED_OFFSET, seeds.MAX_SPLIT_SIZE
+    ranges = {f"{split} split": (first, most[split]) for split, first in offsets.items()}
     ranges["training pairs"] = (seeds.TRAINING_PAIRS_SEED, max(ranked, evaluation.observer_pairs))
     for kind in KINDS:
         ranges[f"filter table {kind} pairs"] = (seeds.kind_offset(seeds.FILTER_PAIRS_SEED, kind), evaluation.pairs)

@@ -1,13 +1,12 @@
 """Every seed range of the procedural phantoms (``phantoms.generate_phantom(seed, size)``), in one
 place, so that no two uses draw the same breasts.
 
-- ``SPLIT_SEED_OFFSET``: example i of a ``mammo_phantoms`` split is seed ``SPLIT_SEED_OFFSET[split] + i``
-  (a split holds under 10⁹ examples, so the splits are disjoint); evaluate.py's held-out phantoms
-  are the test split's first seeds.
+- ``SPLIT_SEED_OFFSET``: example i of a ``mammo_phantoms`` split is seed ``SPLIT_SEED_OFFSET[split] + i``;
+  evaluate.py's held-out phantoms are the test split's first seeds. ``MAX_SPLIT_SIZE``: the most
+  examples a split may hold (the builder refuses more) so that its seeds meet no other range.
 - ``TRAINING_PAIRS_SEED``: same-seed lesion pairs to train on (the learned observer, the
-  counterfactual stage's ranking term): train-split seeds past the records of any data set of
-  the builder's default sizes.
-- ``FILTER_PAIRS_SEED``: evaluate.py's filter-table pairs, test-split seeds past its records;
+  counterfactual stage's ranking term): train-split seeds past the largest train split.
+- ``FILTER_PAIRS_SEED``: evaluate.py's filter-table pairs, test-split seeds past the largest test split;
   ``EXPLAIN_PAIRS_SEED``: the explainer page's filter pairs, past those. Each lesion kind of a
   table of pairs starts at ``kind_offset``.
 - ``EXPLAIN_PHANTOM_SEED``: the explainer page's phantom, a fixed train-split seed.
@@ -23,6 +22,7 @@ KIND_SEED_STRIDE = 10**6  # seeds between the lesion kinds of a table of pairs
 FILTER_PAIRS_SEED = SPLIT_SEED_OFFSET["test"] + KIND_SEED_STRIDE
 EXPLAIN_PAIRS_SEED = SPLIT_SEED_OFFSET["test"] + 5 * KIND_SEED_STRIDE
 EXPLAIN_PHANTOM_SEED = 7
+MAX_SPLIT_SIZE = {"train": TRAINING_PAIRS_SEED, "validation": 10**9, "test": KIND_SEED_STRIDE}
 
 
 def kind_offset(first_seed: int, kind: str) -> int:

@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 
 from ldm_jax import attributes
 from ldm_jax.data import imageio, phantoms
-from ldm_jax.data.seeds import SPLIT_SEED_OFFSET
+from ldm_jax.data.seeds import MAX_SPLIT_SIZE, SPLIT_SEED_OFFSET
 
 _DEFAULT_SIZES = {64: 50_000, 128: 50_000, 256: 20_000, 512: 5_000}
 _TINY = {"train": 8, "validation": 4, "test": 4}
@@ -73,9 +73,10 @@ class MammoPhantoms(tfds.core.GeneratorBasedBuilder):
 
     def __init__(self, *, split_sizes: dict[str, int] | None = None, **kwargs):
         if split_sizes is not None:
-            bad = {k: v for k, v in split_sizes.items() if k not in SPLIT_SEED_OFFSET or not 0 < v < 10**9}
+            bad = {k: v for k, v in split_sizes.items() if not 0 < v <= MAX_SPLIT_SIZE.get(k, 0)}
             if bad:
-                raise ValueError(f"split_sizes {bad}: expected splits {tuple(SPLIT_SEED_OFFSET)} with 1..1e9 examples")
+                limits = ", ".join(f"{k} 1..{v:,}" for k, v in MAX_SPLIT_SIZE.items())
+                raise ValueError(f"split_sizes {bad}: expected splits with examples {limits} (seeds.MAX_SPLIT_SIZE)")
             config = kwargs.get("config") or self.DEFAULT_CONFIG_NAME
             base = config if isinstance(config, PhantomConfig) else self.builder_configs[config]
             name = base.name + "_" + "_".join(f"{k}{v}" for k, v in sorted(split_sizes.items()))
