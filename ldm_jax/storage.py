@@ -1,0 +1,66 @@
+"""Storage faults, named once: what a run tells its user when a checkpoint, a data file or the
+disk fails, and the exit status the command lines end with for each.
+
+- ``CorruptCheckpointError``: a checkpoint does not read, or its files differ from the manifest
+  written when it was saved, and no older checkpoint verifies. Exit 65 (EX_DATAERR).
+- ``DataFaultError``: a data file is missing or truncated, or a record does not decode. Exit 65.
+- ``StorageFullError``: no space left on the device while writing. Exit 74 (EX_IOERR); free
+  space and run the same command.
+
+Each carries a one-line message that names the step, the path and what failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import shutil
+
+EXIT_CORRUPT = 65  # EX_DATAERR
+EXIT_NO_SPACE = 74  # EX_IOERR
+
+
+class StorageFault(Exception):
+    """A storage fault the user can act on; ``exit_status`` is what the command line returns."""
+
+    exit_status = 1
+
+
+class CorruptCheckpointError(StorageFault):
+    exit_status = EXIT_CORRUPT
+
+
+class DataFaultError(StorageFault):
+    exit_status = EXIT_CORRUPT
+
+
+class StorageFullError(StorageFault):
+    exit_status = EXIT_NO_SPACE
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether ``error``, or any error it was raised from or during, is ENOSPC (``[Errno 28]``).
+    Orbax and TensorStore re-raise the disk's error inside their own, often as text only."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "[Errno 28]" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    path = pathlib.Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def tree_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the files under ``path``."""
+    return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file())
