@@ -16,6 +16,7 @@ import errno
 import os
 import pathlib
 import shutil
+import tempfile
 
 EXIT_CORRUPT = 65  # EX_DATAERR
 EXIT_NO_SPACE = 74  # EX_IOERR
@@ -64,3 +65,20 @@ def free_bytes(path: str | os.PathLike) -> int:
 def tree_bytes(path: str | os.PathLike) -> int:
     """Bytes of the files under ``path``."""
     return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file())
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename: never a partial file.
+
+    ``mode``: the file's permissions (0o600 for secrets such as a salt)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise

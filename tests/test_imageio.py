@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from ldm_jax import storage
 from ldm_jax.data import imageio
 
 
@@ -11,7 +12,7 @@ def test_png_round_trip_is_lossless(tmp_path, dtype, high):
     back = imageio.decode_png(data)
     assert back.dtype == dtype
     np.testing.assert_array_equal(back, image)
-    imageio.write_atomic(tmp_path / "a" / "x.png", data)
+    storage.write_atomic(tmp_path / "a" / "x.png", data)
     assert (tmp_path / "a" / "x.png").read_bytes() == data
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["x.png"]
 

@@ -22,7 +22,7 @@ import sys
 
 from ldm_jax.cli import ERRORS, Parser, flag, run
 from ldm_jax.data.dicom import MAX_PIXELS
-from ldm_jax.data.imageio import write_atomic
+from ldm_jax.storage import write_atomic
 
 DATASETS = ("mammo_phantoms", "mammo_dicom")
 

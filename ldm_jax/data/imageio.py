@@ -4,9 +4,6 @@ range conversion, and atomic writes."""
 from __future__ import annotations
 
 import io
-import os
-import pathlib
-import tempfile
 
 import numpy as np
 
@@ -71,20 +68,3 @@ def _square_resize(image: np.ndarray, size: int) -> np.ndarray:
     square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = image
     resized = Image.fromarray(square, mode="F").resize((size, size), resample=Image.Resampling.BILINEAR)
     return np.asarray(resized, np.float32)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename: never a partial file.
-
-    ``mode``: the file's permissions (0o600 for secrets such as a salt)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise

@@ -40,7 +40,8 @@ import numpy as np
 import optax
 
 from ldm_jax import attributes
-from ldm_jax.data.imageio import to_model_range, write_atomic
+from ldm_jax.data.imageio import to_model_range
+from ldm_jax.storage import write_atomic
 from ldm_jax.evaluation.metrics import pad_batch
 from ldm_jax.data.phantoms import generate_phantom
 

@@ -26,7 +26,7 @@ import pathlib
 import numpy as np
 
 from ldm_jax import attributes
-from ldm_jax.data.imageio import write_atomic
+from ldm_jax.storage import write_atomic
 from ldm_jax.evaluation import classifier as clf
 from ldm_jax.evaluation import metrics
 from ldm_jax.evaluation.evaluator import DENSITY_CONDITIONS, Evaluator, held_out_phantoms

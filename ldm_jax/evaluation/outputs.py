@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from ldm_jax.data.imageio import write_atomic
+from ldm_jax.storage import write_atomic
 from ldm_jax.evaluation import report
 from ldm_jax.evaluation.evaluator import Evaluator, log
 from ldm_jax.evaluation.process import pixel_frames

@@ -28,7 +28,8 @@ import os
 
 import numpy as np
 
-from ldm_jax.data.imageio import MAX_VALUE, encode_png, write_atomic
+from ldm_jax.data.imageio import MAX_VALUE, encode_png
+from ldm_jax.storage import write_atomic
 
 SECTIONS = ("curves", "sample_grids", "forward_diffusion", "trajectory", "editing", "metrics")
 _MARKED_POINTS = 32

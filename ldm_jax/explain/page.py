@@ -21,7 +21,7 @@ import numpy as np
 
 from ldm_jax import attributes
 from ldm_jax.cli import flag
-from ldm_jax.data.imageio import write_atomic
+from ldm_jax.storage import write_atomic
 from ldm_jax.data.seeds import EXPLAIN_PAIRS_SEED
 from ldm_jax.diffusion.schedule import SCHEDULES, make_schedule
 from ldm_jax.evaluation import filters, metrics, report

@@ -33,7 +33,8 @@ import jax
 import numpy as np
 
 from ldm_jax import parallel
-from ldm_jax.data.imageio import encode_png, write_atomic
+from ldm_jax.data.imageio import encode_png
+from ldm_jax.storage import write_atomic
 from ldm_jax.sampling import writers
 from ldm_jax.sampling.grid import make_grid, to_pixels
 

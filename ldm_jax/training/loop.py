@@ -255,7 +255,8 @@ class _StepLog:
 
 
 def _write_samples(stage, state, step, stage_dir, writer):
-    from ldm_jax.data.imageio import encode_png, write_atomic
+    from ldm_jax.data.imageio import encode_png
+    from ldm_jax.storage import write_atomic
 
     for name, image in stage.on_sample(state, step).items():
         if jax.process_index() == 0:

@@ -8,7 +8,7 @@ import pathlib
 
 import numpy as np
 
-from ldm_jax.data.imageio import write_atomic
+from ldm_jax.storage import write_atomic
 
 
 class MetricsWriter:

@@ -9,7 +9,7 @@ import sys
 
 import jax
 
-from ldm_jax.data.imageio import write_atomic
+from ldm_jax.storage import write_atomic
 from ldm_jax.models.architecture import resolve
 from ldm_jax.training.config import STAGES, incompatible_keys, with_defaults
 
