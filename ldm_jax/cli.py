@@ -26,6 +26,8 @@ import typing
 
 import ml_collections
 
+from ldm_jax.storage import StorageFault
+
 ERRORS = (ValueError, FileNotFoundError)  # bad input: one line, exit status 2
 USAGE_ERROR = 2
 
@@ -103,9 +105,12 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(parser: Parser, program, argv=None) -> int:
-    """``program(*options)`` on the parsed ``argv``; its return value (None: 0) is the exit status."""
+    """``program(*options)`` on the parsed ``argv``; its return value (None: 0) is the exit status.
+    Bad input and storage faults (``ldm_jax.storage``, each with its own status) end as one line."""
     try:
         return program(*parser.parse(argv)) or 0
+    except StorageFault as error:
+        return parser.fail(error, error.exit_status)
     except ERRORS as error:
         return parser.fail(error)
 

@@ -18,7 +18,8 @@ PACKAGE = "ldm_jax"
 
 # Lowest first. Packages of one layer never import each other.
 LAYERS = (
-    ("attributes", "diffusion", "parallel", "cli", "rng", "storage"),  # labels, maths, mesh, flags, keys, faults
+    ("storage",),  # storage faults, free space, atomic writes (the standard library only)
+    ("attributes", "diffusion", "parallel", "cli", "rng"),  # labels, diffusion maths, device mesh, flags, key streams
     ("models",),  # networks and their parameter initialisation
     ("data", "checkpoint", "perceptual"),  # data sources, checkpoint I/O, SSIM/LPIPS
     ("sampling",),

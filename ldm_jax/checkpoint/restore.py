@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from ldm_jax import parallel
-from ldm_jax.checkpoint.checkpointer import Checkpointer, abstract_with_shardings
+from ldm_jax.checkpoint.checkpointer import RETRAIN_HINT, Checkpointer, abstract_with_shardings
 from ldm_jax.diffusion.schedule import DEFAULT_BETA_RANGE, Schedule, make_schedule
 from ldm_jax.models import architecture, presets
 from ldm_jax.models.init import init_autoencoder_params
@@ -55,6 +55,7 @@ def load_autoencoder(cfg, directory, step: int | None, mesh, fsdp_min_size: int 
                 f"in {directory}: run the autoencoder stage first or set "
                 f"diffusion.autoencoder_checkpoint"
             )
+        checkpointer.verify(step, RETRAIN_HINT)
         abstract = autoencoder_param_shapes(cfg)
         shardings = parallel.param_sharding(mesh, abstract, fsdp_min_size)
         tree = {"params": {"autoencoder": abstract_with_shardings(abstract, shardings)}}

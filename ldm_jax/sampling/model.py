@@ -19,7 +19,7 @@ import numpy as np
 
 from ldm_jax import attributes
 from ldm_jax import parallel
-from ldm_jax.checkpoint.checkpointer import Checkpointer, abstract_with_shardings
+from ldm_jax.checkpoint.checkpointer import RETRAIN_HINT, Checkpointer, abstract_with_shardings
 from ldm_jax.checkpoint.restore import autoencoder_param_shapes, load_autoencoder, schedule_from_config
 from ldm_jax.diffusion.schedule import Schedule
 from ldm_jax.models import architecture, presets
@@ -117,6 +117,7 @@ def load_model(workdir, *, ema: bool = True, mesh=None, stage: str = "diffusion"
         step = checkpointer.latest_step()
         if step is None:
             raise FileNotFoundError(f"no complete {stage} checkpoint in {directory}: {hint}")
+        checkpointer.verify(step, RETRAIN_HINT)
         meta = checkpointer.restore_meta(step)
         cfg = architecture.resolve(meta["config"])
         unet, abstract = _unet(cfg, stage)

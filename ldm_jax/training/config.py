@@ -143,7 +143,9 @@ def default_config() -> ml_collections.ConfigDict:
     # --config.counterfactual.unet.model_channels=64 (architecture.resolve).
     cfg.counterfactual = counterfactual_section()
 
-    cfg.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
+    # restore_step: 0 = resume from the newest intact checkpoint; N = from step N (newer ones are moved
+    # aside as <step>.superseded; with one stage in `stages`).
+    cfg.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True, restore_step=0))
     cfg.log = ml_collections.ConfigDict(
         dict(
             every=50,  # scalars to metrics.jsonl / TensorBoard

@@ -1,7 +1,9 @@
 """The training loop shared by both stages: sharded jit step, checkpoints, logging, failures.
 
-One ``run_stage`` call trains one stage to ``cfg.steps``: it restores the newest complete
-checkpoint of the stage if there is one (state, data position, metadata), runs the jitted
+One ``run_stage`` call trains one stage to ``cfg.steps``: it restores the newest intact
+checkpoint of the stage if there is one (state, data position, metadata; a corrupt one is
+moved aside, ``Checkpointer.restore_intact``), warns when the disk holds fewer checkpoints
+than it keeps, runs the jitted
 step over the mesh, logs scalars, writes sample images, checkpoints every
 ``checkpoint.every`` steps, at the end and on SIGTERM (preemption), and stops with a clear
 message after ``max_nonfinite_steps`` non-finite updates in a row.
@@ -17,6 +19,7 @@ import contextlib
 import dataclasses
 import pathlib
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -24,6 +27,7 @@ import jax
 
 from ldm_jax import parallel
 from ldm_jax.checkpoint.checkpointer import Checkpointer, abstract_with_shardings
+from ldm_jax.storage import DataFaultError, free_bytes, tree_bytes
 from ldm_jax.training.metrics_writer import MetricsWriter
 
 
@@ -130,18 +134,23 @@ def restore_or_init(stage: Stage, checkpointer: Checkpointer, mesh, key, pipelin
     from ldm_jax.data.pipeline import IteratorMismatchError
 
     abstract, shardings = abstract_state(stage, mesh, key, cfg.mesh.fsdp_min_size)
-    latest = checkpointer.latest_step()
-    if latest is None:
-        return jax.jit(stage.init, out_shardings=shardings)(key), None, shardings
+    chosen = cfg.checkpoint.get("restore_step", 0) or None
     try:
-        state, meta = checkpointer.restore(
-            latest, abstract_with_shardings(abstract, shardings), None if cfg.data.reset_iterator else pipeline
+        restored = checkpointer.restore_intact(
+            abstract_with_shardings(abstract, shardings), None if cfg.data.reset_iterator else pipeline, chosen
         )
     except IteratorMismatchError as error:
         raise IteratorMismatchError(
-            f"{stage.name} checkpoint {latest}: {error}. To continue training from this checkpoint with the data "
-            f"read from the start of a fresh order, pass --config.data.reset_iterator=True"
+            f"{stage.name} checkpoint {chosen or checkpointer.latest_step()}: {error}. To continue training from "
+            f"this checkpoint with the data read from the start of a fresh order, pass "
+            f"--config.data.reset_iterator=True"
         ) from None
+    if restored is None:
+        return jax.jit(stage.init, out_shardings=shardings)(key), None, shardings
+    step, state, meta = restored
+    if chosen:
+        for moved in checkpointer.supersede_after(step):
+            print(f"{stage.name}: restoring step {step}: moved the newer checkpoint aside to {moved}", file=sys.stderr)
     return state, meta, shardings
 
 
@@ -170,6 +179,8 @@ def run_stage(
         state, _, shardings = restore_or_init(stage, checkpointer, mesh, key, pipeline, cfg)
     first = jax.process_index() == 0
     start = int(jax.device_get(state.step))
+    if first and start < stage.steps:
+        _warn_if_disk_is_short(stage.name, checkpointer, state, cfg.checkpoint.keep)
     writer = MetricsWriter(stage_dir, enabled=first, start_step=start)
     program = step_program(stage, mesh, shardings, cfg.mesh.fsdp_min_size)
     extra_args = jax.device_put(stage.extra_args, program.extra_shardings)
@@ -189,7 +200,12 @@ def run_stage(
             _explained_runtime_errors(mesh, lambda: global_batch, checkpointer, stage.name, cfg.get(stage.name, {})),
         ):
             for step in range(start + 1, stage.steps + 1):
-                batch = next(pipeline)
+                try:
+                    batch = next(pipeline)
+                except DataFaultError:  # keep what was trained: the state of the last good step
+                    if jax.process_count() == 1 and step - 1 > start and (step - 1) % cfg.checkpoint.every:
+                        save(step - 1)
+                    raise
                 global_batch = jax.tree.leaves(batch)[0].shape[0]
                 stop_flags = parallel.process_flags(flag.raised, mesh)
                 state, metrics = step_fn(state, batch, stop_flags, *extra_args, *stage.static_args(step - 1))
@@ -222,6 +238,24 @@ def run_stage(
         checkpointer.close()
         writer.close()
     return state
+
+
+def _warn_if_disk_is_short(name: str, checkpointer: Checkpointer, state, keep: int) -> None:
+    """One line on stderr when the checkpoints' file system has room for fewer than ``keep`` + 1
+    checkpoints (rotation writes a new one before it deletes the oldest). A checkpoint's size is
+    the newest one's on disk, else the state's bytes."""
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        size = tree_bytes(checkpointer.directory / str(latest))
+    else:
+        size = sum(x.nbytes for x in jax.tree.leaves(state))
+    free = free_bytes(checkpointer.directory)
+    if free < (keep + 1) * size:
+        print(
+            f"{name}: warning: {free / 2**20:.1f} MiB free at {checkpointer.directory} holds {free // max(size, 1)} "
+            f"checkpoints of {size / 2**20:.1f} MiB; checkpoint.keep={keep} needs {keep + 1}",
+            file=sys.stderr,
+        )
 
 
 class _StepLog:

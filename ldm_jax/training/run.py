@@ -40,6 +40,11 @@ def train(cfg, workdir, devices=None) -> None:
     cfg = architecture.resolve(cfg)
     parallel.initialize_distributed()
     stages = stages_of(cfg)
+    if cfg.checkpoint.restore_step and len(stages) > 1:
+        raise ValueError(
+            f"checkpoint.restore_step={cfg.checkpoint.restore_step} with stages={cfg.stages!r}: name the one stage "
+            "to restore, e.g. --config.stages=diffusion"
+        )
     mesh = parallel.make_mesh(cfg.mesh.fsdp, devices)
     check_batch_sizes(cfg, stages, mesh)
     workdir = pathlib.Path(workdir).absolute()

@@ -69,7 +69,7 @@ MUTANTS = [
     Mutant(
         "resume_restores_nothing",
         "ldm_jax/training/loop.py",
-        "    if latest is None:\n",
+        "    if restored is None:\n",
         "    if True:  # the checkpoint is ignored\n",
         ("tests/test_training.py::test_preempted_and_resumed_run_equals_uninterrupted",),
     ),
