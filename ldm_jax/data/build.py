@@ -3,6 +3,14 @@
     python -m ldm_jax.data.build --dataset mammo_phantoms --config 128 --data-dir DIR
     python -m ldm_jax.data.build --dataset mammo_dicom --config 512 --data-dir DIR \\
         --dicom-dir VINDR/ --labels VINDR/breast-level_annotations.csv
+    python -m ldm_jax.data.build --verify --dataset mammo_phantoms --config 128 --data-dir DIR
+
+A build also writes the sha256 of every shard (``shards.sha256.json`` beside the TFDS files).
+``--verify`` checks a built data set without rebuilding it: per split, each shard's record
+count against the metadata, every record read and its images decoded; each shard's sha256
+against that list (a data set built before hash lists has none: counts and decoding only).
+It prints a summary per split, then ``OK`` or one line per problem; exit status 0 when the
+data set is intact, 65 when not.
 
 ``mammo_dicom`` hashes patients with a secret salt: ``--salt-file`` (default
 ``DIR/mammo_dicom.salt``, created with a random salt when missing, mode 0600) or
@@ -21,8 +29,9 @@ import secrets
 import sys
 
 from ldm_jax.cli import ERRORS, Parser, flag, run
+from ldm_jax.data import verify
 from ldm_jax.data.dicom import MAX_PIXELS
-from ldm_jax.storage import write_atomic
+from ldm_jax.storage import EXIT_CORRUPT, write_atomic
 
 DATASETS = ("mammo_phantoms", "mammo_dicom")
 
@@ -34,9 +43,12 @@ class Options:
     config: str | None = flag(
         None,
         "builder config: the output resolution, e.g. 128 (phantoms also 64_tiny...); default 128 for "
-        "mammo_phantoms, 512 for mammo_dicom",
+        "mammo_phantoms, 512 for mammo_dicom; with --verify also a built folder's name, e.g. 64_test3_train6",
     )
     split_sizes: str | None = flag(None, "mammo_phantoms: examples per split, e.g. train=1000,validation=100,test=100")
+    verify: bool = flag(
+        False, "check the built data set instead of building: shard record counts and hashes, every record decoded"
+    )
 
 
 @dataclasses.dataclass
@@ -98,7 +110,10 @@ def build_phantoms(config: str, data_dir, split_sizes: dict[str, int] | None = N
 
     kwargs = {"split_sizes": split_sizes} if split_sizes else {}
     builder = MammoPhantoms(data_dir=data_dir, config=config, **kwargs)
+    fresh = not builder.is_prepared()
     builder.download_and_prepare(file_format="array_record")  # TFDS shows tqdm bars per split
+    if fresh:
+        verify.write_hash_list(builder)
     return builder
 
 
@@ -161,6 +176,7 @@ def _build_dicom(options: Options, dicom: DicomOptions, parser: Parser) -> int:
     report_path.unlink(missing_ok=True)  # a report from an earlier run must not pass for this one's
     try:
         builder.download_and_prepare(file_format="array_record")
+        verify.write_hash_list(builder)
     except (BuildError, *ERRORS) as error:
         if builder.report:
             builder.report["error"] = str(error)
@@ -178,15 +194,37 @@ def _build_dicom(options: Options, dicom: DicomOptions, parser: Parser) -> int:
     return 0
 
 
+def _verify(options: Options) -> int:
+    """Check the built data set of ``options``; prints a summary, then OK or its problems."""
+    from ldm_jax.data.pipeline import prepared_builder
+
+    config = options.config or check_config(options.dataset, None)  # or a folder name like 64_test3_train6
+    if options.split_sizes and options.dataset == "mammo_phantoms":  # the folder a build with them wrote
+        sizes = _parse_mapping(options.split_sizes, "--split-sizes")
+        config = _builder_class(options.dataset)(data_dir=options.data_dir, config=config, split_sizes=sizes)
+        config = config.builder_config.name
+    folder = options.data_dir / options.dataset / config
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no {options.dataset}/{config} built in {options.data_dir} ({folder} does not exist)")
+    builder = prepared_builder(options.dataset, str(options.data_dir), config)
+    print(f"verifying {builder.info.full_name} in {builder.data_dir}", flush=True)
+    summary, problems = verify.verify(builder)
+    print("\n".join(summary + (problems or ["OK"])))
+    return EXIT_CORRUPT if problems else 0
+
+
 def _sizes(builder) -> str:
     return ", ".join(f"{name} {split.num_examples}" for name, split in builder.info.splits.items())
 
 
 def main(argv=None) -> int:
-    """Parse ``argv`` and build; the exit status (2: bad input, 1: the build failed)."""
+    """Parse ``argv`` and build (or verify); the exit status (2: bad input, 1: the build failed,
+    65: ``--verify`` found a fault)."""
     p = parser()
 
     def build(options: Options, dicom: DicomOptions) -> int:
+        if options.verify:
+            return _verify(options)
         if options.dataset == "mammo_phantoms":
             _build_phantoms(options)
             return 0

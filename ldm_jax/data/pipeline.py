@@ -22,6 +22,7 @@ import grain
 import numpy as np
 
 from ldm_jax import attributes
+from ldm_jax.data import verify
 from ldm_jax.data.imageio import MAX_VALUE, decode_png, to_model_range
 
 BUILDER_MODULES = ("ldm_jax.data.builders.mammo_phantoms", "ldm_jax.data.builders.mammo_dicom")
@@ -32,7 +33,7 @@ _STATE_VERSION = 2
 # ----------------------------------------------------------------------------- sources
 
 
-def _prepared_builder(dataset: str, data_dir: str, config: str | None):
+def prepared_builder(dataset: str, data_dir: str, config: str | None):
     """The builder of a prepared data set: registered code first, else its folder alone."""
     import tensorflow_datasets as tfds
     from etils import epath
@@ -66,10 +67,14 @@ def load_source(dataset: str, data_dir: str, split: str, config: str | None = No
     ``dataset`` is ``mammo_phantoms``, ``mammo_dicom`` or any prepared TFDS data set with an
     ``image`` feature; ``config`` its config name (``"128"``...). Images come back as PNG
     bytes (TFDS would need OpenCV for 16-bit) and are decoded by the pipeline.
+
+    Every shard the split's metadata lists must be there with its record count, else
+    ``DataFaultError``; a record that later fails to read or decode raises ``DataFaultError``
+    naming its shard and index (``ldm_jax.data.verify``).
     """
     import tensorflow_datasets as tfds
 
-    builder = _prepared_builder(dataset, data_dir, config)
+    builder = prepared_builder(dataset, data_dir, config)
     features = builder.info.features
     if "image" not in features or not isinstance(features["image"], tfds.features.Image):
         raise ValueError(f"data set {builder.name!r} has no 'image' Image feature; features: {list(features)}")
@@ -79,10 +84,9 @@ def load_source(dataset: str, data_dir: str, split: str, config: str | None = No
             f"{builder.info.file_format}, not array_record: rebuild it with "
             "--file_format=array_record to read it without TensorFlow"
         )
-    decoders = {
-        k: tfds.decode.SkipDecoding() for k, f in sorted(features.items()) if isinstance(f, tfds.features.Image)
-    }
-    return builder.as_data_source(split, decoders=decoders)
+    source = verify.open_split(builder, split)
+    verify.check_shards(source)
+    return source
 
 
 def _keyword_finding(name: str) -> int:
@@ -257,11 +261,19 @@ class _ReadRows:
             if hasattr(self.source, "__getitems__")
             else [self.source[key] for key in keys]
         )
-        examples = [
-            self.preprocess(record, np.random.Generator(np.random.Philox(key=self.seed + g)))
-            for record, g in zip(records, positions)
-        ]
+        examples = [self._prepare(record, key, g) for record, key, g in zip(records, keys, positions)]
         return {name: np.stack([e[name] for e in examples]) for name in examples[0]}
+
+    def _prepare(self, record, key: int, position: int) -> dict[str, np.ndarray]:
+        """``preprocess`` of record ``key``; a source that names its faults (``fault``) turns a
+        decode error into its ``DataFaultError``."""
+        try:
+            return self.preprocess(record, np.random.Generator(np.random.Philox(key=self.seed + position)))
+        except verify.DECODE_ERRORS as error:
+            fault = getattr(self.source, "fault", None)
+            if fault is None:
+                raise
+            raise fault(key, error) from error
 
 
 # ----------------------------------------------------------------------------- pipeline

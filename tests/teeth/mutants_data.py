@@ -1,4 +1,4 @@
-"""Planted bugs in reading real mammograms (segmentation, refusals, the build, the DICOM output)
+"""Planted bugs in reading real mammograms (segmentation, refusals, the build, data faults, the DICOM output)
 that the tests must catch (see run.py)."""
 
 from run import Mutant
@@ -8,6 +8,7 @@ _CORPUS = "tests/test_dicom.py::test_malformed_corpus_ends_in_one_fixed_reason_e
 _BUILDER = "tests/test_builder_dicom.py"
 _CLI = "tests/test_build_cli.py"
 _DCIODVFY = "tests/test_sampling.py::test_dicom_output_passes_the_standards_validator"
+_TRUNCATED = "tests/test_data_faults.py::test_a_truncated_shard_fails_on_open_with_the_counts"
 
 MUTANTS = [
     Mutant(
@@ -65,5 +66,12 @@ MUTANTS = [
         '        setattr(ds, keyword, "")\n',
         "        pass\n",
         (_DCIODVFY,),
+    ),
+    Mutant(
+        "shards_unchecked_on_open",
+        "ldm_jax/data/pipeline.py",
+        "    verify.check_shards(source)\n",
+        "",
+        (_TRUNCATED,),
     ),
 ]
