@@ -26,7 +26,7 @@ import typing
 
 import ml_collections
 
-from ldm_jax.storage import StorageFault
+from ldm_jax.storage import EXIT_NO_SPACE, StorageFault, out_of_space
 
 ERRORS = (ValueError, FileNotFoundError)  # bad input: one line, exit status 2
 USAGE_ERROR = 2
@@ -98,7 +98,7 @@ class Parser(argparse.ArgumentParser):
             cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)}) for cls in self.option_classes
         ]
 
-    def fail(self, error: Exception, status: int = USAGE_ERROR) -> int:
+    def fail(self, error: Exception | str, status: int = USAGE_ERROR) -> int:
         """Report ``error`` in the one-line style; returns ``status`` (the exit status)."""
         print(f"{self.prog}: error: {error}", file=sys.stderr)
         return status
@@ -106,13 +106,18 @@ class Parser(argparse.ArgumentParser):
 
 def run(parser: Parser, program, argv=None) -> int:
     """``program(*options)`` on the parsed ``argv``; its return value (None: 0) is the exit status.
-    Bad input and storage faults (``ldm_jax.storage``, each with its own status) end as one line."""
+    Bad input, storage faults (``ldm_jax.storage``, each with its own status) and a full disk end as one line."""
     try:
         return program(*parser.parse(argv)) or 0
     except StorageFault as error:
         return parser.fail(error, error.exit_status)
     except ERRORS as error:
         return parser.fail(error)
+    except OSError as error:
+        if not out_of_space(error):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        return parser.fail(f"no space left on device{where}; free space and run the same command", EXIT_NO_SPACE)
 
 
 def split_overrides(argv, name: str = "config") -> tuple[list[str], list[tuple[str, str]]]:

@@ -79,6 +79,8 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         pathlib.Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:  # a failed write names no file: name it
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise

@@ -39,3 +39,16 @@ def assert_same_state(a_dir, b_dir):
     assert a.keys() == b.keys() and len(a) > 10
     for path, value in a.items():
         np.testing.assert_array_equal(value, b[path], err_msg=path)
+
+
+class StreamPosition:
+    """Stands in for the input pipeline where only its checkpointed stream position matters."""
+
+    def __init__(self, position=0):
+        self.position = position
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]

@@ -4,6 +4,7 @@ that was committed is deleted (a corrupt checkpoint is moved aside to ``<step>.c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import shutil
@@ -17,22 +18,16 @@ import pytest
 
 from ldm_jax.checkpoint import manifest
 from ldm_jax.checkpoint.checkpointer import Checkpointer
-from ldm_jax.storage import EXIT_CORRUPT, CorruptCheckpointError, StorageFullError, out_of_space
+from ldm_jax.storage import (
+    EXIT_CORRUPT,
+    EXIT_NO_SPACE,
+    CorruptCheckpointError,
+    StorageFullError,
+    out_of_space,
+    tree_bytes,
+)
 import saved_runs
 from micro import ROOT, train_args
-
-
-class _Position:
-    """The smallest input pipeline a checkpoint saves: a stream position."""
-
-    def __init__(self, position=0):
-        self.position = position
-
-    def get_state(self):
-        return {"position": self.position}
-
-    def set_state(self, state):
-        self.position = state["position"]
 
 
 def _state(step):
@@ -47,7 +42,7 @@ def _abstract():
 def _save(directory, steps, async_save=False):
     checkpointer = Checkpointer(directory, keep=5, async_save=async_save, name="diffusion")
     for step in steps:
-        checkpointer.save(step, _state(step), _Position(step * 10), {"step": step})
+        checkpointer.save(step, _state(step), saved_runs.StreamPosition(step * 10), {"step": step})
     checkpointer.close()
 
 
@@ -64,7 +59,7 @@ def _flip(path: pathlib.Path, at: float = 0.5) -> None:
 def _restore(directory, step=None):
     checkpointer = Checkpointer(directory, async_save=False, name="diffusion")
     try:
-        return checkpointer.restore_intact(_abstract(), _Position(), step)
+        return checkpointer.restore_intact(_abstract(), saved_runs.StreamPosition(), step)
     finally:
         checkpointer.close()
 
@@ -131,27 +126,54 @@ def test_an_unverified_checkpoint_that_does_not_read_counts_as_corrupt(tmp_path,
     assert "checkpoint 2" in capfd.readouterr().err and (tmp_path / "2.corrupt").is_dir()
 
 
-def test_a_full_disk_while_saving_is_one_line_that_names_the_intact_checkpoints(tmp_path):
-    """A 1 MiB tmpfs where mounting is allowed (root), else the check of the error chain alone."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+@contextlib.contextmanager
+def _small_tmpfs(path: pathlib.Path, size: int):
+    """A tmpfs of ``size`` bytes mounted at ``path`` (skips the test, saying why, where mounting is not allowed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()[:200]})")
+        pytest.skip(f"cannot mount a small tmpfs here (needs root in a container that allows mount): {result.stderr!r}")
     try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _full_disk_checks(message: str, directory: pathlib.Path, step: int, intact: list[int]) -> None:
+    assert message.startswith(f"diffusion: no space left on device writing checkpoint {step} to {directory}")
+    assert f"checkpoints up to {intact[-1]} are intact; free space and run the same command" in message
+    assert "\n" not in message
+    assert [manifest.problem(directory / str(s)) for s in intact] == [None] * len(intact)
+    assert not (directory / str(step)).exists()  # nothing half-written that looks complete
+
+
+def test_a_full_disk_while_saving_is_one_line_that_names_the_intact_checkpoints(tmp_path):
+    """Saves on a 1 MiB tmpfs until it is full."""
+    with _small_tmpfs(tmp_path / "small", 2**20) as mount:
         checkpointer = Checkpointer(mount / "checkpoints", keep=100, async_save=False, name="diffusion")
         big = {"w": jnp.zeros((256, 256)) + jnp.arange(256.0)}  # 256 KiB, hardly compressible: ~3 fit
         with pytest.raises(StorageFullError) as raised:
             for step in range(1, 20):
-                checkpointer.save(step, jax.tree.map(lambda x: x * step + np.pi, big), _Position(), {})
-        message = str(raised.value)
-        assert message.startswith(f"diffusion: no space left on device writing checkpoint {step} to {mount}")
-        assert f"checkpoints up to {step - 1} are intact; free space and run the same command" in message
-        assert "\n" not in message
-        assert [manifest.problem(mount / "checkpoints" / str(s)) for s in range(1, step)] == [None] * (step - 1)
-        assert not (mount / "checkpoints" / str(step)).exists()  # nothing half-written that looks complete
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+                checkpointer.save(step, jax.tree.map(lambda x: x * step + np.pi, big), saved_runs.StreamPosition(), {})
+        _full_disk_checks(str(raised.value), mount / "checkpoints", step, list(range(1, step)))
+
+
+def test_a_full_disk_reported_as_another_error_is_still_one_line(tmp_path, monkeypatch):
+    """Without a tmpfs: the save fails as Orbax failed on a full disk, ``handle is closed`` raised
+    while handling ``[Errno 28]``."""
+    checkpointer = Checkpointer(tmp_path, keep=100, async_save=False, name="diffusion")
+    checkpointer.save(1, _state(1), saved_runs.StreamPosition(), {})
+
+    def full(*args, **kwargs):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise ValueError("handle is closed") from None
+
+    monkeypatch.setattr(checkpointer._manager, "save", full)
+    with pytest.raises(StorageFullError) as raised:
+        checkpointer.save(2, _state(2), saved_runs.StreamPosition(), {})
+    _full_disk_checks(str(raised.value), tmp_path, 2, [1])
 
 
 def test_out_of_space_is_found_anywhere_in_the_chain_of_errors():
@@ -192,6 +214,111 @@ def test_train_resumes_past_a_corrupt_checkpoint_to_the_same_weights_and_sample_
     assert train.returncode == 0, train.stderr[-3000:]
     assert f"diffusion: checkpoint 4 in {checkpoints} is corrupt (" in train.stderr
     assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "4", "4.corrupt"]
+    saved_runs.assert_same_state(
+        checkpoints / "4" / "state", trained_micro / "diffusion" / "checkpoints" / "4" / "state"
+    )
+
+
+@pytest.mark.slow
+def test_train_on_a_full_disk_stops_in_one_line_and_resumes_to_the_same_weights_once_there_is_room(
+    trained_micro, tmp_path
+):
+    """The micro run's diffusion stage with its checkpoints on a tmpfs with room for step 2's only:
+    a warning before training, checkpoint 2 written, checkpoint 4 refused by the disk: one line,
+    exit 74. With room made (the tmpfs grown), the same command resumes from 2 and writes the
+    uninterrupted run's step-4 weights."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_micro, run, ignore=shutil.ignore_patterns("diffusion"))
+    checkpoints = run / "diffusion" / "checkpoints"
+    # Room for checkpoint 2 (2.6-4.5 MB in the runs here) and not for 4 (11.5 MB).
+    small = int(tree_bytes(trained_micro / "diffusion" / "checkpoints" / "4") * 0.8)
+    assert tree_bytes(trained_micro / "diffusion" / "checkpoints" / "2") < small / 2
+    with _small_tmpfs(checkpoints, small):
+        args = [sys.executable, *train_args(run, stages="diffusion")]
+        full = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+        assert full.returncode == EXIT_NO_SPACE, full.stderr[-3000:]
+        assert "Traceback" not in full.stderr, full.stderr
+        *before, last = full.stderr.strip().splitlines()
+        assert last.startswith("train.py: error: ")
+        _full_disk_checks(last.removeprefix("train.py: error: "), checkpoints, 4, [2])
+        assert any(line.startswith("diffusion: warning: ") and "checkpoint.keep=3 needs 4" in line for line in before)
+        subprocess.run(["mount", "-o", "remount,size=256m", str(checkpoints)], check=True)
+        resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        saved_runs.assert_same_state(
+            checkpoints / "4" / "state", trained_micro / "diffusion" / "checkpoints" / "4" / "state"
+        )
+
+
+@pytest.mark.slow
+def test_sample_on_a_full_disk_stops_in_one_line_with_whole_files_only_and_finishes_once_there_is_room(
+    trained_micro, tmp_path
+):
+    out = tmp_path / "out"
+    with _small_tmpfs(out, 200 * 2**10):  # room for about 30 of the 64 images
+        args = [sys.executable, "sample.py", "--workdir", str(trained_micro), "--out", str(out)]
+        args += ["--num", "64", "--batch", "8", "--steps", "2", "--no-progress"]
+        full = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+        assert full.returncode == EXIT_NO_SPACE, full.stderr[-3000:]
+        assert "Traceback" not in full.stderr
+        *before, last = full.stderr.strip().splitlines()
+        assert last.startswith(f"sample.py: error: no space left on device writing {out}")
+        assert last.endswith("; free space and run the same command")
+        assert any(
+            line.startswith("sampling: warning: ") and "the other 56 images need about" in line for line in before
+        )
+        written = sorted(p.name for p in out.glob("*.png"))
+        assert 0 < len(written) < 64 and not list(out.glob(".*.tmp"))  # whole files only
+        subprocess.run(["mount", "-o", "remount,size=64m", str(out)], check=True)
+        resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert len((out / "manifest.jsonl").read_text().splitlines()) == 64
+
+
+@pytest.mark.slow
+def test_a_data_fault_at_a_step_keeps_the_last_good_step_and_the_resumed_run_ends_as_the_uninterrupted_one(
+    trained_micro, tmp_path, monkeypatch
+):
+    """The training pipeline fails reading step 4's batch (as a damaged record does): the state
+    of step 3 is saved before the fault is raised, and a run resumed once the data reads again
+    writes the uninterrupted run's step-4 weights."""
+    from ldm_jax.storage import DataFaultError
+    from ldm_jax.training import run as training_run
+    from micro import micro_config
+
+    cfg = micro_config()
+    cfg.stages = "diffusion"
+    cfg.data.data_dir = str(trained_micro / "data")
+    cfg.diffusion.autoencoder_checkpoint = str(trained_micro / "autoencoder" / "checkpoints")
+    cfg.checkpoint.every = 100  # only the fault's save and the final one
+    make_pipeline = training_run._pipeline
+    reads = []
+
+    class FailsAtStep4:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __next__(self):
+            reads.append(1)
+            if len(reads) == 4:
+                raise DataFaultError("reading mammo_phantoms train: shard-0: record 12 does not decode")
+            return next(self.inner)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    def failing_pipeline(cfg_, source, mesh, batch_size, **kwargs):
+        inner = make_pipeline(cfg_, source, mesh, batch_size, **kwargs)
+        return FailsAtStep4(inner) if kwargs.get("seed_offset", 0) == 0 else inner
+
+    monkeypatch.setattr(training_run, "_pipeline", failing_pipeline)
+    with pytest.raises(DataFaultError, match="record 12"):
+        training_run.train(cfg, tmp_path)
+    checkpoints = tmp_path / "diffusion" / "checkpoints"
+    assert Checkpointer(checkpoints).all_steps() == [3]
+    assert json.loads((checkpoints / "3" / "data" / "metadata").read_text())["position"] == 3 * 8
+    monkeypatch.setattr(training_run, "_pipeline", make_pipeline)
+    training_run.train(cfg, tmp_path)
     saved_runs.assert_same_state(
         checkpoints / "4" / "state", trained_micro / "diffusion" / "checkpoints" / "4" / "state"
     )

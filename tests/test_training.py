@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import saved_runs
 from micro import MICRO_OVERRIDES, ROOT, micro_config
 
 from ldm_jax import attributes
@@ -25,23 +26,10 @@ from ldm_jax.training import diffusion_step, loop, run, run_info
 from ldm_jax.training.state import make_optimizer
 
 
-class _JsonPipeline:
-    """Stands in for the input pipeline where only its checkpointed position matters."""
-
-    def __init__(self, position=0):
-        self.position = position
-
-    def get_state(self):
-        return {"position": self.position}
-
-    def set_state(self, state):
-        self.position = state["position"]
-
-
 def test_interrupted_checkpoint_is_never_restored(tmp_path):
     ckpt = Checkpointer(tmp_path / "ckpt", async_save=False)
     for step in (1, 2):
-        ckpt.save(step, {"w": jnp.full((3,), float(step))}, _JsonPipeline(step), {"step": step})
+        ckpt.save(step, {"w": jnp.full((3,), float(step))}, saved_runs.StreamPosition(step), {"step": step})
     ckpt.wait()
     # A save killed half-way leaves Orbax's temporary directory behind.
     (tmp_path / "ckpt" / "3.orbax-checkpoint-tmp").mkdir()
@@ -347,7 +335,7 @@ def test_nonfinite_update_is_skipped_counted_and_stops_the_run(tmp_path):
     ):
         np.testing.assert_array_equal(before, after)
 
-    class NanPipeline(_JsonPipeline):
+    class NanPipeline(saved_runs.StreamPosition):
         def __init__(self):
             super().__init__()
             self._it = _batches(10, nan_at=range(10))

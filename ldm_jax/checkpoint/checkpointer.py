@@ -14,6 +14,7 @@ A save that finds no space left raises ``StorageFullError``, naming the intact c
 from __future__ import annotations
 
 import contextlib
+import logging
 import pathlib
 import sys
 
@@ -30,6 +31,20 @@ RETRAIN_HINT = "; train.py on that run moves it aside and trains again from the 
 # What TensorStore and Orbax say when a checkpoint's files are damaged or gone (an unverified
 # checkpoint that fails to read with one of these is treated as corrupt; any other error is raised).
 _DAMAGE_MARKERS = ("corrupt", "data_loss", "not_found", "no such file", "truncated", "unexpected end")
+
+
+class _WithoutFullDiskTracebacks(logging.Filter):
+    """Drops the log records whose exception is a full disk: Orbax's save threads (absl) and
+    their asyncio tasks log the traceback before the save re-raises it, and ``Checkpointer``
+    reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (error is not None and out_of_space(error))
+
+
+for _logger in ("absl", "asyncio"):
+    logging.getLogger(_logger).addFilter(_WithoutFullDiskTracebacks())
 
 
 class Checkpointer:
@@ -90,6 +105,8 @@ class Checkpointer:
                 raise
             self._manager.reload()
             intact = self._manager.latest_step()
+            # An asynchronous save's error surfaces in the next call: name the save that did not finish.
+            step = next((s for s in [*self._unsealed, step] if s is not None and s not in self.all_steps()), step)
             at = f" checkpoint {step}" if step is not None else " a checkpoint"
             raise StorageFullError(
                 f"{self.name}: no space left on device writing{at} to {self.directory}; "

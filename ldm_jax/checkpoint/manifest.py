@@ -16,15 +16,11 @@ import pathlib
 from ldm_jax.storage import write_atomic
 
 FILE = "manifest.sha256.json"
-_CHUNK = 1 << 20
 
 
 def _digest(path: pathlib.Path) -> str:
-    sha = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _files(step_dir: pathlib.Path) -> list[pathlib.Path]:

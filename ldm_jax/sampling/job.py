@@ -34,7 +34,7 @@ import numpy as np
 
 from ldm_jax import parallel
 from ldm_jax.data.imageio import encode_png
-from ldm_jax.storage import write_atomic
+from ldm_jax.storage import free_bytes, write_atomic
 from ldm_jax.sampling import writers
 from ldm_jax.sampling.grid import make_grid, to_pixels
 
@@ -177,6 +177,10 @@ def run(job: Job, *, batch_size: int, shard: tuple[int, int] = (0, 1), progress:
                 images = job.compute(padded) if chunk else None  # dispatched asynchronously
                 if pending is not None:
                     writes = _flush(job, pool, *pending, writes, bar)
+                    if first is None:  # the first batch's files tell how much room the rest needs
+                        for future in writes:
+                            future.result()
+                        _warn_if_out_is_short(job, pending[0], len(todo))
                     first = first or (time.perf_counter() - start, len(pending[0]))
                 pending = (chunk, padded, images) if chunk else None
             for future in writes:
@@ -226,6 +230,22 @@ def _flush(job: Job, pool, chunk: list[int], padded: np.ndarray, images: jax.Arr
     ]
     bar.update(len(chunk))
     return writes
+
+
+def _warn_if_out_is_short(job: Job, written: list[int], total: int) -> None:
+    """One line on stderr when the output folder's free space is less than the rest of the
+    images need, at the mean size of the ones just ``written``."""
+    sizes = [job.path(i).stat().st_size for i in written if job.path(i).exists()]
+    if not sizes or jax.process_index() != 0:
+        return
+    need = sum(sizes) / len(sizes) * (total - len(written))
+    free = free_bytes(job.out)
+    if free < need:
+        print(
+            f"sampling: warning: {free / 2**20:.1f} MiB free at {job.out}; the other {total - len(written)} images "
+            f"need about {need / 2**20:.1f} MiB",
+            file=sys.stderr,
+        )
 
 
 def _write(job: Job, index: int, image: np.ndarray) -> None:

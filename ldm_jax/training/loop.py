@@ -200,12 +200,7 @@ def run_stage(
             _explained_runtime_errors(mesh, lambda: global_batch, checkpointer, stage.name, cfg.get(stage.name, {})),
         ):
             for step in range(start + 1, stage.steps + 1):
-                try:
-                    batch = next(pipeline)
-                except DataFaultError:  # keep what was trained: the state of the last good step
-                    if jax.process_count() == 1 and step - 1 > start and (step - 1) % cfg.checkpoint.every:
-                        save(step - 1)
-                    raise
+                batch = _next_batch(pipeline, save, step - 1, start, cfg.checkpoint.every)
                 global_batch = jax.tree.leaves(batch)[0].shape[0]
                 stop_flags = parallel.process_flags(flag.raised, mesh)
                 state, metrics = step_fn(state, batch, stop_flags, *extra_args, *stage.static_args(step - 1))
@@ -238,6 +233,17 @@ def run_stage(
         checkpointer.close()
         writer.close()
     return state
+
+
+def _next_batch(pipeline, save, last_good: int, start: int, every: int):
+    """The next batch; on a data fault, ``save(last_good)`` first unless that step is saved already
+    (one process only: with several, the others are in the step's collectives and cannot join)."""
+    try:
+        return next(pipeline)
+    except DataFaultError:
+        if jax.process_count() == 1 and last_good > start and last_good % every:
+            save(last_good)
+        raise
 
 
 def _warn_if_disk_is_short(name: str, checkpointer: Checkpointer, state, keep: int) -> None:
