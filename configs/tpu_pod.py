@@ -1,7 +1,8 @@
 """Multi-host example (TPU v5e-32 pod slice, or 4 nodes × 8 GPUs): same program on every host.
 
 Each host runs
-    python train.py --config configs/tpu_pod.py --workdir gs://BUCKET/runs/pod --config.data.data_dir=gs://BUCKET/data
+    python train.py --config configs/tpu_pod.py --workdir /gcs/BUCKET/runs/pod --config.data.data_dir=/gcs/BUCKET/data
+with the bucket mounted at /gcs/BUCKET on every host (gcsfuse; gs:// URLs are refused),
 and `jax.distributed.initialize()` finds the other hosts (TPU metadata, SLURM or Open MPI;
 elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID). Every host
 reads its own shard of the array_record files; the global batch is split over all chips;

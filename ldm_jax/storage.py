@@ -54,6 +54,17 @@ def out_of_space(error: BaseException) -> bool:
     return False
 
 
+def local_path(path: str | os.PathLike, what: str) -> pathlib.Path:
+    """``path`` as a file-system path; an object-storage URL (``gs://``, ``s3://``…) is refused with
+    a ``ValueError`` naming ``what`` it was given as: ldm_jax reads and writes through the file system."""
+    if "://" in str(path):
+        raise ValueError(
+            f"{what} {path}: object storage URLs are not supported; mount the bucket (e.g. with gcsfuse at "
+            "/gcs/BUCKET) and pass the path of the mount"
+        )
+    return pathlib.Path(path)
+
+
 def free_bytes(path: str | os.PathLike) -> int:
     """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
     path = pathlib.Path(path).absolute()

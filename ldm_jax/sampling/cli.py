@@ -18,6 +18,7 @@ from ldm_jax.sampling import edit_inputs, job, programs
 from ldm_jax.sampling.conditions import Conditions
 from ldm_jax.sampling.generate import EDITS, Edit, image_keys
 from ldm_jax.sampling.model import load_model
+from ldm_jax.storage import local_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class _Context:
 def run(args, edit) -> job.Summary:
     """The job ``sample.py``'s ``Options`` (``args``) and ``EditOptions`` (``edit``) describe."""
     shard = job.parse_shard(args.shard)
+    local_path(args.out, "--out")
     parallel.initialize_distributed()
     mesh = parallel.make_mesh(1)
     batch = args.batch or 4 * mesh.size

@@ -10,7 +10,6 @@ Only the weights are read: optimizer states and the discriminator are left on di
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any
 
 import jax
@@ -24,6 +23,7 @@ from ldm_jax.checkpoint.restore import autoencoder_param_shapes, load_autoencode
 from ldm_jax.diffusion.schedule import Schedule
 from ldm_jax.models import architecture, presets
 from ldm_jax.models.init import init_unet_params
+from ldm_jax.storage import local_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ def load_model(workdir, *, ema: bool = True, mesh=None, stage: str = "diffusion"
     """
     if stage not in UNET_STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {UNET_STAGES}")
-    workdir = pathlib.Path(workdir)
+    workdir = local_path(workdir, "workdir")
     mesh = mesh if mesh is not None else parallel.make_mesh(1)
     directory = workdir / stage / "checkpoints"
     hint = f"train the {stage} stage first (train.py --workdir {workdir}" + (

@@ -19,6 +19,7 @@ import numpy as np
 from ldm_jax import attributes, parallel, rng
 from ldm_jax.checkpoint import restore
 from ldm_jax.checkpoint.checkpointer import Checkpointer
+from ldm_jax.storage import local_path
 from ldm_jax.data.source import open_source
 from ldm_jax.diffusion.samplers import SamplerConfig
 from ldm_jax.models import architecture
@@ -38,6 +39,8 @@ def train(cfg, workdir, devices=None) -> None:
     filled from its preset first (``architecture.resolve``); the run records that config.
     """
     cfg = architecture.resolve(cfg)
+    for what, path in (("--workdir", workdir), ("data.data_dir", cfg.data.data_dir)):
+        local_path(path, what)
     parallel.initialize_distributed()
     stages = stages_of(cfg)
     if cfg.checkpoint.restore_step and len(stages) > 1:
