@@ -46,7 +46,7 @@ def evaluate(run: Run, options: Options) -> None:
 
 
 def main(argv=None) -> int:
-    return cli.run(parser(), evaluate, argv)
+    return cli.run(parser(), evaluate, argv, compilation_cache=True)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def explain(run: Run, options: Options) -> None:
 
 
 def main(argv=None) -> int:
-    return cli.run(parser(), explain, argv)
+    return cli.run(parser(), explain, argv, compilation_cache=True)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def sample(options: Options, edit: EditOptions) -> int:
 
 
 def main(argv=None) -> int:
-    return cli.run(parser(), sample, argv)
+    return cli.run(parser(), sample, argv, compilation_cache=True)
 
 
 if __name__ == "__main__":

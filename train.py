@@ -46,7 +46,7 @@ def main(argv=None) -> int:
             return parser.fail(error, 1)
         return 0
 
-    return cli.run(parser, program, argv)
+    return cli.run(parser, program, argv, compilation_cache=True)
 
 
 if __name__ == "__main__":

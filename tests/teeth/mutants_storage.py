@@ -1,4 +1,4 @@
-"""Planted bugs in checkpoint verification and storage-fault reporting."""
+"""Planted bugs in checkpoint verification, storage-fault reporting and the compilation cache."""
 
 from run import Mutant
 
@@ -18,5 +18,14 @@ MUTANTS = [
         "            if not out_of_space(error):\n                raise\n",
         "            raise\n",
         ("tests/test_storage_faults.py::test_a_full_disk_while_saving_is_one_line_that_names_the_intact_checkpoints",),
+    ),
+    Mutant(
+        "compilation_cache_never_used",
+        "ldm_jax/cli.py",
+        "        if compilation_cache:\n            use_compilation_cache()\n",
+        "",
+        (
+            "tests/test_compilation_cache.py::test_a_second_sampling_job_loads_every_program_from_the_cache_and_writes_the_same_images",
+        ),
     ),
 ]
