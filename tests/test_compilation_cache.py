@@ -34,7 +34,9 @@ def _run(args, env) -> None:
 def test_a_second_sampling_job_loads_every_program_from_the_cache_and_writes_the_same_images(trained_micro, tmp_path):
     env = _without_cache_setting(tmp_path)
     for out in ("first", "second"):
-        _run(["sample.py", "--workdir", str(trained_micro), "--out", str(tmp_path / out), "--num", "8"], env)
+        args = ["sample.py", "--workdir", str(trained_micro), "--out", str(tmp_path / out), "--num", "8"]
+        args += ["--steps", "2"]
+        _run(args, env)
         if out == "first":
             compiled = _entries(tmp_path)
             assert compiled  # the job's programs went into the default cache folder
@@ -51,7 +53,7 @@ def test_a_preempted_training_job_resumes_without_compiling_again(trained_micro,
     shutil.copytree(trained_micro, run, ignore=shutil.ignore_patterns("diffusion"))
     env = _without_cache_setting(tmp_path)
     # No sample grids: the preempted job stops before the end, where the grids are first drawn.
-    settings = {"diffusion.steps": 40, "log.sample_conditions": ""}
+    settings = {"diffusion.steps": 8, "log.sample_conditions": ""}
     args = [sys.executable, *train_args(run, stages="diffusion", **settings)]
     first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = run / "diffusion" / "metrics.jsonl"
@@ -65,4 +67,4 @@ def test_a_preempted_training_job_resumes_without_compiling_again(trained_micro,
     assert any(name.startswith("jit_step_and_stop-") for name in compiled)
     _run(args[1:], env)
     assert _entries(tmp_path) == compiled
-    assert (run / "diffusion" / "checkpoints" / "40").is_dir()
+    assert (run / "diffusion" / "checkpoints" / "8").is_dir()

@@ -154,7 +154,7 @@ def micro_page(trained_filter, tmp_path_factory):
     """The page of a copy of the micro run with its filter (and an evaluate.py metrics.json), a PNG of a phantom
     as the user's mammogram."""
     run = tmp_path_factory.mktemp("explain") / "run"
-    shutil.copytree(trained_filter, run, ignore=shutil.ignore_patterns("data"))
+    shutil.copytree(trained_filter, run, ignore=lambda folder, _: ["data"] if folder == str(trained_filter) else [])
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps(EVALUATED))
     user = run / "mammogram.png"

@@ -24,7 +24,6 @@ from ldm_jax.storage import (
     CorruptCheckpointError,
     StorageFullError,
     out_of_space,
-    tree_bytes,
 )
 import saved_runs
 from micro import ROOT, train_args
@@ -219,35 +218,70 @@ def test_train_resumes_past_a_corrupt_checkpoint_to_the_same_weights_and_sample_
     )
 
 
+def test_a_stage_warns_when_the_disk_holds_fewer_checkpoints_than_it_keeps(tmp_path, capfd):
+    from ldm_jax.training.loop import _warn_if_disk_is_short
+
+    with _small_tmpfs(tmp_path / "small", 2**20) as mount:
+        checkpointer = Checkpointer(mount / "checkpoints", async_save=False, name="diffusion")
+        state = {"w": jnp.zeros((512, 256))}  # 512 KiB: one fits in 1 MiB, not keep + 1 = 4
+        _warn_if_disk_is_short("diffusion", checkpointer, state, keep=3)
+        line = capfd.readouterr().err.strip()
+        assert line.startswith(f"diffusion: warning: 1.0 MiB free at {mount / 'checkpoints'} holds 2 checkpoints")
+        assert line.endswith("of 0.5 MiB; checkpoint.keep=3 needs 4")
+        _warn_if_disk_is_short("diffusion", checkpointer, state, keep=1)  # two fit: no warning
+        assert capfd.readouterr().err == ""
+
+
 @pytest.mark.slow
-def test_train_on_a_full_disk_stops_in_one_line_and_resumes_to_the_same_weights_once_there_is_room(
-    trained_micro, tmp_path
+def test_a_disk_that_fills_during_training_stops_it_in_one_line_and_the_resumed_run_ends_as_the_uninterrupted_one(
+    trained_micro, tmp_path, monkeypatch, capfd
 ):
-    """The micro run's diffusion stage with its checkpoints on a tmpfs with room for step 2's only:
-    a warning before training, checkpoint 2 written, checkpoint 4 refused by the disk: one line,
-    exit 74. With room made (the tmpfs grown), the same command resumes from 2 and writes the
-    uninterrupted run's step-4 weights."""
-    run = tmp_path / "run"
-    shutil.copytree(trained_micro, run, ignore=shutil.ignore_patterns("diffusion"))
-    checkpoints = run / "diffusion" / "checkpoints"
-    # Room for checkpoint 2 (2.6-4.5 MB in the runs here) and not for 4 (11.5 MB).
-    small = int(tree_bytes(trained_micro / "diffusion" / "checkpoints" / "4") * 0.8)
-    assert tree_bytes(trained_micro / "diffusion" / "checkpoints" / "2") < small * 0.7
-    with _small_tmpfs(checkpoints, small):
-        args = [sys.executable, *train_args(run, stages="diffusion")]
-        full = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-        assert full.returncode == EXIT_NO_SPACE, full.stderr[-3000:]
-        assert "Traceback" not in full.stderr, full.stderr
-        *before, last = full.stderr.strip().splitlines()
-        assert last.startswith("train.py: error: ")
-        _full_disk_checks(last.removeprefix("train.py: error: "), checkpoints, 4, [2])
-        assert any(line.startswith("diffusion: warning: ") and "checkpoint.keep=3 needs 4" in line for line in before)
-        subprocess.run(["mount", "-o", "remount,size=256m", str(checkpoints)], check=True)
-        resumed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        saved_runs.assert_same_state(
-            checkpoints / "4" / "state", trained_micro / "diffusion" / "checkpoints" / "4" / "state"
-        )
+    """The micro run's diffusion stage with its checkpoints on a tmpfs that a filler file fills
+    once checkpoint 2 is written: saving checkpoint 4 stops the run (StorageFullError, one line, no
+    traceback); with the filler removed the same run resumes from 2 and writes the uninterrupted
+    run's step-4 weights."""
+    from ldm_jax.storage import free_bytes
+    from ldm_jax.training import run as training_run
+    from micro import micro_config
+
+    cfg = micro_config()
+    cfg.stages = "diffusion"
+    cfg.data.data_dir = str(trained_micro / "data")
+    cfg.diffusion.autoencoder_checkpoint = str(trained_micro / "autoencoder" / "checkpoints")
+    cfg.checkpoint.async_save = False  # checkpoint 2 is complete before batch 3 is read
+    workdir = tmp_path / "run"
+    checkpoints = workdir / "diffusion" / "checkpoints"
+    make_pipeline = training_run._pipeline
+    filler = checkpoints / "filler"  # beside the checkpoints, on their file system
+
+    class FillsTheDiskAtBatch3:
+        def __init__(self, inner):
+            self.inner, self.reads = inner, 0
+
+        def __next__(self):
+            self.reads += 1
+            if self.reads == 3:
+                filler.write_bytes(b"\0" * (free_bytes(checkpoints) - 64 * 2**10))
+            return next(self.inner)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    def filling_pipeline(cfg_, source, mesh, batch_size, **kwargs):
+        inner = make_pipeline(cfg_, source, mesh, batch_size, **kwargs)
+        return FillsTheDiskAtBatch3(inner) if kwargs.get("seed_offset", 0) == 0 else inner
+
+    with _small_tmpfs(checkpoints, 64 * 2**20):
+        monkeypatch.setattr(training_run, "_pipeline", filling_pipeline)
+        with pytest.raises(StorageFullError) as raised:
+            training_run.train(cfg, workdir)
+        _full_disk_checks(str(raised.value), checkpoints, 4, [2])
+        assert "Traceback" not in capfd.readouterr().err
+        filler.unlink()
+        monkeypatch.setattr(training_run, "_pipeline", make_pipeline)
+        training_run.train(cfg, workdir)
+        uninterrupted = trained_micro / "diffusion" / "checkpoints" / "4" / "state"
+        saved_runs.assert_same_state(checkpoints / "4" / "state", uninterrupted)
 
 
 @pytest.mark.slow
